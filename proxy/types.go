@@ -97,12 +97,12 @@ func (sp *ServicePort) HasExternal() bool {
 	return sp.NodePort != 0 || len(sp.ExternalIPs) > 0 || len(sp.LoadBalancerIPs) > 0
 }
 
-// HasEndpoints reports whether the port has any endpoint at all that could
-// serve traffic (ready or serving-terminating). A port without one is
+// HasEndpoints reports whether the port has any endpoint anywhere that could
+// serve traffic (ready, or serving and terminating). A port without one is
 // rejected rather than blackholed.
 func (sp *ServicePort) HasEndpoints() bool {
 	for _, ep := range sp.AllEndpoints {
-		if ep.Ready || ep.Serving {
+		if ep.Ready || (ep.Serving && ep.Terminating) {
 			return true
 		}
 	}

@@ -1,0 +1,166 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/klog/v2"
+
+	"github.com/svcproxy/svcproxy/iptables"
+	"github.com/svcproxy/svcproxy/proxy"
+	"github.com/svcproxy/svcproxy/proxy/source"
+)
+
+// Exit codes.
+const (
+	exitOK      = 0
+	exitFailure = 1
+	exitUsage   = 2 // bad flags or a malformed --state file
+)
+
+// Main parses args, runs svcproxy until SIGTERM/SIGINT (or once with
+// --dry-run) and returns the process exit code.
+func Main(args []string, stdout, stderr io.Writer) int {
+	o := NewOptions()
+	fs := newFlagSet(o)
+	fs.SetOutput(stderr)
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if err := o.Complete(); err != nil {
+		fmt.Fprintln(stderr, "svcproxy:", err)
+		return exitUsage
+	}
+	if err := o.Validate(); err != nil {
+		fmt.Fprintln(stderr, "svcproxy:", err)
+		return exitUsage
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	defer klog.Flush()
+	err := o.Run(ctx, stdout)
+	var fe *source.FileError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.As(err, &fe):
+		fmt.Fprintln(stderr, "svcproxy:", err)
+		return exitUsage
+	default:
+		fmt.Fprintln(stderr, "svcproxy:", err)
+		return exitFailure
+	}
+}
+
+// sourceRunner is what the file and kube sources have in common.
+type sourceRunner interface {
+	Run(ctx context.Context, synced func()) error
+}
+
+// Run runs svcproxy with completed, validated options. With DryRun it
+// renders once and prints the ruleset to out. Otherwise it programs the node
+// until ctx is done and leaves the rules in place when it returns (like
+// kube-proxy, so that a restart drops no connection).
+func (o *Options) Run(ctx context.Context, out io.Writer) error {
+	logger := klog.FromContext(ctx)
+	logger.Info("Starting svcproxy", "mode", o.Mode, "node", o.nodeName, "clusterCIDRs", o.clusterCIDRs,
+		"nodePortAddresses", o.nodePortAddresses, "masqueradeAll", o.MasqueradeAll, "syncPeriod", o.SyncPeriod,
+		"minSyncPeriod", o.MinSyncPeriod, "dryRun", o.DryRun, "state", o.State)
+
+	var runner *proxy.Runner
+	tracker := proxy.NewTracker(o.nodeName, func() {
+		if runner != nil {
+			runner.Request()
+		}
+	}, nil)
+
+	if o.DryRun && o.State != "" {
+		if err := source.NewFileSource(o.State, tracker, o.StatePoll).Load(); err != nil {
+			return err
+		}
+		snap, _ := tracker.Snapshot()
+		_, err := io.WriteString(out, iptables.Render(snap, o.iptablesOptions()).String())
+		return err
+	}
+
+	var src sourceRunner
+	if o.State != "" {
+		src = source.NewFileSource(o.State, tracker, o.StatePoll)
+	} else {
+		cfg, err := source.BuildConfig(o.Kubeconfig, o.Master)
+		if err != nil {
+			return err
+		}
+		cfg.UserAgent = "svcproxy"
+		client, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			return err
+		}
+		src = source.NewKubeSource(client, o.nodeName, tracker, 0)
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	synced := make(chan struct{})
+	srcErr := make(chan error, 1)
+	go func() { srcErr <- src.Run(ctx, func() { close(synced) }) }()
+	select {
+	case <-synced:
+	case err := <-srcErr:
+		if err == nil {
+			err = errors.New("source stopped before it synced")
+		}
+		return err
+	case <-ctx.Done():
+		return nil
+	}
+
+	if o.DryRun {
+		snap, _ := tracker.Snapshot()
+		_, err := io.WriteString(out, iptables.Render(snap, o.iptablesOptions()).String())
+		return err
+	}
+
+	variant := iptables.DetectVariant()
+	ipt, err := iptables.NewExec(variant)
+	if err != nil {
+		return err
+	}
+	logger.Info("Using iptables", "variant", variant)
+	syncer := iptables.NewSyncer(ipt, 0)
+	opts := o.iptablesOptions()
+	sync := func(ctx context.Context, full bool) error {
+		start := time.Now()
+		snap, changes := tracker.Snapshot()
+		plan := iptables.Render(snap, opts)
+		res, err := syncer.Sync(plan, full)
+		if err != nil {
+			// The snapshot's changes are folded into the retry, which
+			// is a full sync of the then-current state.
+			return err
+		}
+		chains, rules := plan.Stats()
+		logger.V(2).Info("Synced rules", "full", res.Full, "took", time.Since(start), "servicePortsChanged", len(changes),
+			"chainsWritten", res.ChainsWritten, "chainsDeleted", res.ChainsDeleted, "restores", res.Restores,
+			"chains", chains, "rules", rules)
+		return nil
+	}
+	runner = proxy.NewRunner(sync, o.MinSyncPeriod, o.SyncPeriod, nil)
+	go runner.Run(ctx)
+	select {
+	case <-ctx.Done():
+		logger.Info("Stopping; rules stay in place")
+		return nil
+	case err := <-srcErr:
+		if err != nil && ctx.Err() == nil {
+			return fmt.Errorf("source: %w", err)
+		}
+		return nil
+	}
+}

@@ -1,0 +1,83 @@
+package iptables
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Table names.
+const (
+	TableFilter = "filter"
+	TableNAT    = "nat"
+)
+
+// Chain is one chain of ours and its rules. A rule is the text that follows
+// "-A <chain> " in iptables-restore input.
+type Chain struct {
+	Name  string
+	Rules []string
+}
+
+// Jump is a rule in a built-in chain that sends traffic into ours. It is
+// installed idempotently at the top of the built-in chain.
+type Jump struct {
+	Table string
+	Chain string   // built-in chain, e.g. PREROUTING
+	Args  []string // rule arguments, the last two being "-j", our chain
+}
+
+// Plan is the desired state of svcproxy's iptables rules. Chains in each
+// table are ordered so that a chain comes after every chain it jumps to:
+// applying them in order never references a missing chain.
+type Plan struct {
+	Filter []*Chain
+	NAT    []*Chain
+	Jumps  []Jump
+}
+
+// Tables returns the plan's tables in the order they are applied.
+func (p *Plan) Tables() []struct {
+	Name   string
+	Chains []*Chain
+} {
+	return []struct {
+		Name   string
+		Chains []*Chain
+	}{{TableFilter, p.Filter}, {TableNAT, p.NAT}}
+}
+
+// Stats counts chains and rules.
+func (p *Plan) Stats() (chains, rules int) {
+	for _, t := range p.Tables() {
+		chains += len(t.Chains)
+		for _, c := range t.Chains {
+			rules += len(c.Rules)
+		}
+	}
+	return chains, rules
+}
+
+// String renders the whole plan as iptables-restore --noflush input that
+// programs an empty namespace exactly as svcproxy would, jumps from the
+// built-in chains included. This is the --dry-run output.
+func (p *Plan) String() string {
+	var b strings.Builder
+	for _, t := range p.Tables() {
+		fmt.Fprintf(&b, "*%s\n", t.Name)
+		for _, c := range t.Chains {
+			fmt.Fprintf(&b, ":%s - [0:0]\n", c.Name)
+		}
+		for _, c := range t.Chains {
+			for _, r := range c.Rules {
+				fmt.Fprintf(&b, "-A %s %s\n", c.Name, r)
+			}
+		}
+		for _, j := range p.Jumps {
+			if j.Table == t.Name {
+				fmt.Fprintf(&b, "-I %s %s\n", j.Chain, strings.Join(j.Args, " "))
+			}
+		}
+		b.WriteString("COMMIT\n")
+	}
+	return b.String()
+}

@@ -1,0 +1,389 @@
+package iptables
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/svcproxy/svcproxy/proxy"
+)
+
+// Options are the settings that shape the rules.
+type Options struct {
+	// ClusterCIDRs are the pod networks; traffic to a ClusterIP from outside
+	// them is masqueraded. Empty (and MasqueradeAll false) means no
+	// masquerading of ClusterIP traffic, as in kube-proxy.
+	ClusterCIDRs []netip.Prefix
+	// MasqueradeAll masquerades all traffic to ClusterIPs.
+	MasqueradeAll bool
+	// MasqueradeBit is the fwmark bit (0-31) that asks for SNAT; 14 like
+	// kube-proxy.
+	MasqueradeBit int
+	// NodePortAddresses restricts NodePorts to local addresses inside these
+	// prefixes. Empty means every local address but loopback.
+	NodePortAddresses []netip.Prefix
+	// RandomFully adds --random-fully to MASQUERADE.
+	RandomFully bool
+}
+
+// DefaultOptions returns kube-proxy's defaults.
+func DefaultOptions() Options { return Options{MasqueradeBit: 14, RandomFully: true} }
+
+func (o Options) markValue() string { return fmt.Sprintf("0x%x", uint32(1)<<o.MasqueradeBit) }
+
+// renderer collects the output of one Render call.
+type renderer struct {
+	opts      Options
+	mark      string // e.g. 0x4000
+	markMasq  string // "-j MARK --or-mark 0x4000"
+	svcChains []*Chain
+	extChains []*Chain
+	addrKeys  map[netip.Addr][]string
+	portKeys  map[string]map[uint16][]string // proto -> port -> rules
+	filter    []string
+	hairpin   map[netip.Addr]bool
+	seen      map[string]bool // "ip/proto/port" or "np/proto/port" already dispatched
+}
+
+// Render turns a Snapshot into the desired iptables rules. It is pure: no
+// I/O, no state kept between calls, deterministic output.
+func Render(snap *proxy.Snapshot, opts Options) *Plan {
+	r := &renderer{
+		opts:     opts,
+		mark:     opts.markValue(),
+		addrKeys: map[netip.Addr][]string{},
+		portKeys: map[string]map[uint16][]string{},
+		hairpin:  map[netip.Addr]bool{},
+		seen:     map[string]bool{},
+	}
+	r.markMasq = "-j MARK --or-mark " + r.mark
+	for _, sp := range snap.ServicePorts() {
+		r.servicePort(sp)
+	}
+	return r.plan()
+}
+
+func lowerProto(p string) string { return strings.ToLower(p) }
+
+func (r *renderer) servicePort(sp *proxy.ServicePort) {
+	name := sp.Name.String()
+	cmt := sp.Name.Comment()
+	proto := lowerProto(string(sp.Protocol))
+	port := strconv.Itoa(int(sp.Port))
+
+	if !sp.HasEndpoints() {
+		reject := func(match string) {
+			r.filter = append(r.filter, "-m comment --comment "+comment(cmt+" has no endpoints")+" "+match+" -j REJECT")
+		}
+		reject(dst(sp.ClusterIP) + " -p " + proto + " --dport " + port)
+		for _, ip := range externalAddrs(sp) {
+			reject(dst(ip) + " -p " + proto + " --dport " + port)
+		}
+		if sp.NodePort != 0 {
+			reject("-m addrtype --dst-type LOCAL -p " + proto + " --dport " + strconv.Itoa(int(sp.NodePort)))
+		}
+		return
+	}
+
+	// Endpoint chains.
+	svc, svl := "", ""
+	if sp.UsesClusterEndpoints && len(sp.ClusterEndpoints) > 0 {
+		svc = serviceChain(name)
+	}
+	if sp.UsesLocalEndpoints && len(sp.LocalEndpoints) > 0 {
+		svl = localChain(name)
+	}
+	internal := svc
+	if sp.InternalPolicyLocal {
+		internal = svl
+	}
+	clusterMatch := dst(sp.ClusterIP) + " -p " + proto + " --dport " + port
+	if svc != "" {
+		r.svcChains = append(r.svcChains, r.endpointChain(svc, sp, sp.ClusterEndpoints, internal == svc, clusterMatch))
+	}
+	if svl != "" {
+		r.svcChains = append(r.svcChains, r.endpointChain(svl, sp, sp.LocalEndpoints, internal == svl, clusterMatch))
+	}
+
+	// Cluster IP.
+	if internal != "" {
+		r.dispatch(sp, sp.ClusterIP, proto, port, []string{
+			"-m comment --comment " + comment(cmt+" cluster IP") + " " + clusterMatch + " -g " + internal})
+	} else {
+		r.filter = append(r.filter, "-m comment --comment "+comment(cmt+" has no local endpoints")+" "+clusterMatch+" -j DROP")
+	}
+
+	if !sp.HasExternal() {
+		return
+	}
+
+	// External traffic: NodePort, ExternalIPs, LoadBalancer IPs.
+	var toExternal func(match string) []string
+	noExternalEndpoints := len(sp.ExternalEndpoints()) == 0
+	switch {
+	case sp.ExternalPolicyLocal:
+		ext := externalChain(name)
+		var rules []string
+		if svc != "" {
+			// Pods and the node itself reach an externally-visible
+			// address through the cluster endpoints (kube-proxy's
+			// short-circuit), the node with masquerade.
+			for _, cidr := range r.opts.ClusterCIDRs {
+				rules = append(rules, "-m comment --comment "+comment(cmt+" pod traffic for external destinations")+" -s "+cidr.String()+" -g "+svc)
+			}
+			rules = append(rules,
+				"-m comment --comment "+comment(cmt+" masquerade LOCAL traffic")+" -m addrtype --src-type LOCAL "+r.markMasq,
+				"-m comment --comment "+comment(cmt+" route LOCAL traffic to cluster endpoints")+" -m addrtype --src-type LOCAL -g "+svc)
+		}
+		if svl != "" {
+			rules = append(rules, "-m comment --comment "+comment(cmt+" local endpoints")+" -g "+svl)
+		}
+		r.extChains = append(r.extChains, &Chain{Name: ext, Rules: rules})
+		toExternal = func(match string) []string { return []string{match + " -g " + ext} }
+	case svc != "":
+		toExternal = func(match string) []string {
+			return []string{match + " " + r.markMasq, match + " -g " + svc}
+		}
+	default:
+		toExternal = nil
+		noExternalEndpoints = true
+	}
+	drop := func(match, why string) {
+		r.filter = append(r.filter, "-m comment --comment "+comment(cmt+" "+why)+" "+match+" -j DROP")
+	}
+
+	for _, ip := range sp.ExternalIPs {
+		m := dst(ip) + " -p " + proto + " --dport " + port
+		if noExternalEndpoints {
+			drop(m, "has no local endpoints")
+		}
+		if toExternal != nil {
+			r.dispatch(sp, ip, proto, port, toExternal("-m comment --comment "+comment(cmt+" external IP")+" "+m))
+		}
+	}
+	var fw string
+	if len(sp.LoadBalancerIPs) > 0 && len(sp.LoadBalancerSourceRanges) > 0 && toExternal != nil {
+		fw = firewallChain(name)
+		var rules []string
+		for _, src := range sp.LoadBalancerSourceRanges {
+			rules = append(rules, toExternal("-m comment --comment "+comment(cmt+" loadBalancerSourceRanges")+" -s "+src.String())...)
+		}
+		r.extChains = append(r.extChains, &Chain{Name: fw, Rules: rules})
+	}
+	for _, ip := range sp.LoadBalancerIPs {
+		m := dst(ip) + " -p " + proto + " --dport " + port
+		if len(sp.LoadBalancerSourceRanges) > 0 {
+			// Allowed sources are DNATed in nat; what is left still has
+			// the LB IP as destination and is dropped here.
+			drop(m, "traffic not allowed by loadBalancerSourceRanges")
+		} else if noExternalEndpoints {
+			drop(m, "has no local endpoints")
+		}
+		if toExternal == nil {
+			continue
+		}
+		c := "-m comment --comment " + comment(cmt+" loadbalancer IP") + " " + m
+		if fw != "" {
+			r.dispatch(sp, ip, proto, port, []string{c + " -g " + fw})
+		} else {
+			r.dispatch(sp, ip, proto, port, toExternal(c))
+		}
+	}
+	if sp.NodePort != 0 {
+		np := strconv.Itoa(int(sp.NodePort))
+		if noExternalEndpoints {
+			drop("-m addrtype --dst-type LOCAL -p "+proto+" --dport "+np, "has no local endpoints")
+		}
+		if toExternal != nil {
+			key := "np/" + proto + "/" + np
+			if !r.seen[key] {
+				r.seen[key] = true
+				ports := r.portKeys[strings.ToUpper(proto)]
+				if ports == nil {
+					ports = map[uint16][]string{}
+					r.portKeys[strings.ToUpper(proto)] = ports
+				}
+				ports[uint16(sp.NodePort)] = toExternal("-m comment --comment " + comment(cmt+" nodePort") + " -p " + proto + " --dport " + np)
+			}
+		}
+	}
+}
+
+// endpointChain renders the endpoints of one service port as rules of one
+// chain: ClientIP affinity via xt_recent, a random split via xt_statistic
+// and the DNAT in the same rule, so there is no chain per endpoint.
+func (r *renderer) endpointChain(name string, sp *proxy.ServicePort, eps []*proxy.Endpoint, masq bool, clusterMatch string) *Chain {
+	cmt := sp.Name.Comment()
+	proto := lowerProto(string(sp.Protocol))
+	portName := sp.Name.String()
+	rules := make([]string, 0, 2*len(eps)+1)
+	if masq {
+		switch {
+		case r.opts.MasqueradeAll:
+			rules = append(rules, "-m comment --comment "+comment(cmt+" cluster IP")+" "+clusterMatch+" "+r.markMasq)
+		case len(r.opts.ClusterCIDRs) > 0:
+			for _, c := range r.opts.ClusterCIDRs {
+				rules = append(rules, "-m comment --comment "+comment(cmt+" cluster IP")+" "+clusterMatch+" ! -s "+c.String()+" "+r.markMasq)
+			}
+		}
+	}
+	for _, ep := range eps {
+		if ep.IsLocal {
+			r.hairpin[ep.IP] = true
+		}
+	}
+	if sp.AffinityTimeout > 0 {
+		for _, ep := range eps {
+			rules = append(rules, "-m comment --comment "+comment(cmt+" -> "+ep.String())+
+				" -m recent --name "+affinityList(portName, ep.String())+" --update --seconds "+strconv.Itoa(int(sp.AffinityTimeout))+" --reap"+
+				" -p "+proto+" -j DNAT --to-destination "+ep.String())
+		}
+	}
+	n := len(eps)
+	for i, ep := range eps {
+		var b strings.Builder
+		b.WriteString("-m comment --comment ")
+		b.WriteString(comment(cmt + " -> " + ep.String()))
+		if i < n-1 {
+			b.WriteString(" -m statistic --mode random --probability ")
+			b.WriteString(probability(n - i))
+		}
+		if sp.AffinityTimeout > 0 {
+			b.WriteString(" -m recent --name ")
+			b.WriteString(affinityList(portName, ep.String()))
+			b.WriteString(" --set")
+		}
+		b.WriteString(" -p ")
+		b.WriteString(proto)
+		b.WriteString(" -j DNAT --to-destination ")
+		b.WriteString(ep.String())
+		rules = append(rules, b.String())
+	}
+	return &Chain{Name: name, Rules: rules}
+}
+
+// probability is 1/n formatted as kube-proxy does.
+func probability(n int) string { return fmt.Sprintf("%0.10f", 1.0/float64(n)) }
+
+func dst(ip netip.Addr) string { return "-d " + ip.String() + "/32" }
+
+func externalAddrs(sp *proxy.ServicePort) []netip.Addr {
+	return append(slices.Clone(sp.ExternalIPs), sp.LoadBalancerIPs...)
+}
+
+// dispatch adds the rules that send ip:port/proto to a service. A second
+// service claiming the same ip:port/proto (an ExternalIP conflict) is
+// shadowed by the first, which sorts first.
+func (r *renderer) dispatch(sp *proxy.ServicePort, ip netip.Addr, proto, port string, rules []string) {
+	key := ip.String() + "/" + proto + "/" + port
+	if r.seen[key] {
+		return
+	}
+	r.seen[key] = true
+	r.addrKeys[ip] = append(r.addrKeys[ip], rules...)
+}
+
+// plan assembles the chains in dependency order.
+func (r *renderer) plan() *Plan {
+	p := &Plan{}
+
+	// Filter table.
+	p.Filter = []*Chain{
+		{Name: FilterChain, Rules: r.filter},
+		{Name: ForwardChain, Rules: []string{
+			"-m comment --comment " + comment("svcproxy forwarding rules") + " -m mark --mark " + r.mark + "/" + r.mark + " -j ACCEPT",
+			"-m comment --comment " + comment("svcproxy forwarding conntrack rule") + " -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+		}},
+	}
+
+	// nat table: endpoint chains, then the chains that jump to them, then
+	// the trees, then the fixed wiring.
+	nat := make([]*Chain, 0, len(r.svcChains)+len(r.extChains)+64)
+	nat = append(nat, r.svcChains...)
+	nat = append(nat, r.extChains...)
+
+	keys := make([]treeKey, 0, len(r.addrKeys))
+	for ip, rules := range r.addrKeys {
+		a := ip.As4()
+		keys = append(keys, treeKey{key: uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3]), rules: rules})
+	}
+	slices.SortFunc(keys, func(a, b treeKey) int { return cmpU32(a.key, b.key) })
+	root, tree := buildTree(keys, addrTree)
+	nat = append(nat, tree...)
+	nat = append(nat, &Chain{Name: DispatchChain, Rules: root})
+
+	var npRoot []string
+	for _, proto := range []string{"TCP", "UDP", "SCTP"} {
+		ports := r.portKeys[proto]
+		if len(ports) == 0 {
+			continue
+		}
+		pk := make([]treeKey, 0, len(ports))
+		for port, rules := range ports {
+			pk = append(pk, treeKey{key: uint32(port), rules: rules})
+		}
+		slices.SortFunc(pk, func(a, b treeKey) int { return cmpU32(a.key, b.key) })
+		protoRoot, protoTree := buildTree(pk, portTree(proto))
+		nat = append(nat, protoTree...)
+		npRoot = append(npRoot, protoRoot...)
+	}
+	nat = append(nat, &Chain{Name: NodePortsChain, Rules: npRoot})
+
+	services := []string{"-m comment --comment " + comment("service portals") + " -j " + DispatchChain}
+	if len(r.opts.NodePortAddresses) == 0 {
+		services = append(services, "-m comment --comment "+comment("node ports on local addresses")+" ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j "+NodePortsChain)
+	} else {
+		for _, pfx := range r.opts.NodePortAddresses {
+			services = append(services, "-m comment --comment "+comment("node ports on local addresses")+" -d "+pfx.String()+" -m addrtype --dst-type LOCAL -j "+NodePortsChain)
+		}
+	}
+	nat = append(nat, &Chain{Name: ServicesChain, Rules: services})
+
+	hairpin := make([]netip.Addr, 0, len(r.hairpin))
+	for ip := range r.hairpin {
+		hairpin = append(hairpin, ip)
+	}
+	slices.SortFunc(hairpin, netip.Addr.Compare)
+	hp := make([]string, 0, len(hairpin))
+	for _, ip := range hairpin {
+		hp = append(hp, "-m comment --comment "+comment("hairpin")+" -s "+ip.String()+"/32 -d "+ip.String()+"/32 -j MASQUERADE")
+	}
+	nat = append(nat, &Chain{Name: HairpinChain, Rules: hp})
+	masq := "-m comment --comment " + comment("service traffic requiring SNAT") + " -j MASQUERADE"
+	if r.opts.RandomFully {
+		masq += " --random-fully"
+	}
+	nat = append(nat, &Chain{Name: PostroutingChain, Rules: []string{
+		"-j " + HairpinChain,
+		"-m mark ! --mark " + r.mark + "/" + r.mark + " -j RETURN",
+		"-j MARK --xor-mark " + r.mark,
+		masq,
+	}})
+	p.NAT = nat
+	p.Jumps = jumps
+	return p
+}
+
+func cmpU32(a, b uint32) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// jumps is the fixed wiring from the built-in chains, in the order the
+// rules appear at the top of each built-in chain.
+var jumps = []Jump{
+	{TableFilter, "INPUT", []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", "svcproxy-firewall", "-j", FilterChain}},
+	{TableFilter, "FORWARD", []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", "svcproxy-firewall", "-j", FilterChain}},
+	{TableFilter, "FORWARD", []string{"-m", "comment", "--comment", "svcproxy-forward", "-j", ForwardChain}},
+	{TableFilter, "OUTPUT", []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", "svcproxy-firewall", "-j", FilterChain}},
+	{TableNAT, "PREROUTING", []string{"-m", "comment", "--comment", "svcproxy-services", "-j", ServicesChain}},
+	{TableNAT, "OUTPUT", []string{"-m", "comment", "--comment", "svcproxy-services", "-j", ServicesChain}},
+	{TableNAT, "POSTROUTING", []string{"-m", "comment", "--comment", "svcproxy-postrouting", "-j", PostroutingChain}},
+}

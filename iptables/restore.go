@@ -1,0 +1,161 @@
+package iptables
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os/exec"
+	"strings"
+
+	goipt "github.com/coreos/go-iptables/iptables"
+	"k8s.io/klog/v2"
+)
+
+// Interface is the kernel boundary of iptables mode: the only code that
+// touches the host's rules. Methods are safe to call from one goroutine.
+type Interface interface {
+	// Restore feeds data (iptables-restore input, one or more tables) to
+	// iptables-restore --noflush while holding the xtables lock. It is
+	// atomic: on error nothing of data was applied.
+	Restore(data []byte) error
+	// EnsureJump inserts j at the top of its built-in chain unless an
+	// identical rule already exists anywhere in that chain.
+	EnsureJump(j Jump) error
+	// ListChains returns the names of all chains of table. It reads the
+	// whole table back and is slow on big tables: svcproxy calls it once at
+	// start, never on the sync path.
+	ListChains(table string) ([]string, error)
+}
+
+// Variant is an iptables backend: "nft" or "legacy".
+type Variant string
+
+// Backends.
+const (
+	VariantNFT    Variant = "nft"
+	VariantLegacy Variant = "legacy"
+)
+
+// DetectVariant picks the iptables backend the host uses, the way
+// kubernetes-sigs/iptables-wrappers does: if the legacy tables hold rules
+// and the nft ones hold none (or fewer), the host uses legacy; otherwise
+// nft, Debian's default. When only one variant is installed, that one.
+func DetectVariant() Variant {
+	_, errNFT := exec.LookPath("iptables-nft-save")
+	_, errLegacy := exec.LookPath("iptables-legacy-save")
+	switch {
+	case errLegacy != nil:
+		return VariantNFT
+	case errNFT != nil:
+		return VariantLegacy
+	}
+	if hintCount("iptables-legacy-save") > hintCount("iptables-nft-save") {
+		return VariantLegacy
+	}
+	return VariantNFT
+}
+
+func hintCount(cmd string) int {
+	// The mangle table is small everywhere; kubelet and kube-proxy leave
+	// their hint chains there.
+	out, err := exec.Command(cmd, "-t", "mangle").Output()
+	if err != nil {
+		return 0
+	}
+	n := 0
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		if l := sc.Text(); strings.HasPrefix(l, "-A ") || strings.HasPrefix(l, ":KUBE-") || strings.HasPrefix(l, ":SVCP-") {
+			n++
+		}
+	}
+	return n
+}
+
+// Exec is the real Interface: it runs iptables-restore and iptables of one
+// variant.
+type Exec struct {
+	variant Variant
+	ipt     *goipt.IPTables
+}
+
+var _ Interface = (*Exec)(nil)
+
+// NewExec returns an Interface running the binaries of variant.
+func NewExec(variant Variant) (*Exec, error) {
+	ipt, err := goipt.New(goipt.Path(binary(variant, "iptables")), goipt.Timeout(5))
+	if err != nil {
+		return nil, fmt.Errorf("iptables (%s): %w", variant, err)
+	}
+	return &Exec{variant: variant, ipt: ipt}, nil
+}
+
+func binary(v Variant, base string) string { return base + "-" + string(v) }
+
+// Variant returns the backend in use.
+func (e *Exec) Variant() Variant { return e.variant }
+
+// Restore implements Interface.
+func (e *Exec) Restore(data []byte) error {
+	cmd := exec.Command(binary(e.variant, "iptables-restore"), "--noflush", "--wait", "5")
+	cmd.Stdin = bytes.NewReader(data)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		msg := strings.TrimSpace(stderr.String())
+		klog.V(4).InfoS("iptables-restore failed", "input", string(data))
+		return fmt.Errorf("iptables-restore: %w: %s%s", err, msg, lineContext(data, msg))
+	}
+	return nil
+}
+
+// lineContext returns the input line an iptables-restore error message
+// points at ("line N failed"), to make failures debuggable.
+func lineContext(data []byte, msg string) string {
+	var n int
+	if i := strings.Index(msg, "line "); i >= 0 {
+		fmt.Sscanf(msg[i+5:], "%d", &n)
+	}
+	if n <= 0 {
+		return ""
+	}
+	lines := strings.Split(string(data), "\n")
+	if n > len(lines) {
+		return ""
+	}
+	return fmt.Sprintf(" (line %d: %q)", n, lines[n-1])
+}
+
+// EnsureJump implements Interface.
+func (e *Exec) EnsureJump(j Jump) error {
+	ok, err := e.ipt.Exists(j.Table, j.Chain, j.Args...)
+	if err != nil {
+		return fmt.Errorf("checking jump %s/%s: %w", j.Table, j.Chain, err)
+	}
+	if ok {
+		return nil
+	}
+	if err := e.ipt.Insert(j.Table, j.Chain, 1, j.Args...); err != nil {
+		return fmt.Errorf("inserting jump %s/%s: %w", j.Table, j.Chain, err)
+	}
+	return nil
+}
+
+// ListChains implements Interface.
+func (e *Exec) ListChains(table string) ([]string, error) {
+	out, err := exec.Command(binary(e.variant, "iptables-save"), "-t", table).Output()
+	if err != nil {
+		return nil, fmt.Errorf("iptables-save -t %s: %w", table, err)
+	}
+	var chains []string
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		if l := sc.Text(); strings.HasPrefix(l, ":") {
+			if f := strings.Fields(l[1:]); len(f) > 0 {
+				chains = append(chains, f[0])
+			}
+		}
+	}
+	return chains, sc.Err()
+}

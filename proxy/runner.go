@@ -1,0 +1,114 @@
+package proxy
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"k8s.io/klog/v2"
+	"k8s.io/utils/clock"
+)
+
+// SyncFunc programs the node. full asks for a full resync (at start, after a
+// failure and every sync period); otherwise only what changed may be sent.
+type SyncFunc func(ctx context.Context, full bool) error
+
+// Runner calls a SyncFunc no more often than minInterval (batching bursts of
+// changes), at least every maxInterval (a full resync that repairs drift),
+// and after a failure again with exponential back-off, starting at
+// minInterval and capped at maxInterval; the retry is a full sync.
+type Runner struct {
+	fn          SyncFunc
+	minInterval time.Duration
+	maxInterval time.Duration
+	clock       clock.WithTicker
+
+	mu      sync.Mutex
+	pending bool
+	kick    chan struct{}
+}
+
+// NewRunner returns a Runner; call Run to start it. A nil clock means the
+// real one.
+func NewRunner(fn SyncFunc, minInterval, maxInterval time.Duration, clk clock.WithTicker) *Runner {
+	if clk == nil {
+		clk = clock.RealClock{}
+	}
+	if minInterval <= 0 {
+		minInterval = time.Millisecond
+	}
+	if maxInterval < minInterval {
+		maxInterval = minInterval
+	}
+	return &Runner{fn: fn, minInterval: minInterval, maxInterval: maxInterval, clock: clk, kick: make(chan struct{}, 1)}
+}
+
+// Request asks for a sync soon: at once if the last one was at least
+// minInterval ago, otherwise when that much time has passed. It never blocks.
+func (r *Runner) Request() {
+	r.mu.Lock()
+	r.pending = true
+	r.mu.Unlock()
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (r *Runner) takePending(clear bool) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p := r.pending
+	if clear {
+		r.pending = false
+	}
+	return p
+}
+
+// Run syncs at once (a full sync), then loops until ctx is done.
+func (r *Runner) Run(ctx context.Context) {
+	logger := klog.FromContext(ctx)
+	full := true
+	var backoff time.Duration
+	for {
+		r.takePending(true)
+		lastRun := r.clock.Now()
+		var retryAt time.Time
+		if err := r.fn(ctx, full); err != nil {
+			backoff = min(max(2*backoff, r.minInterval), r.maxInterval)
+			retryAt = lastRun.Add(backoff)
+			full = true
+			logger.Error(err, "Sync failed; retrying with a full sync", "retryIn", backoff)
+		} else {
+			backoff = 0
+			full = false
+		}
+		periodicAt := lastRun.Add(r.maxInterval)
+		for {
+			due := periodicAt
+			if !retryAt.IsZero() {
+				due = retryAt // a retry is full and picks up pending changes too
+			} else if r.takePending(false) {
+				if soon := lastRun.Add(r.minInterval); soon.Before(due) {
+					due = soon
+				}
+			}
+			now := r.clock.Now()
+			if !now.Before(due) {
+				if due.Equal(periodicAt) {
+					full = true
+				}
+				break
+			}
+			timer := r.clock.NewTimer(due.Sub(now))
+			select {
+			case <-ctx.Done():
+				timer.Stop()
+				return
+			case <-r.kick:
+			case <-timer.C():
+			}
+			timer.Stop()
+		}
+	}
+}
