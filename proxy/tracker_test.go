@@ -1,0 +1,215 @@
+package proxy_test
+
+import (
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/svcproxy/svcproxy/proxy"
+	pt "github.com/svcproxy/svcproxy/proxy/proxytest"
+)
+
+// endpointsOf returns "name -> ip:port,..." for every port of the snapshot.
+func endpointsOf(snap *proxy.Snapshot) map[string]string {
+	out := map[string]string{}
+	for _, sp := range snap.ServicePorts() {
+		var eps []string
+		for _, e := range sp.ClusterEndpoints {
+			eps = append(eps, e.String())
+		}
+		out[sp.Name.String()] = strings.Join(eps, ",")
+	}
+	return out
+}
+
+func changeNames(changes []proxy.Change) []string {
+	var out []string
+	for _, c := range changes {
+		switch {
+		case c.Prev == nil:
+			out = append(out, "+"+c.Cur.Name.String())
+		case c.Cur == nil:
+			out = append(out, "-"+c.Prev.Name.String())
+		default:
+			out = append(out, "~"+c.Cur.Name.String())
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func TestTrackerMergesSlices(t *testing.T) {
+	tr := proxy.NewTracker("node1", nil, nil)
+	tr.OnServiceUpdate(nil, pt.Service("shop", "web", "10.96.0.20", "http", 80))
+	tr.OnEndpointSliceUpdate(nil, pt.Slice("shop", "web", "web-a", "http", 8080, pt.Ready("10.244.1.2", "node1"), pt.Ready("10.244.2.2", "node2")))
+	// The same address in a second slice (a move between slices in
+	// progress) is one endpoint; a ready copy wins over a not-ready one.
+	dup := pt.Ready("10.244.2.2", "node2")
+	dup.Ready = false
+	tr.OnEndpointSliceUpdate(nil, pt.Slice("shop", "web", "web-b", "http", 8080, dup, pt.Ready("10.244.3.2", "node3")))
+	// A slice for another port name contributes nothing to "http".
+	tr.OnEndpointSliceUpdate(nil, pt.Slice("shop", "web", "web-c", "metrics", 9090, pt.Ready("10.244.9.9", "node9")))
+	snap, changes := tr.Snapshot()
+	want := map[string]string{"shop/web:http/TCP": "10.244.1.2:8080,10.244.2.2:8080,10.244.3.2:8080"}
+	if d := cmp.Diff(want, endpointsOf(snap)); d != "" {
+		t.Errorf("endpoints (-want +got):\n%s", d)
+	}
+	if d := cmp.Diff([]string{"+shop/web:http/TCP"}, changeNames(changes)); d != "" {
+		t.Errorf("changes (-want +got):\n%s", d)
+	}
+	local := snap.ServicePorts()[0].AllEndpoints[0]
+	if !local.IsLocal || snap.ServicePorts()[0].AllEndpoints[1].IsLocal {
+		t.Errorf("IsLocal wrong: %+v", snap.ServicePorts()[0].AllEndpoints)
+	}
+}
+
+func TestTrackerChanges(t *testing.T) {
+	web := pt.Service("shop", "web", "10.96.0.20", "http", 80)
+	webSlice := pt.Slice("shop", "web", "web-a", "http", 8080, pt.Ready("10.244.1.2", "node1"))
+	db := pt.Service("shop", "db", "10.96.0.30", "sql", 5432)
+
+	tr := proxy.NewTracker("node1", nil, nil)
+	tr.OnServiceUpdate(nil, web)
+	tr.OnEndpointSliceUpdate(nil, webSlice)
+	snap1, _ := tr.Snapshot()
+
+	// An update that is undone before the next sync cancels out.
+	changed := webSlice.DeepCopy()
+	changed.Endpoints[0].Addresses = []string{"10.244.1.99"}
+	tr.OnEndpointSliceUpdate(webSlice, changed)
+	tr.OnEndpointSliceUpdate(changed, webSlice.DeepCopy())
+	// A service added and deleted in between is no change either.
+	tr.OnServiceUpdate(nil, db)
+	tr.OnServiceUpdate(db, nil)
+	snap2, changes := tr.Snapshot()
+	if len(changes) != 0 {
+		t.Errorf("cancelled changes reported: %v", changeNames(changes))
+	}
+	if snap1.ServicePorts()[0] != snap2.ServicePorts()[0] {
+		t.Errorf("an unchanged port is not shared between snapshots")
+	}
+
+	// Real changes: one endpoint moves, a service appears, one goes.
+	tr.OnEndpointSliceUpdate(webSlice, changed)
+	tr.OnServiceUpdate(nil, db)
+	_, changes = tr.Snapshot()
+	if d := cmp.Diff([]string{"+shop/db:sql/TCP", "~shop/web:http/TCP"}, changeNames(changes)); d != "" {
+		t.Errorf("changes (-want +got):\n%s", d)
+	}
+	tr.OnServiceUpdate(web, nil)
+	snap, changes := tr.Snapshot()
+	if d := cmp.Diff([]string{"-shop/web:http/TCP"}, changeNames(changes)); d != "" {
+		t.Errorf("changes (-want +got):\n%s", d)
+	}
+	if d := cmp.Diff(map[string]string{"shop/db:sql/TCP": ""}, endpointsOf(snap)); d != "" {
+		t.Errorf("snapshot (-want +got):\n%s", d)
+	}
+}
+
+func TestTrackerSkips(t *testing.T) {
+	tests := []struct {
+		name       string
+		svc        *v1.Service
+		slice      *discovery.EndpointSlice
+		wantPorts  []string
+		wantReason string
+	}{
+		{name: "headless", svc: pt.Service("a", "h", "None", "p", 80), wantReason: "Service/headless"},
+		{name: "ExternalName", svc: pt.Service("a", "x", "", "p", 80, func(s *v1.Service) {
+			s.Spec.Type = v1.ServiceTypeExternalName
+			s.Spec.ExternalName = "example.com"
+		}), wantReason: "Service/external-name"},
+		{name: "service-proxy-name label", svc: pt.Service("a", "o", "10.96.0.5", "p", 80, func(s *v1.Service) {
+			s.Labels = map[string]string{proxy.LabelServiceProxyName: "other-proxy"}
+		}), wantReason: "Service/service-proxy-name"},
+		{name: "IPv6 single-stack", svc: pt.Service("a", "v6", "fd00::10", "p", 80), wantReason: "Service/other-ip-family"},
+		{name: "dual-stack uses the IPv4 address", svc: pt.Service("a", "ds", "fd00::10", "p", 80, func(s *v1.Service) {
+			s.Spec.ClusterIPs = []string{"fd00::10", "10.96.0.6"}
+		}), wantPorts: []string{"a/ds:p/TCP 10.96.0.6"}},
+		{name: "port 0 skipped, other ports kept", svc: pt.Service("a", "z", "10.96.0.7", "p", 80, func(s *v1.Service) {
+			s.Spec.Ports = append(s.Spec.Ports, v1.ServicePort{Name: "zero", Port: 0})
+		}), wantPorts: []string{"a/z:p/TCP 10.96.0.7"}, wantReason: "Service/invalid-port"},
+		{name: "FQDN slice", svc: pt.Service("a", "f", "10.96.0.8", "p", 80), slice: func() *discovery.EndpointSlice {
+			s := pt.Slice("a", "f", "f-1", "p", 80, pt.Ready("10.244.1.1", "node1"))
+			s.AddressType = discovery.AddressTypeFQDN
+			s.Endpoints[0].Addresses = []string{"db.example.com"}
+			return s
+		}(), wantPorts: []string{"a/f:p/TCP 10.96.0.8"}, wantReason: "EndpointSlice/fqdn"},
+		{name: "slice without a service label", slice: &discovery.EndpointSlice{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: "orphan"}, AddressType: discovery.AddressTypeIPv4,
+		}, wantReason: "EndpointSlice/no-service-label"},
+		{name: "slice whose service does not exist", slice: pt.Slice("a", "ghost", "ghost-1", "p", 80, pt.Ready("10.244.1.1", "node1"))},
+		{name: "bad endpoint address", svc: pt.Service("a", "b", "10.96.0.9", "p", 80), slice: pt.Slice("a", "b", "b-1", "p", 80,
+			pt.Ready("not-an-ip", "node1"), pt.Ready("10.244.1.4", "node1")), wantPorts: []string{"a/b:p/TCP 10.96.0.9 10.244.1.4:80"},
+			wantReason: "EndpointSlice/invalid-address"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var reasons []string
+			tr := proxy.NewTracker("node1", nil, func(kind, reason string) { reasons = append(reasons, kind+"/"+reason) })
+			if tc.svc != nil {
+				tr.OnServiceUpdate(nil, tc.svc)
+			}
+			if tc.slice != nil {
+				tr.OnEndpointSliceUpdate(nil, tc.slice)
+			}
+			snap, _ := tr.Snapshot()
+			var got []string
+			for _, sp := range snap.ServicePorts() {
+				s := sp.Name.String() + " " + sp.ClusterIP.String()
+				for _, e := range sp.AllEndpoints {
+					s += " " + e.String()
+				}
+				got = append(got, s)
+			}
+			if d := cmp.Diff(tc.wantPorts, got); d != "" {
+				t.Errorf("ports (-want +got):\n%s", d)
+			}
+			if tc.wantReason != "" && !contains(reasons, tc.wantReason) {
+				t.Errorf("skip reasons %v, want %q among them", reasons, tc.wantReason)
+			}
+		})
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func TestTrackerNodeZone(t *testing.T) {
+	calls := 0
+	tr := proxy.NewTracker("node1", func() { calls++ }, nil)
+	ep1 := pt.Ready("10.244.1.2", "node1")
+	ep1.ForZones = []string{"z1"}
+	ep2 := pt.Ready("10.244.2.2", "node2")
+	ep2.ForZones = []string{"z2"}
+	tr.OnServiceUpdate(nil, pt.Service("a", "web", "10.96.0.20", "http", 80))
+	tr.OnEndpointSliceUpdate(nil, pt.Slice("a", "web", "web-1", "http", 80, ep1, ep2))
+	snap, _ := tr.Snapshot()
+	if got := endpointsOf(snap)["a/web:http/TCP"]; got != "10.244.1.2:80,10.244.2.2:80" {
+		t.Errorf("without a zone, hints must be ignored: got %s", got)
+	}
+	before := calls
+	tr.OnNodeUpdate(&v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node2", Labels: map[string]string{v1.LabelTopologyZone: "z1"}}})
+	if calls != before {
+		t.Errorf("another node's update triggered a sync")
+	}
+	tr.OnNodeUpdate(&v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node1", Labels: map[string]string{v1.LabelTopologyZone: "z2"}}})
+	snap, changes := tr.Snapshot()
+	if got := endpointsOf(snap)["a/web:http/TCP"]; got != "10.244.2.2:80" {
+		t.Errorf("in zone z2: got %s, want only the z2 endpoint", got)
+	}
+	if len(changes) != 1 || snap.NodeZone != "z2" {
+		t.Errorf("zone change: changes=%v zone=%q", changeNames(changes), snap.NodeZone)
+	}
+}
