@@ -83,21 +83,22 @@ var _ Interface = (*Exec)(nil)
 
 // NewExec returns an Interface running the binaries of variant.
 func NewExec(variant Variant) (*Exec, error) {
-	ipt, err := goipt.New(goipt.Path(binary(variant, "iptables")), goipt.Timeout(5))
+	ipt, err := goipt.New(goipt.Path(binary(variant, "")), goipt.Timeout(5))
 	if err != nil {
 		return nil, fmt.Errorf("iptables (%s): %w", variant, err)
 	}
 	return &Exec{variant: variant, ipt: ipt}, nil
 }
 
-func binary(v Variant, base string) string { return base + "-" + string(v) }
+// binary returns e.g. "iptables-nft-restore" for (nft, "-restore").
+func binary(v Variant, suffix string) string { return "iptables-" + string(v) + suffix }
 
 // Variant returns the backend in use.
 func (e *Exec) Variant() Variant { return e.variant }
 
 // Restore implements Interface.
 func (e *Exec) Restore(data []byte) error {
-	cmd := exec.Command(binary(e.variant, "iptables-restore"), "--noflush", "--wait", "5")
+	cmd := exec.Command(binary(e.variant, "-restore"), "--noflush", "--wait", "5")
 	cmd.Stdin = bytes.NewReader(data)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -143,7 +144,7 @@ func (e *Exec) EnsureJump(j Jump) error {
 
 // ListChains implements Interface.
 func (e *Exec) ListChains(table string) ([]string, error) {
-	out, err := exec.Command(binary(e.variant, "iptables-save"), "-t", table).Output()
+	out, err := exec.Command(binary(e.variant, "-save"), "-t", table).Output()
 	if err != nil {
 		return nil, fmt.Errorf("iptables-save -t %s: %w", table, err)
 	}
