@@ -33,41 +33,81 @@ func DefaultOptions() Options { return Options{MasqueradeBit: 14, RandomFully: t
 
 func (o Options) markValue() string { return fmt.Sprintf("0x%x", uint32(1)<<o.MasqueradeBit) }
 
-// renderer collects the output of one Render call.
-type renderer struct {
-	opts      Options
-	mark      string // e.g. 0x4000
-	markMasq  string // "-j MARK --or-mark 0x4000"
-	svcChains []*Chain
-	extChains []*Chain
-	addrKeys  map[netip.Addr][]string
-	portKeys  map[string]map[uint16][]string // proto -> port -> rules
+// common holds values derived from Options once per Render.
+type common struct {
+	opts     Options
+	mark     string // e.g. 0x4000
+	markMasq string // "-j MARK --or-mark 0x4000"
+}
+
+func newCommon(opts Options) *common {
+	c := &common{opts: opts, mark: opts.markValue()}
+	c.markMasq = "-j MARK --or-mark " + c.mark
+	return c
+}
+
+// fragment is everything one service port contributes to the plan. It is a
+// function of the port and the options only, which lets Renderer reuse it
+// while the port is unchanged.
+type fragment struct {
+	svcChains []*Chain // endpoint chains
+	extChains []*Chain // chains that jump to endpoint chains
+	dispatch  []keyedRules
+	nodePorts []keyedRules
 	filter    []string
-	hairpin   map[netip.Addr]bool
-	seen      map[string]bool // "ip/proto/port" or "np/proto/port" already dispatched
+	hairpin   []netip.Addr
+}
+
+// keyedRules are the rules that send one (address or node port, protocol,
+// port) to a service.
+type keyedRules struct {
+	ip    netip.Addr // dispatch only
+	proto string     // node ports only: TCP, UDP, SCTP
+	port  uint16     // node ports only
+	key   string     // identity for conflict detection
+	rules []string
 }
 
 // Render turns a Snapshot into the desired iptables rules. It is pure: no
 // I/O, no state kept between calls, deterministic output.
 func Render(snap *proxy.Snapshot, opts Options) *Plan {
-	r := &renderer{
-		opts:     opts,
-		mark:     opts.markValue(),
-		addrKeys: map[netip.Addr][]string{},
-		portKeys: map[string]map[uint16][]string{},
-		hairpin:  map[netip.Addr]bool{},
-		seen:     map[string]bool{},
-	}
-	r.markMasq = "-j MARK --or-mark " + r.mark
-	for _, sp := range snap.ServicePorts() {
-		r.servicePort(sp)
-	}
-	return r.plan()
+	c := newCommon(opts)
+	return assemble(snap, c, func(sp *proxy.ServicePort) *fragment { return c.renderPort(sp) })
+}
+
+// Renderer renders like Render but reuses the fragment of every service
+// port that is the same object as in the previous call: the tracker shares
+// unchanged ports between Snapshots, so a sync after one endpoint change
+// renders one port, not all of them. Its output is identical to Render's.
+type Renderer struct {
+	c     *common
+	cache map[*proxy.ServicePort]*fragment
+}
+
+// NewRenderer returns a Renderer for opts.
+func NewRenderer(opts Options) *Renderer {
+	return &Renderer{c: newCommon(opts), cache: map[*proxy.ServicePort]*fragment{}}
+}
+
+// Render implements the same function as the package-level Render.
+func (r *Renderer) Render(snap *proxy.Snapshot) *Plan {
+	next := make(map[*proxy.ServicePort]*fragment, len(r.cache))
+	plan := assemble(snap, r.c, func(sp *proxy.ServicePort) *fragment {
+		f, ok := r.cache[sp]
+		if !ok {
+			f = r.c.renderPort(sp)
+		}
+		next[sp] = f
+		return f
+	})
+	r.cache = next
+	return plan
 }
 
 func lowerProto(p string) string { return strings.ToLower(p) }
 
-func (r *renderer) servicePort(sp *proxy.ServicePort) {
+func (c *common) renderPort(sp *proxy.ServicePort) *fragment {
+	f := &fragment{}
 	name := sp.Name.String()
 	cmt := sp.Name.Comment()
 	proto := lowerProto(string(sp.Protocol))
@@ -75,7 +115,7 @@ func (r *renderer) servicePort(sp *proxy.ServicePort) {
 
 	if !sp.HasEndpoints() {
 		reject := func(match string) {
-			r.filter = append(r.filter, "-m comment --comment "+comment(cmt+" has no endpoints")+" "+match+" -j REJECT")
+			f.filter = append(f.filter, "-m comment --comment "+comment(cmt+" has no endpoints")+" "+match+" -j REJECT")
 		}
 		reject(dst(sp.ClusterIP) + " -p " + proto + " --dport " + port)
 		for _, ip := range externalAddrs(sp) {
@@ -84,7 +124,7 @@ func (r *renderer) servicePort(sp *proxy.ServicePort) {
 		if sp.NodePort != 0 {
 			reject("-m addrtype --dst-type LOCAL -p " + proto + " --dport " + strconv.Itoa(int(sp.NodePort)))
 		}
-		return
+		return f
 	}
 
 	// Endpoint chains.
@@ -101,22 +141,22 @@ func (r *renderer) servicePort(sp *proxy.ServicePort) {
 	}
 	clusterMatch := dst(sp.ClusterIP) + " -p " + proto + " --dport " + port
 	if svc != "" {
-		r.svcChains = append(r.svcChains, r.endpointChain(svc, sp, sp.ClusterEndpoints, internal == svc, clusterMatch))
+		f.svcChains = append(f.svcChains, c.endpointChain(f, svc, sp, sp.ClusterEndpoints, internal == svc, clusterMatch))
 	}
 	if svl != "" {
-		r.svcChains = append(r.svcChains, r.endpointChain(svl, sp, sp.LocalEndpoints, internal == svl, clusterMatch))
+		f.svcChains = append(f.svcChains, c.endpointChain(f, svl, sp, sp.LocalEndpoints, internal == svl, clusterMatch))
 	}
 
 	// Cluster IP.
 	if internal != "" {
-		r.dispatch(sp, sp.ClusterIP, proto, port, []string{
+		f.addDispatch(sp.ClusterIP, proto, port, []string{
 			"-m comment --comment " + comment(cmt+" cluster IP") + " " + clusterMatch + " -g " + internal})
 	} else {
-		r.filter = append(r.filter, "-m comment --comment "+comment(cmt+" has no local endpoints")+" "+clusterMatch+" -j DROP")
+		f.filter = append(f.filter, "-m comment --comment "+comment(cmt+" has no local endpoints")+" "+clusterMatch+" -j DROP")
 	}
 
 	if !sp.HasExternal() {
-		return
+		return f
 	}
 
 	// External traffic: NodePort, ExternalIPs, LoadBalancer IPs.
@@ -130,28 +170,28 @@ func (r *renderer) servicePort(sp *proxy.ServicePort) {
 			// Pods and the node itself reach an externally-visible
 			// address through the cluster endpoints (kube-proxy's
 			// short-circuit), the node with masquerade.
-			for _, cidr := range r.opts.ClusterCIDRs {
+			for _, cidr := range c.opts.ClusterCIDRs {
 				rules = append(rules, "-m comment --comment "+comment(cmt+" pod traffic for external destinations")+" -s "+cidr.String()+" -g "+svc)
 			}
 			rules = append(rules,
-				"-m comment --comment "+comment(cmt+" masquerade LOCAL traffic")+" -m addrtype --src-type LOCAL "+r.markMasq,
+				"-m comment --comment "+comment(cmt+" masquerade LOCAL traffic")+" -m addrtype --src-type LOCAL "+c.markMasq,
 				"-m comment --comment "+comment(cmt+" route LOCAL traffic to cluster endpoints")+" -m addrtype --src-type LOCAL -g "+svc)
 		}
 		if svl != "" {
 			rules = append(rules, "-m comment --comment "+comment(cmt+" local endpoints")+" -g "+svl)
 		}
-		r.extChains = append(r.extChains, &Chain{Name: ext, Rules: rules})
+		f.extChains = append(f.extChains, &Chain{Name: ext, Rules: rules})
 		toExternal = func(match string) []string { return []string{match + " -g " + ext} }
 	case svc != "":
 		toExternal = func(match string) []string {
-			return []string{match + " " + r.markMasq, match + " -g " + svc}
+			return []string{match + " " + c.markMasq, match + " -g " + svc}
 		}
 	default:
 		toExternal = nil
 		noExternalEndpoints = true
 	}
 	drop := func(match, why string) {
-		r.filter = append(r.filter, "-m comment --comment "+comment(cmt+" "+why)+" "+match+" -j DROP")
+		f.filter = append(f.filter, "-m comment --comment "+comment(cmt+" "+why)+" "+match+" -j DROP")
 	}
 
 	for _, ip := range sp.ExternalIPs {
@@ -160,7 +200,7 @@ func (r *renderer) servicePort(sp *proxy.ServicePort) {
 			drop(m, "has no local endpoints")
 		}
 		if toExternal != nil {
-			r.dispatch(sp, ip, proto, port, toExternal("-m comment --comment "+comment(cmt+" external IP")+" "+m))
+			f.addDispatch(ip, proto, port, toExternal("-m comment --comment "+comment(cmt+" external IP")+" "+m))
 		}
 	}
 	var fw string
@@ -170,7 +210,7 @@ func (r *renderer) servicePort(sp *proxy.ServicePort) {
 		for _, src := range sp.LoadBalancerSourceRanges {
 			rules = append(rules, toExternal("-m comment --comment "+comment(cmt+" loadBalancerSourceRanges")+" -s "+src.String())...)
 		}
-		r.extChains = append(r.extChains, &Chain{Name: fw, Rules: rules})
+		f.extChains = append(f.extChains, &Chain{Name: fw, Rules: rules})
 	}
 	for _, ip := range sp.LoadBalancerIPs {
 		m := dst(ip) + " -p " + proto + " --dport " + port
@@ -186,9 +226,9 @@ func (r *renderer) servicePort(sp *proxy.ServicePort) {
 		}
 		c := "-m comment --comment " + comment(cmt+" loadbalancer IP") + " " + m
 		if fw != "" {
-			r.dispatch(sp, ip, proto, port, []string{c + " -g " + fw})
+			f.addDispatch(ip, proto, port, []string{c + " -g " + fw})
 		} else {
-			r.dispatch(sp, ip, proto, port, toExternal(c))
+			f.addDispatch(ip, proto, port, toExternal(c))
 		}
 	}
 	if sp.NodePort != 0 {
@@ -197,41 +237,34 @@ func (r *renderer) servicePort(sp *proxy.ServicePort) {
 			drop("-m addrtype --dst-type LOCAL -p "+proto+" --dport "+np, "has no local endpoints")
 		}
 		if toExternal != nil {
-			key := "np/" + proto + "/" + np
-			if !r.seen[key] {
-				r.seen[key] = true
-				ports := r.portKeys[strings.ToUpper(proto)]
-				if ports == nil {
-					ports = map[uint16][]string{}
-					r.portKeys[strings.ToUpper(proto)] = ports
-				}
-				ports[uint16(sp.NodePort)] = toExternal("-m comment --comment " + comment(cmt+" nodePort") + " -p " + proto + " --dport " + np)
-			}
+			f.nodePorts = append(f.nodePorts, keyedRules{proto: strings.ToUpper(proto), port: uint16(sp.NodePort), key: "np/" + proto + "/" + np,
+				rules: toExternal("-m comment --comment " + comment(cmt+" nodePort") + " -p " + proto + " --dport " + np)})
 		}
 	}
+	return f
 }
 
 // endpointChain renders the endpoints of one service port as rules of one
 // chain: ClientIP affinity via xt_recent, a random split via xt_statistic
 // and the DNAT in the same rule, so there is no chain per endpoint.
-func (r *renderer) endpointChain(name string, sp *proxy.ServicePort, eps []*proxy.Endpoint, masq bool, clusterMatch string) *Chain {
+func (c *common) endpointChain(f *fragment, name string, sp *proxy.ServicePort, eps []*proxy.Endpoint, masq bool, clusterMatch string) *Chain {
 	cmt := sp.Name.Comment()
 	proto := lowerProto(string(sp.Protocol))
 	portName := sp.Name.String()
 	rules := make([]string, 0, 2*len(eps)+1)
 	if masq {
 		switch {
-		case r.opts.MasqueradeAll:
-			rules = append(rules, "-m comment --comment "+comment(cmt+" cluster IP")+" "+clusterMatch+" "+r.markMasq)
-		case len(r.opts.ClusterCIDRs) > 0:
-			for _, c := range r.opts.ClusterCIDRs {
-				rules = append(rules, "-m comment --comment "+comment(cmt+" cluster IP")+" "+clusterMatch+" ! -s "+c.String()+" "+r.markMasq)
+		case c.opts.MasqueradeAll:
+			rules = append(rules, "-m comment --comment "+comment(cmt+" cluster IP")+" "+clusterMatch+" "+c.markMasq)
+		case len(c.opts.ClusterCIDRs) > 0:
+			for _, cidr := range c.opts.ClusterCIDRs {
+				rules = append(rules, "-m comment --comment "+comment(cmt+" cluster IP")+" "+clusterMatch+" ! -s "+cidr.String()+" "+c.markMasq)
 			}
 		}
 	}
 	for _, ep := range eps {
 		if ep.IsLocal {
-			r.hairpin[ep.IP] = true
+			f.hairpin = append(f.hairpin, ep.IP)
 		}
 	}
 	if sp.AffinityTimeout > 0 {
@@ -273,21 +306,51 @@ func externalAddrs(sp *proxy.ServicePort) []netip.Addr {
 	return append(slices.Clone(sp.ExternalIPs), sp.LoadBalancerIPs...)
 }
 
-// dispatch adds the rules that send ip:port/proto to a service. A second
-// service claiming the same ip:port/proto (an ExternalIP conflict) is
-// shadowed by the first, which sorts first.
-func (r *renderer) dispatch(sp *proxy.ServicePort, ip netip.Addr, proto, port string, rules []string) {
-	key := ip.String() + "/" + proto + "/" + port
-	if r.seen[key] {
-		return
-	}
-	r.seen[key] = true
-	r.addrKeys[ip] = append(r.addrKeys[ip], rules...)
+func (f *fragment) addDispatch(ip netip.Addr, proto, port string, rules []string) {
+	f.dispatch = append(f.dispatch, keyedRules{ip: ip, key: ip.String() + "/" + proto + "/" + port, rules: rules})
 }
 
-// plan assembles the chains in dependency order.
-func (r *renderer) plan() *Plan {
+// assemble collects the fragments of every port and builds the plan, with
+// chains in dependency order. A second service claiming an address, protocol
+// and port already taken (an ExternalIP conflict) is shadowed by the first,
+// which sorts first.
+func assemble(snap *proxy.Snapshot, c *common, fragmentOf func(*proxy.ServicePort) *fragment) *Plan {
 	p := &Plan{}
+	r := struct {
+		opts                 Options
+		mark, markMasq       string
+		svcChains, extChains []*Chain
+		addrKeys             map[netip.Addr][]string
+		portKeys             map[string]map[uint16][]string
+		filter               []string
+		hairpin              map[netip.Addr]bool
+	}{opts: c.opts, mark: c.mark, markMasq: c.markMasq, addrKeys: map[netip.Addr][]string{},
+		portKeys: map[string]map[uint16][]string{}, hairpin: map[netip.Addr]bool{}}
+	seen := map[string]bool{}
+	for _, sp := range snap.ServicePorts() {
+		f := fragmentOf(sp)
+		r.svcChains = append(r.svcChains, f.svcChains...)
+		r.extChains = append(r.extChains, f.extChains...)
+		r.filter = append(r.filter, f.filter...)
+		for _, ip := range f.hairpin {
+			r.hairpin[ip] = true
+		}
+		for _, d := range f.dispatch {
+			if !seen[d.key] {
+				seen[d.key] = true
+				r.addrKeys[d.ip] = append(r.addrKeys[d.ip], d.rules...)
+			}
+		}
+		for _, np := range f.nodePorts {
+			if !seen[np.key] {
+				seen[np.key] = true
+				if r.portKeys[np.proto] == nil {
+					r.portKeys[np.proto] = map[uint16][]string{}
+				}
+				r.portKeys[np.proto][np.port] = np.rules
+			}
+		}
+	}
 
 	// Filter table.
 	p.Filter = []*Chain{

@@ -30,6 +30,20 @@ func (n ServicePortName) Comment() string {
 	return fmt.Sprintf("%s/%s:%s", n.Namespace, n.Name, n.Port)
 }
 
+// Less orders names by namespace, name, port name and protocol.
+func (n ServicePortName) Less(o ServicePortName) bool {
+	if n.Namespace != o.Namespace {
+		return n.Namespace < o.Namespace
+	}
+	if n.Name != o.Name {
+		return n.Name < o.Name
+	}
+	if n.Port != o.Port {
+		return n.Port < o.Port
+	}
+	return n.Protocol < o.Protocol
+}
+
 // ServiceKey returns "ns/name", the key of the Service this port belongs to.
 func (n ServicePortName) ServiceKey() string { return n.Namespace + "/" + n.Name }
 
@@ -138,7 +152,7 @@ type Snapshot struct {
 
 // NewSnapshot builds a Snapshot from service ports; it sorts them by name.
 func NewSnapshot(nodeName, nodeZone string, ports []*ServicePort) *Snapshot {
-	sort.Slice(ports, func(i, j int) bool { return ports[i].Name.String() < ports[j].Name.String() })
+	sort.Slice(ports, func(i, j int) bool { return ports[i].Name.Less(ports[j].Name) })
 	return &Snapshot{NodeName: nodeName, NodeZone: nodeZone, ports: ports}
 }
 

@@ -134,11 +134,11 @@ func (o *Options) Run(ctx context.Context, out io.Writer) error {
 	}
 	logger.Info("Using iptables", "variant", variant)
 	syncer := iptables.NewSyncer(ipt, 0)
-	opts := o.iptablesOptions()
+	renderer := iptables.NewRenderer(o.iptablesOptions())
 	sync := func(ctx context.Context, full bool) error {
 		start := time.Now()
 		snap, changes := tracker.Snapshot()
-		plan := iptables.Render(snap, opts)
+		plan := renderer.Render(snap)
 		res, err := syncer.Sync(plan, full)
 		if err != nil {
 			// The snapshot's changes are folded into the retry, which

@@ -1,0 +1,213 @@
+package iptables
+
+import (
+	"flag"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+
+	"github.com/svcproxy/svcproxy/proxy"
+	pt "github.com/svcproxy/svcproxy/proxy/proxytest"
+	"github.com/svcproxy/svcproxy/proxy/source"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/*.golden")
+
+func testOptions() Options {
+	o := DefaultOptions()
+	o.ClusterCIDRs = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}
+	return o
+}
+
+// snapshotOf feeds objects to a tracker for node1 and returns its snapshot.
+func snapshotOf(t testing.TB, objs ...any) *proxy.Snapshot {
+	t.Helper()
+	tr := proxy.NewTracker("node1", nil, nil)
+	for _, o := range objs {
+		switch o := o.(type) {
+		case *v1.Service:
+			tr.OnServiceUpdate(nil, o)
+		case *discovery.EndpointSlice:
+			tr.OnEndpointSliceUpdate(nil, o)
+		default:
+			t.Fatalf("unexpected object %T", o)
+		}
+	}
+	snap, _ := tr.Snapshot()
+	return snap
+}
+
+// TestGoldenExample renders the bundled example cluster: the README's first
+// command prints exactly this.
+func TestGoldenExample(t *testing.T) {
+	st, err := source.LoadFile("../examples/cluster.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var objs []any
+	for _, s := range st.Services {
+		objs = append(objs, s)
+	}
+	for _, s := range st.EndpointSlices {
+		objs = append(objs, s)
+	}
+	got := Render(snapshotOf(t, objs...), testOptions()).String()
+	golden := filepath.Join("testdata", "example.golden")
+	if *update {
+		if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff(string(want), got); d != "" {
+		t.Errorf("ruleset differs from %s (-want +got); run go test ./iptables -run TestGoldenExample -update if intended:\n%s", golden, d)
+	}
+}
+
+// chainRules returns the rules of the chains whose names start with prefix,
+// and of the named fixed chains, as "-A CHAIN rule" lines.
+func chainRules(p *Plan, names ...string) string {
+	var b strings.Builder
+	for _, tbl := range p.Tables() {
+		for _, c := range tbl.Chains {
+			for _, n := range names {
+				if c.Name == n || (strings.HasSuffix(n, "-") && strings.HasPrefix(c.Name, n)) {
+					for _, r := range c.Rules {
+						b.WriteString("-A " + c.Name + " " + r + "\n")
+					}
+				}
+			}
+		}
+	}
+	return b.String()
+}
+
+func dedent(s string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n") + "\n"
+}
+
+func TestRenderSmallCases(t *testing.T) {
+	web := pt.Service("ns", "web", "10.96.0.20", "http", 80)
+	webSvc := serviceChain("ns/web:http/TCP")
+	tests := []struct {
+		name   string
+		opts   func(*Options)
+		objs   []any
+		chains []string
+		want   string
+	}{
+		{
+			name:   "one endpoint: masquerade off-cluster sources, DNAT",
+			objs:   []any{web, pt.Slice("ns", "web", "w1", "http", 8080, pt.Ready("10.244.2.2", "node2"))},
+			chains: []string{svcChainPrefix, DispatchChain},
+			want: `
+			-A ` + webSvc + ` -m comment --comment "ns/web:http cluster IP" -d 10.96.0.20/32 -p tcp --dport 80 ! -s 10.244.0.0/16 -j MARK --or-mark 0x4000
+			-A ` + webSvc + ` -m comment --comment "ns/web:http -> 10.244.2.2:8080" -p tcp -j DNAT --to-destination 10.244.2.2:8080
+			-A SVCP-DISPATCH -m comment --comment "ns/web:http cluster IP" -d 10.96.0.20/32 -p tcp --dport 80 -g ` + webSvc,
+		},
+		{
+			name:   "three endpoints: statistic split 1/3, 1/2, rest",
+			opts:   func(o *Options) { o.ClusterCIDRs = nil; o.MasqueradeAll = true },
+			objs:   []any{web, pt.Slice("ns", "web", "w1", "http", 8080, pt.Ready("10.244.1.2", "node1"), pt.Ready("10.244.2.2", "node2"), pt.Ready("10.244.3.2", "node3"))},
+			chains: []string{svcChainPrefix},
+			want: `
+			-A ` + webSvc + ` -m comment --comment "ns/web:http cluster IP" -d 10.96.0.20/32 -p tcp --dport 80 -j MARK --or-mark 0x4000
+			-A ` + webSvc + ` -m comment --comment "ns/web:http -> 10.244.1.2:8080" -m statistic --mode random --probability 0.3333333333 -p tcp -j DNAT --to-destination 10.244.1.2:8080
+			-A ` + webSvc + ` -m comment --comment "ns/web:http -> 10.244.2.2:8080" -m statistic --mode random --probability 0.5000000000 -p tcp -j DNAT --to-destination 10.244.2.2:8080
+			-A ` + webSvc + ` -m comment --comment "ns/web:http -> 10.244.3.2:8080" -p tcp -j DNAT --to-destination 10.244.3.2:8080`,
+		},
+		{
+			name:   "no endpoints: REJECT in filter, nothing in nat",
+			objs:   []any{pt.Service("ns", "web", "10.96.0.20", "http", 80, func(s *v1.Service) { s.Spec.Type = v1.ServiceTypeNodePort; s.Spec.Ports[0].NodePort = 30001 })},
+			chains: []string{FilterChain, svcChainPrefix, DispatchChain, NodePortsChain},
+			want: `
+			-A SVCP-FILTER -m comment --comment "ns/web:http has no endpoints" -d 10.96.0.20/32 -p tcp --dport 80 -j REJECT
+			-A SVCP-FILTER -m comment --comment "ns/web:http has no endpoints" -m addrtype --dst-type LOCAL -p tcp --dport 30001 -j REJECT`,
+		},
+		{
+			name: "UDP and SCTP ports",
+			objs: []any{pt.Service("ns", "dns", "10.96.0.10", "dns", 53, func(s *v1.Service) {
+				s.Spec.Ports[0].Protocol = v1.ProtocolUDP
+				s.Spec.Ports = append(s.Spec.Ports, v1.ServicePort{Name: "sig", Port: 3868, Protocol: v1.ProtocolSCTP})
+			})},
+			chains: []string{FilterChain},
+			want: `
+			-A SVCP-FILTER -m comment --comment "ns/dns:dns has no endpoints" -d 10.96.0.10/32 -p udp --dport 53 -j REJECT
+			-A SVCP-FILTER -m comment --comment "ns/dns:sig has no endpoints" -d 10.96.0.10/32 -p sctp --dport 3868 -j REJECT`,
+		},
+		{
+			name:   "nodeport-addresses restricts node ports",
+			opts:   func(o *Options) { o.NodePortAddresses = []netip.Prefix{netip.MustParsePrefix("192.168.0.0/24")} },
+			chains: []string{ServicesChain},
+			want: `
+			-A SVCP-SERVICES -m comment --comment "service portals" -j SVCP-DISPATCH
+			-A SVCP-SERVICES -m comment --comment "node ports on local addresses" -d 192.168.0.0/24 -m addrtype --dst-type LOCAL -j SVCP-NODEPORTS`,
+		},
+		{
+			name:   "weird names cannot break the comment quoting",
+			objs:   []any{pt.Service("ns", `we"b x`, "10.96.0.20", "h\"t p", 80)},
+			chains: []string{FilterChain},
+			want: `
+			-A SVCP-FILTER -m comment --comment "ns/we_b x:h_t p has no endpoints" -d 10.96.0.20/32 -p tcp --dport 80 -j REJECT`,
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			opts := testOptions()
+			if tc.opts != nil {
+				tc.opts(&opts)
+			}
+			got := chainRules(Render(snapshotOf(t, tc.objs...), opts), tc.chains...)
+			if d := cmp.Diff(dedent(tc.want), got); d != "" {
+				t.Errorf("rules (-want +got):\n%s", d)
+			}
+		})
+	}
+}
+
+// TestRendererMatchesRender: the caching Renderer must produce exactly what
+// the pure Render produces, across adds, changes and deletes.
+func TestRendererMatchesRender(t *testing.T) {
+	svcs, slices := pt.Generate(60, 3)
+	tr := proxy.NewTracker("node1", nil, nil)
+	for _, s := range svcs {
+		tr.OnServiceUpdate(nil, s)
+	}
+	for _, s := range slices {
+		tr.OnEndpointSliceUpdate(nil, s)
+	}
+	r := NewRenderer(testOptions())
+	check := func(step string) {
+		t.Helper()
+		snap, _ := tr.Snapshot()
+		if d := cmp.Diff(Render(snap, testOptions()).String(), r.Render(snap).String()); d != "" {
+			t.Fatalf("%s: Renderer differs from Render (-Render +Renderer):\n%s", step, d)
+		}
+	}
+	check("initial")
+	cur := slices[7].DeepCopy()
+	cur.Endpoints = cur.Endpoints[:1]
+	tr.OnEndpointSliceUpdate(slices[7], cur)
+	check("endpoint removed")
+	tr.OnServiceUpdate(svcs[3], nil)
+	check("service deleted")
+	tr.OnEndpointSliceUpdate(slices[9], nil)
+	check("all endpoints gone")
+	tr.OnServiceUpdate(nil, svcs[3])
+	check("service back")
+}
