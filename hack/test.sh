@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The one test command: installs what the tests need when it is missing,
+# then runs every test — unit, rules, behaviour, fuzz seeds, and (as root)
+# the integration tests in network namespaces this script's tests create.
+#
+#   hack/test.sh            everything
+#   hack/test.sh unit       unit tests only (no root needed)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+what=${1:-all}
+
+log() { printf '\n== %s\n' "$*"; }
+
+install_packages() {
+	local missing=()
+	command -v iptables-nft-restore >/dev/null || missing+=(iptables)
+	command -v ipset >/dev/null || missing+=(ipset)
+	command -v conntrack >/dev/null || missing+=(conntrack)
+	command -v ip >/dev/null || missing+=(iproute2)
+	if ((${#missing[@]})); then
+		log "installing ${missing[*]}"
+		if [ "$(id -u)" != 0 ]; then
+			echo "need root to apt-get install ${missing[*]}" >&2
+			exit 1
+		fi
+		apt-get update -qq
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+	fi
+}
+
+log "gofmt and go vet"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './.cache/*'))
+if [ -n "$unformatted" ]; then
+	echo "gofmt needed on:" >&2
+	echo "$unformatted" >&2
+	exit 1
+fi
+go vet ./...
+go vet -tags integration ./test/integration/...
+
+log "unit, rules, behaviour and fuzz-seed tests (race detector on)"
+go test -race -count=1 ./...
+
+if [ "$what" = unit ]; then
+	exit 0
+fi
+
+if [ "$(id -u)" != 0 ]; then
+	echo "integration tests need root (they create network namespaces); run as root or 'hack/test.sh unit'" >&2
+	exit 1
+fi
+install_packages
+
+log "integration tests: real iptables-restore and real connections in private network namespaces"
+go test -tags integration -count=1 -v ./test/integration/...
+
+log "all tests passed"
