@@ -1,0 +1,68 @@
+package app
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestMainDryRunPrintsTheGoldenRuleset(t *testing.T) {
+	var out, errOut bytes.Buffer
+	code := Main([]string{"--dry-run", "--state", "../../../examples/cluster.yaml", "--hostname-override", "node1",
+		"--cluster-cidr", "10.244.0.0/16", "--logtostderr=false"}, &out, &errOut)
+	if code != 0 {
+		t.Fatalf("exit code %d, stderr:\n%s", code, errOut.String())
+	}
+	want, err := os.ReadFile("../../../iptables/testdata/example.golden")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out.String() != string(want) {
+		t.Errorf("--dry-run output differs from iptables/testdata/example.golden:\n%s", out.String())
+	}
+}
+
+func TestMainErrors(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {name: web, namespace: shop}\n  spec: {ports: oops}\n"), 0o644)
+	tests := []struct {
+		name     string
+		args     []string
+		wantCode int
+		wantErr  []string
+	}{
+		{name: "malformed state file names file and item", args: []string{"--dry-run", "--state", bad},
+			wantCode: 2, wantErr: []string{bad, "item 1", "shop/web"}},
+		{name: "missing state file", args: []string{"--dry-run", "--state", filepath.Join(dir, "nope.yaml")},
+			wantCode: 2, wantErr: []string{"nope.yaml"}},
+		{name: "ipvs not yet available", args: []string{"--mode", "ipvs", "--dry-run"},
+			wantCode: 2, wantErr: []string{"--mode=ipvs is not implemented"}},
+		{name: "proxy-mode alias is validated too", args: []string{"--proxy-mode", "userspace"},
+			wantCode: 2, wantErr: []string{`unknown --mode "userspace"`}},
+		{name: "bad cluster CIDR and bad sync periods reported together", args: []string{"--cluster-cidr", "10.244.0.0/33", "--min-sync-period", "1m", "--sync-period", "30s"},
+			wantCode: 2, wantErr: []string{"--cluster-cidr", "--min-sync-period"}},
+		{name: "bad nodeport address", args: []string{"--nodeport-addresses", "eth0"},
+			wantCode: 2, wantErr: []string{"--nodeport-addresses"}},
+		{name: "unknown flag", args: []string{"--no-such-flag"}, wantCode: 2, wantErr: []string{"no-such-flag"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			code := Main(append(tc.args, "--hostname-override", "node1", "--logtostderr=false"), &out, &errOut)
+			if code != tc.wantCode {
+				t.Errorf("exit code %d, want %d; stderr:\n%s", code, tc.wantCode, errOut.String())
+			}
+			for _, w := range tc.wantErr {
+				if !strings.Contains(errOut.String(), w) {
+					t.Errorf("stderr does not mention %q:\n%s", w, errOut.String())
+				}
+			}
+			if out.Len() != 0 {
+				t.Errorf("nothing should be printed to stdout on error, got:\n%s", out.String())
+			}
+		})
+	}
+}
