@@ -33,15 +33,28 @@ func DefaultOptions() Options { return Options{MasqueradeBit: 14, RandomFully: t
 
 func (o Options) markValue() string { return fmt.Sprintf("0x%x", uint32(1)<<o.MasqueradeBit) }
 
+// LargeClusterEndpoints is kube-proxy's threshold: above this many
+// endpoints in all, the per-endpoint DNAT rules carry no comment. Every rule
+// of a chain, comments included, is revisited by the kernel on each commit
+// (nf_tables validates the whole graph reachable from the base chains), so
+// this makes every partial sync of a big cluster cheaper; the first rule of
+// each chain still names the service.
+const LargeClusterEndpoints = 1000
+
 // common holds values derived from Options once per Render.
 type common struct {
-	opts     Options
-	mark     string // e.g. 0x4000
-	markMasq string // "-j MARK --or-mark 0x4000"
+	opts             Options
+	mark             string // e.g. 0x4000
+	markMasq         string // "-j MARK --or-mark 0x4000"
+	endpointComments bool
 }
 
-func newCommon(opts Options) *common {
-	c := &common{opts: opts, mark: opts.markValue()}
+func newCommon(opts Options, snap *proxy.Snapshot) *common {
+	n := 0
+	for _, sp := range snap.ServicePorts() {
+		n += len(sp.AllEndpoints)
+	}
+	c := &common{opts: opts, mark: opts.markValue(), endpointComments: n <= LargeClusterEndpoints}
 	c.markMasq = "-j MARK --or-mark " + c.mark
 	return c
 }
@@ -71,7 +84,7 @@ type keyedRules struct {
 // Render turns a Snapshot into the desired iptables rules. It is pure: no
 // I/O, no state kept between calls, deterministic output.
 func Render(snap *proxy.Snapshot, opts Options) *Plan {
-	c := newCommon(opts)
+	c := newCommon(opts, snap)
 	return assemble(snap, c, func(sp *proxy.ServicePort) *fragment { return c.renderPort(sp) })
 }
 
@@ -80,18 +93,22 @@ func Render(snap *proxy.Snapshot, opts Options) *Plan {
 // unchanged ports between Snapshots, so a sync after one endpoint change
 // renders one port, not all of them. Its output is identical to Render's.
 type Renderer struct {
+	opts  Options
 	c     *common
 	cache map[*proxy.ServicePort]*fragment
 }
 
 // NewRenderer returns a Renderer for opts.
 func NewRenderer(opts Options) *Renderer {
-	return &Renderer{c: newCommon(opts), cache: map[*proxy.ServicePort]*fragment{}}
+	return &Renderer{opts: opts, cache: map[*proxy.ServicePort]*fragment{}}
 }
 
 // Render implements the same function as the package-level Render.
 func (r *Renderer) Render(snap *proxy.Snapshot) *Plan {
-	next := make(map[*proxy.ServicePort]*fragment, len(r.cache))
+	if c := newCommon(r.opts, snap); r.c == nil || c.endpointComments != r.c.endpointComments {
+		r.c, r.cache = c, map[*proxy.ServicePort]*fragment{}
+	}
+	next := make(map[*proxy.ServicePort]*fragment, len(snap.ServicePorts()))
 	plan := assemble(snap, r.c, func(sp *proxy.ServicePort) *fragment {
 		f, ok := r.cache[sp]
 		if !ok {
@@ -269,32 +286,41 @@ func (c *common) endpointChain(f *fragment, name string, sp *proxy.ServicePort, 
 	}
 	if sp.AffinityTimeout > 0 {
 		for _, ep := range eps {
-			rules = append(rules, "-m comment --comment "+comment(cmt+" -> "+ep.String())+
-				" -m recent --name "+affinityList(portName, ep.String())+" --update --seconds "+strconv.Itoa(int(sp.AffinityTimeout))+" --reap"+
+			rules = append(rules, c.endpointComment(cmt, ep)+
+				"-m recent --name "+affinityList(portName, ep.String())+" --update --seconds "+strconv.Itoa(int(sp.AffinityTimeout))+" --reap"+
 				" -p "+proto+" -j DNAT --to-destination "+ep.String())
 		}
 	}
 	n := len(eps)
 	for i, ep := range eps {
 		var b strings.Builder
-		b.WriteString("-m comment --comment ")
-		b.WriteString(comment(cmt + " -> " + ep.String()))
+		b.WriteString(c.endpointComment(cmt, ep))
 		if i < n-1 {
-			b.WriteString(" -m statistic --mode random --probability ")
+			b.WriteString("-m statistic --mode random --probability ")
 			b.WriteString(probability(n - i))
+			b.WriteByte(' ')
 		}
 		if sp.AffinityTimeout > 0 {
-			b.WriteString(" -m recent --name ")
+			b.WriteString("-m recent --name ")
 			b.WriteString(affinityList(portName, ep.String()))
-			b.WriteString(" --set")
+			b.WriteString(" --set ")
 		}
-		b.WriteString(" -p ")
+		b.WriteString("-p ")
 		b.WriteString(proto)
 		b.WriteString(" -j DNAT --to-destination ")
 		b.WriteString(ep.String())
 		rules = append(rules, b.String())
 	}
 	return &Chain{Name: name, Rules: rules}
+}
+
+// endpointComment returns the comment of a DNAT rule with a trailing space,
+// or nothing in large clusters.
+func (c *common) endpointComment(cmt string, ep *proxy.Endpoint) string {
+	if !c.endpointComments {
+		return ""
+	}
+	return "-m comment --comment " + comment(cmt+" -> "+ep.String()) + " "
 }
 
 // probability is 1/n formatted as kube-proxy does.

@@ -211,3 +211,36 @@ func TestRendererMatchesRender(t *testing.T) {
 	tr.OnServiceUpdate(nil, svcs[3])
 	check("service back")
 }
+
+func TestRenderLargeClusterOmitsEndpointComments(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		services     int
+		wantComments bool
+	}{
+		{name: "1000 endpoints keep comments", services: 200, wantComments: true},
+		{name: "1005 endpoints drop them", services: 201, wantComments: false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			svcs, slices := pt.Generate(tc.services, 5)
+			var objs []any
+			for i := range svcs {
+				objs = append(objs, svcs[i], slices[i])
+			}
+			plan := Render(snapshotOf(t, objs...), testOptions())
+			for _, c := range plan.NAT {
+				if !strings.HasPrefix(c.Name, svcChainPrefix) {
+					continue
+				}
+				if !strings.Contains(c.Rules[0], "--comment") {
+					t.Errorf("%s: first rule has no comment: %s", c.Name, c.Rules[0])
+				}
+				for _, r := range c.Rules[1:] {
+					if got := strings.Contains(r, "--comment"); got != tc.wantComments {
+						t.Fatalf("%s: comment on DNAT rule = %v, want %v: %s", c.Name, got, tc.wantComments, r)
+					}
+				}
+			}
+		})
+	}
+}

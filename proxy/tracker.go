@@ -46,7 +46,8 @@ type Tracker struct {
 	services map[string]*v1.Service                         // ns/name
 	slices   map[string]map[string]*discovery.EndpointSlice // ns/service -> slice name
 	dirty    map[string]bool                                // ns/service keys changed since the last Snapshot
-	ports    map[string][]*ServicePort                      // ns/service -> ports at the last Snapshot
+	ports    map[string][]*ServicePort                      // ns/service -> ports at the last Snapshot, sorted
+	order    []string                                       // keys of ports, sorted; nil when to be rebuilt
 }
 
 var _ Handler = (*Tracker)(nil)
@@ -172,19 +173,41 @@ func (t *Tracker) Snapshot() (*Snapshot, []Change) {
 	for _, key := range keys {
 		prev := t.ports[key]
 		cur := t.buildPorts(key)
+		sort.Slice(cur, func(i, j int) bool { return cur[i].Name.Less(cur[j].Name) })
 		changes = append(changes, diffPorts(prev, cur)...)
 		if len(cur) == 0 {
+			if _, ok := t.ports[key]; ok {
+				t.order = nil // the set of services changed
+			}
 			delete(t.ports, key)
 		} else {
+			if _, ok := t.ports[key]; !ok {
+				t.order = nil
+			}
 			t.ports[key] = cur
 		}
 	}
 	t.dirty = map[string]bool{}
-	all := make([]*ServicePort, 0, len(t.ports)*2)
-	for _, ps := range t.ports {
-		all = append(all, ps...)
+	if t.order == nil {
+		// Sorting is the costliest part of a Snapshot at scale, so the
+		// order of services is kept until the set of services changes.
+		t.order = make([]string, 0, len(t.ports))
+		for k := range t.ports {
+			t.order = append(t.order, k)
+		}
+		sort.Slice(t.order, func(i, j int) bool {
+			a, b := t.ports[t.order[i]][0].Name, t.ports[t.order[j]][0].Name
+			if a.Namespace != b.Namespace {
+				return a.Namespace < b.Namespace
+			}
+			return a.Name < b.Name
+		})
 	}
-	return NewSnapshot(t.nodeName, t.zone, all), changes
+	all := make([]*ServicePort, 0, len(t.ports)*2)
+	for _, k := range t.order {
+		all = append(all, t.ports[k]...)
+	}
+	return &Snapshot{NodeName: t.nodeName, NodeZone: t.zone, ports: all}, changes
 }
 
 // diffPorts compares the ports of one service before and after. Ports equal

@@ -21,6 +21,7 @@ func main() {
 	n := flag.Int("services", 10000, "services")
 	batch := flag.Int("batch", 0, "chains per iptables-restore in a full sync (0: default)")
 	changes := flag.Int("changes", 5, "endpoint changes to time")
+	variant := flag.String("variant", "", "iptables variant: nft or legacy (default: detect)")
 	flag.Parse()
 
 	svcs, slices := pt.Generate(*n, 5)
@@ -34,7 +35,11 @@ func main() {
 	opts := iptables.DefaultOptions()
 	opts.ClusterCIDRs = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}
 	r := iptables.NewRenderer(opts)
-	ipt, err := iptables.NewExec(iptables.DetectVariant())
+	v := iptables.Variant(*variant)
+	if v == "" {
+		v = iptables.DetectVariant()
+	}
+	ipt, err := iptables.NewExec(v)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
