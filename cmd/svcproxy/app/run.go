@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -149,6 +150,13 @@ func (o *Options) Run(ctx context.Context, out io.Writer) error {
 			// The snapshot's changes are folded into the retry, which
 			// is a full sync of the then-current state.
 			return err
+		}
+		if res.Full {
+			// A full sync (and the first load before it) leaves a lot of
+			// garbage: the restore input of every chain, a parsed state
+			// file. Hand it back to the OS now rather than keep the peak
+			// RSS for minutes.
+			debug.FreeOSMemory()
 		}
 		chains, rules := plan.Stats()
 		logger.V(2).Info("Synced rules", "full", res.Full, "took", time.Since(start), "servicePortsChanged", len(changes),
