@@ -278,6 +278,7 @@ func (t *Tracker) buildPorts(key string) []*ServicePort {
 	hasExternal := len(externalIPs) > 0 || len(lbIPs) > 0
 
 	var out []*ServicePort
+	seen := map[ServicePortName]bool{}
 	for i := range svc.Spec.Ports {
 		p := &svc.Spec.Ports[i]
 		if p.Port <= 0 || p.Port > 65535 {
@@ -294,8 +295,16 @@ func (t *Tracker) buildPorts(key string) []*ServicePort {
 			t.onSkip("Service", "invalid-protocol")
 			continue
 		}
+		name := ServicePortName{Namespace: svc.Namespace, Name: svc.Name, Port: p.Name, Protocol: proto}
+		if seen[name] {
+			// An apiserver refuses this; a --state file may hold it.
+			klog.InfoS("Skipping duplicate service port", "service", key, "port", p.Name, "protocol", proto)
+			t.onSkip("Service", "duplicate-port")
+			continue
+		}
+		seen[name] = true
 		sp := &ServicePort{
-			Name:                     ServicePortName{Namespace: svc.Namespace, Name: svc.Name, Port: p.Name, Protocol: proto},
+			Name:                     name,
 			Protocol:                 proto,
 			Port:                     p.Port,
 			ClusterIP:                clusterIP,

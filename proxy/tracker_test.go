@@ -134,6 +134,9 @@ func TestTrackerSkips(t *testing.T) {
 		{name: "port 0 skipped, other ports kept", svc: pt.Service("a", "z", "10.96.0.7", "p", 80, func(s *v1.Service) {
 			s.Spec.Ports = append(s.Spec.Ports, v1.ServicePort{Name: "zero", Port: 0})
 		}), wantPorts: []string{"a/z:p/TCP 10.96.0.7"}, wantReason: "Service/invalid-port"},
+		{name: "duplicate port name and protocol: the first wins", svc: pt.Service("a", "d", "10.96.0.11", "p", 80, func(s *v1.Service) {
+			s.Spec.Ports = append(s.Spec.Ports, v1.ServicePort{Name: "p", Port: 81, Protocol: v1.ProtocolTCP}, v1.ServicePort{Name: "p", Port: 81, Protocol: v1.ProtocolUDP})
+		}), wantPorts: []string{"a/d:p/TCP 10.96.0.11", "a/d:p/UDP 10.96.0.11"}, wantReason: "Service/duplicate-port"},
 		{name: "FQDN slice", svc: pt.Service("a", "f", "10.96.0.8", "p", 80), slice: func() *discovery.EndpointSlice {
 			s := pt.Slice("a", "f", "f-1", "p", 80, pt.Ready("10.244.1.1", "node1"))
 			s.AddressType = discovery.AddressTypeFQDN
