@@ -18,6 +18,9 @@ const (
 	NodePortsChain   = "SVCP-NODEPORTS"   // root of the node-port tree
 	PostroutingChain = "SVCP-POSTROUTING" // masquerade marked traffic
 	HairpinChain     = "SVCP-HAIRPIN"     // masquerade a pod reaching itself through a service
+	// MasqOffClusterChain marks traffic from outside every cluster CIDR
+	// (only with more than one).
+	MasqOffClusterChain = "SVCP-MASQ-OFF-CLUSTER"
 
 	// filter
 	FilterChain  = "SVCP-FILTER"  // INPUT, FORWARD, OUTPUT (new flows): REJECT / DROP

@@ -46,6 +46,16 @@ func (p *Plan) Tables() []struct {
 	}{{TableFilter, p.Filter}, {TableNAT, p.NAT}}
 }
 
+// InsertOrder returns the jumps in the order to insert them, each at the top
+// of its built-in chain, so that they end up in the order of p.Jumps.
+func (p *Plan) InsertOrder() []Jump {
+	out := make([]Jump, len(p.Jumps))
+	for i, j := range p.Jumps {
+		out[len(out)-1-i] = j
+	}
+	return out
+}
+
 // Stats counts chains and rules.
 func (p *Plan) Stats() (chains, rules int) {
 	for _, t := range p.Tables() {
@@ -72,7 +82,7 @@ func (p *Plan) String() string {
 				fmt.Fprintf(&b, "-A %s %s\n", c.Name, r)
 			}
 		}
-		for _, j := range p.Jumps {
+		for _, j := range p.InsertOrder() {
 			if j.Table == t.Name {
 				fmt.Fprintf(&b, "-I %s %s\n", j.Chain, strings.Join(j.Args, " "))
 			}

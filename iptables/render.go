@@ -273,10 +273,12 @@ func (c *common) endpointChain(f *fragment, name string, sp *proxy.ServicePort, 
 		switch {
 		case c.opts.MasqueradeAll:
 			rules = append(rules, "-m comment --comment "+comment(cmt+" cluster IP")+" "+clusterMatch+" "+c.markMasq)
-		case len(c.opts.ClusterCIDRs) > 0:
-			for _, cidr := range c.opts.ClusterCIDRs {
-				rules = append(rules, "-m comment --comment "+comment(cmt+" cluster IP")+" "+clusterMatch+" ! -s "+cidr.String()+" "+c.markMasq)
-			}
+		case len(c.opts.ClusterCIDRs) == 1:
+			rules = append(rules, "-m comment --comment "+comment(cmt+" cluster IP")+" "+clusterMatch+" ! -s "+c.opts.ClusterCIDRs[0].String()+" "+c.markMasq)
+		case len(c.opts.ClusterCIDRs) > 1:
+			// "not in any of them" needs a chain: one "! -s" rule per CIDR
+			// would mark pods of every other CIDR.
+			rules = append(rules, "-m comment --comment "+comment(cmt+" cluster IP")+" "+clusterMatch+" -j "+MasqOffClusterChain)
 		}
 	}
 	for _, ep := range eps {
@@ -390,6 +392,13 @@ func assemble(snap *proxy.Snapshot, c *common, fragmentOf func(*proxy.ServicePor
 	// nat table: endpoint chains, then the chains that jump to them, then
 	// the trees, then the fixed wiring.
 	nat := make([]*Chain, 0, len(r.svcChains)+len(r.extChains)+64)
+	if len(r.opts.ClusterCIDRs) > 1 && !r.opts.MasqueradeAll {
+		var rules []string
+		for _, cidr := range r.opts.ClusterCIDRs {
+			rules = append(rules, "-s "+cidr.String()+" -j RETURN")
+		}
+		nat = append(nat, &Chain{Name: MasqOffClusterChain, Rules: append(rules, r.markMasq)})
+	}
 	nat = append(nat, r.svcChains...)
 	nat = append(nat, r.extChains...)
 
@@ -466,7 +475,9 @@ func cmpU32(a, b uint32) int {
 }
 
 // jumps is the fixed wiring from the built-in chains, in the order the
-// rules appear at the top of each built-in chain.
+// rules appear at the top of each built-in chain: the firewall before the
+// forward accept, like kube-proxy. Each is inserted at the top, so they are
+// applied in reverse (Plan.InsertOrder).
 var jumps = []Jump{
 	{TableFilter, "INPUT", []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", "svcproxy-firewall", "-j", FilterChain}},
 	{TableFilter, "FORWARD", []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", "svcproxy-firewall", "-j", FilterChain}},

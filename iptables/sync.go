@@ -92,15 +92,17 @@ func (s *Syncer) Sync(plan *Plan, full bool) (SyncResult, error) {
 		slices.Sort(stale)
 		next[t.Name] = want
 
+		// known means "may exist": a batch that succeeds before a later
+		// one fails has created its chains.
+		for _, c := range changed {
+			s.known[t.Name][c.Name] = true
+		}
 		batches := s.batches(t.Name, changed, stale)
 		for _, b := range batches {
 			if err := s.ipt.Restore(b); err != nil {
 				return res, err
 			}
 			res.Restores++
-		}
-		for _, c := range changed {
-			s.known[t.Name][c.Name] = true
 		}
 		for _, n := range stale {
 			delete(s.known[t.Name], n)
@@ -110,7 +112,7 @@ func (s *Syncer) Sync(plan *Plan, full bool) (SyncResult, error) {
 	}
 	if full {
 		// Jumps last: everything they lead to exists now.
-		for _, j := range plan.Jumps {
+		for _, j := range plan.InsertOrder() {
 			if err := s.ipt.EnsureJump(j); err != nil {
 				return res, err
 			}

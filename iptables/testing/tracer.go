@@ -1,0 +1,566 @@
+package iptablestest
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// MaxDepth is the deepest nesting of chain transitions (jumps and gotos
+// alike, counted from the built-in chain) a path may reach. nf_tables
+// validates every chain graph against its jump stack of 16
+// (NFT_JUMP_STACK_SIZE) and refuses deeper ones, gotos included, so rules
+// that need more would fail to load on iptables-nft.
+const MaxDepth = 16
+
+// Verdicts of an Outcome.
+const (
+	Accept = "ACCEPT"
+	Drop   = "DROP"
+	Reject = "REJECT"
+)
+
+// Packet is the first packet of a new connection, and where it comes from.
+type Packet struct {
+	SrcIP, DstIP netip.Addr
+	Proto        string // "tcp", "udp" or "sctp"
+	DstPort      int
+	// SrcLocal says that the packet originates on the node itself: it
+	// takes the OUTPUT path and matches "-m addrtype --src-type LOCAL".
+	// It must agree with LocalAddrs (SrcIP is local exactly when SrcLocal).
+	SrcLocal bool
+	// LocalAddrs are the node's addresses: "--dst-type LOCAL" matches them
+	// and 127.0.0.0/8, and a destination among them is delivered locally
+	// (filter INPUT) rather than forwarded.
+	LocalAddrs []netip.Addr
+	// Mark is the packet's fwmark when it reaches the first hook, as
+	// another component may have set it; usually 0.
+	Mark uint32
+}
+
+// Outcome is one possible fate of a Packet.
+type Outcome struct {
+	Verdict string // Accept, Drop or Reject
+	// DNAT is the destination the packet was rewritten to; zero if none.
+	DNAT netip.AddrPort
+	// Masquerade is true when the source was masqueraded.
+	Masquerade bool
+}
+
+// String returns e.g. "ACCEPT 10.244.1.5:8080 masquerade", "ACCEPT" or
+// "DROP".
+func (o Outcome) String() string {
+	s := o.Verdict
+	if o.DNAT.IsValid() {
+		s += " " + o.DNAT.String()
+	}
+	if o.Masquerade {
+		s += " masquerade"
+	}
+	return s
+}
+
+func compareOutcomes(a, b Outcome) int {
+	if c := cmp.Compare(a.Verdict, b.Verdict); c != 0 {
+		return c
+	}
+	if c := a.DNAT.Compare(b.DNAT); c != 0 {
+		return c
+	}
+	switch {
+	case a.Masquerade == b.Masquerade:
+		return 0
+	case b.Masquerade:
+		return -1
+	}
+	return 1
+}
+
+// Path is one way through the rules and its outcome. Steps lists, in order,
+// every rule whose matches held ("table/CHAIN rule"), chains falling off
+// their end and the built-in policies applied.
+type Path struct {
+	Outcome
+	// Probability is the chance that the packet takes this path, from the
+	// probabilities of the random matches on it; the paths of one packet
+	// add up to 1.
+	Probability float64
+	Steps       []string
+}
+
+// String returns the outcome, the probability if below 1, and the steps,
+// one per line.
+func (p Path) String() string {
+	s := p.Outcome.String()
+	if p.Probability < 1 {
+		s += fmt.Sprintf(" (p=%.4f)", p.Probability)
+	}
+	return s + "\n  " + strings.Join(p.Steps, "\n  ")
+}
+
+// Trace walks the Fake's current rules for p the way the kernel handles the
+// first packet of a connection, exploring every branch that
+// "-m statistic --mode random" allows, and returns the set of possible
+// outcomes, deduplicated and sorted. Traffic from the node goes through
+// nat OUTPUT, filter OUTPUT and nat POSTROUTING (then filter INPUT and nat
+// INPUT if its destination is local); other traffic through nat PREROUTING,
+// then filter INPUT and nat INPUT if the destination after DNAT is local,
+// else filter FORWARD and nat POSTROUTING. xt_recent lists are empty:
+// --rcheck and --update never match, --set always does.
+//
+// An error means the rules cannot be traced or would not load: an
+// unsupported match or target, a target used from a hook the kernel does not
+// allow it in, or a path nesting chains deeper than MaxDepth.
+func (f *Fake) Trace(p Packet) ([]Outcome, error) {
+	paths, err := f.Explain(p)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Outcome, 0, len(paths))
+	for _, p := range paths {
+		out = append(out, p.Outcome)
+	}
+	slices.SortFunc(out, compareOutcomes)
+	return slices.Compact(out), nil
+}
+
+// Explain is Trace returning every path with the rules it went through,
+// sorted by outcome.
+func (f *Fake) Explain(p Packet) ([]Path, error) {
+	tr, err := newTracer(p)
+	if err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	tr.tables = f.tables
+	var paths []Path
+	st := state{src: p.SrcIP, dst: p.DstIP, proto: p.Proto, dport: p.DstPort, mark: p.Mark, prob: 1}
+	if err := tr.traverse(0, st, &paths); err != nil {
+		return nil, err
+	}
+	slices.SortStableFunc(paths, func(a, b Path) int { return compareOutcomes(a.Outcome, b.Outcome) })
+	return paths, nil
+}
+
+type tracer struct {
+	tables   map[string]*table
+	local    map[netip.Addr]bool
+	srcLocal bool
+}
+
+var loopback = netip.MustParsePrefix("127.0.0.0/8")
+
+func newTracer(p Packet) (*tracer, error) {
+	tr := &tracer{local: map[netip.Addr]bool{}, srcLocal: p.SrcLocal}
+	for _, a := range p.LocalAddrs {
+		tr.local[a] = true
+	}
+	var errs []error
+	if !p.SrcIP.Is4() || !p.DstIP.Is4() {
+		errs = append(errs, fmt.Errorf("packet %v -> %v: only IPv4 is modelled", p.SrcIP, p.DstIP))
+	}
+	if p.Proto != "tcp" && p.Proto != "udp" && p.Proto != "sctp" {
+		errs = append(errs, fmt.Errorf("packet protocol %q: want tcp, udp or sctp", p.Proto))
+	}
+	if p.DstPort < 1 || p.DstPort > 65535 {
+		errs = append(errs, fmt.Errorf("packet destination port %d out of range", p.DstPort))
+	}
+	if p.SrcIP.IsValid() && tr.isLocal(p.SrcIP) != p.SrcLocal {
+		errs = append(errs, fmt.Errorf("packet source %v: SrcLocal is %v but LocalAddrs say otherwise", p.SrcIP, p.SrcLocal))
+	}
+	return tr, errors.Join(errs...)
+}
+
+func (tr *tracer) isLocal(a netip.Addr) bool { return tr.local[a] || loopback.Contains(a) }
+
+// state is what a path knows about the packet.
+type state struct {
+	src, dst netip.Addr
+	proto    string
+	dport    int
+	mark     uint32
+	dnat     netip.AddrPort
+	masq     bool
+	prob     float64 // of this path, given the random matches on it
+	steps    []string
+}
+
+// step records a step; the slice is clipped so that forked states never
+// share appends.
+func (s *state) step(format string, args ...any) {
+	s.steps = append(slices.Clip(s.steps), fmt.Sprintf(format, args...))
+}
+
+type hookRef struct{ table, chain string }
+
+var (
+	natPrerouting  = hookRef{"nat", "PREROUTING"}
+	natInput       = hookRef{"nat", "INPUT"}
+	natOutput      = hookRef{"nat", "OUTPUT"}
+	natPostrouting = hookRef{"nat", "POSTROUTING"}
+	filterInput    = hookRef{"filter", "INPUT"}
+	filterForward  = hookRef{"filter", "FORWARD"}
+	filterOutput   = hookRef{"filter", "OUTPUT"}
+)
+
+// hookAt returns the i-th hook a packet in state st traverses. Only the
+// first hook can DNAT, and locality is decided after it, so the sequences
+// agree on what has been traversed already.
+func (tr *tracer) hookAt(i int, st state) (hookRef, bool) {
+	local := tr.isLocal(st.dst)
+	var seq []hookRef
+	switch {
+	case tr.srcLocal && local:
+		seq = []hookRef{natOutput, filterOutput, natPostrouting, filterInput, natInput}
+	case tr.srcLocal:
+		seq = []hookRef{natOutput, filterOutput, natPostrouting}
+	case local:
+		seq = []hookRef{natPrerouting, filterInput, natInput}
+	default:
+		seq = []hookRef{natPrerouting, filterForward, natPostrouting}
+	}
+	if i >= len(seq) {
+		return hookRef{}, false
+	}
+	return seq[i], true
+}
+
+func (tr *tracer) traverse(i int, st state, out *[]Path) error {
+	h, ok := tr.hookAt(i, st)
+	if !ok {
+		*out = append(*out, Path{Outcome{Accept, st.dnat, st.masq}, st.prob, st.steps})
+		return nil
+	}
+	var results []result
+	if err := tr.walk(h, h.chain, 0, 0, nil, st, &results); err != nil {
+		return err
+	}
+	for _, r := range results {
+		if r.verdict != Accept {
+			*out = append(*out, Path{Outcome{r.verdict, r.st.dnat, r.st.masq}, r.st.prob, r.st.steps})
+			continue
+		}
+		if err := tr.traverse(i+1, r.st, out); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// result is the end of a walk through one hook.
+type result struct {
+	st      state
+	verdict string
+}
+
+// frame is where to continue after a chain returns.
+type frame struct {
+	chain       string
+	next, depth int
+}
+
+// walk runs the rules of hook h from chain[idx], at depth, with the given
+// return stack, appending every way out of the hook to out. Random matches
+// fork the walk.
+func (tr *tracer) walk(h hookRef, chain string, idx, depth int, stack []frame, st state, out *[]result) error {
+	t := tr.tables[h.table]
+	policy := t.chains[h.chain].policy
+	for {
+		c := t.chains[chain]
+		if idx >= len(c.rules) {
+			if chain != h.chain {
+				st.step("%s/%s: end of chain", h.table, chain)
+			}
+			if len(stack) == 0 {
+				st.step("%s/%s: policy %s", h.table, h.chain, policy)
+				*out = append(*out, result{st, policy})
+				return nil
+			}
+			f := stack[len(stack)-1]
+			chain, idx, depth, stack = f.chain, f.next, f.depth, stack[:len(stack)-1]
+			continue
+		}
+		r := c.rules[idx]
+		p, err := tr.matches(r, &st)
+		if err != nil {
+			return fmt.Errorf("%s/%s rule %d %q: %w", h.table, chain, idx+1, r.text, err)
+		}
+		if p == 0 {
+			idx++
+			continue
+		}
+		if p < 1 {
+			miss := st
+			miss.prob *= 1 - p
+			if err := tr.walk(h, chain, idx+1, depth, stack, miss, out); err != nil {
+				return err
+			}
+			st.prob *= p
+		}
+		st.step("%s/%s %s", h.table, chain, r.text)
+		where := func(err error) error {
+			return fmt.Errorf("%s/%s rule %d %q (from %s): %w", h.table, chain, idx+1, r.text, h.chain, err)
+		}
+		switch r.target {
+		case "", "LOG":
+			idx++
+		case Accept, Drop, Reject:
+			if r.target == Reject && h.table != "filter" {
+				return where(errors.New("REJECT is only valid in the filter table"))
+			}
+			*out = append(*out, result{st, r.target})
+			return nil
+		case "RETURN":
+			if len(stack) == 0 {
+				st.step("%s/%s: policy %s", h.table, h.chain, policy)
+				*out = append(*out, result{st, policy})
+				return nil
+			}
+			f := stack[len(stack)-1]
+			chain, idx, depth, stack = f.chain, f.next, f.depth, stack[:len(stack)-1]
+		case "MARK":
+			if err := applyMark(r, &st); err != nil {
+				return where(err)
+			}
+			idx++
+		case "DNAT":
+			if h.table != "nat" || (h.chain != "PREROUTING" && h.chain != "OUTPUT") {
+				return where(errors.New("DNAT is only valid in nat PREROUTING and OUTPUT"))
+			}
+			if err := applyDNAT(r, &st); err != nil {
+				return where(err)
+			}
+			*out = append(*out, result{st, Accept})
+			return nil
+		case "MASQUERADE":
+			if h.table != "nat" || h.chain != "POSTROUTING" {
+				return where(errors.New("MASQUERADE is only valid in nat POSTROUTING"))
+			}
+			st.masq = true
+			*out = append(*out, result{st, Accept})
+			return nil
+		default:
+			if _, ok := standardTargets[r.target]; ok {
+				return where(fmt.Errorf("target %s is not supported by the tracer", r.target))
+			}
+			if t.chains[r.target] == nil {
+				return where(fmt.Errorf("jump to missing chain %q", r.target))
+			}
+			if depth+1 > MaxDepth {
+				return where(fmt.Errorf("chain nesting deeper than %d", MaxDepth))
+			}
+			if !r.isGoto {
+				stack = append(slices.Clip(stack), frame{chain, idx + 1, depth})
+			}
+			chain, idx, depth = r.target, 0, depth+1
+		}
+	}
+}
+
+// holds is the probability of a deterministic condition: 1 or 0.
+func holds(b, neg bool) float64 {
+	if b != neg {
+		return 1
+	}
+	return 0
+}
+
+// matches evaluates every match of r (all of them, so that an unsupported
+// one is an error even behind one that fails) and returns the probability
+// that the rule matches: 0 or 1 unless it has random matches.
+func (tr *tracer) matches(r *rule, st *state) (float64, error) {
+	p := 1.0
+	for _, m := range r.matches {
+		for _, o := range m.opts {
+			v, err := tr.option(m.module, o, st)
+			if err != nil {
+				return 0, fmt.Errorf("-m %s %s: %w", cmp.Or(m.module, "(generic)"), o.name, err)
+			}
+			p *= v
+		}
+		if m.module != "" && len(m.opts) == 0 {
+			return 0, fmt.Errorf("-m %s without options", m.module)
+		}
+	}
+	return p, nil
+}
+
+// option evaluates one option of a match module against the packet.
+func (tr *tracer) option(module string, o opt, st *state) (float64, error) {
+	switch module + " " + o.name {
+	case " -p":
+		p := strings.ToLower(o.arg())
+		return holds(p == "all" || p == st.proto, o.neg), nil
+	case " -s", " -d":
+		pfx, err := parsePrefix(o.arg())
+		if err != nil {
+			return 0, err
+		}
+		a := st.src
+		if o.name == "-d" {
+			a = st.dst
+		}
+		return holds(pfx.Contains(a), o.neg), nil
+	case "tcp --dport", "udp --dport", "sctp --dport", "tcp --destination-port", "udp --destination-port", "sctp --destination-port":
+		lo, hi, err := parsePortRange(o.arg())
+		if err != nil {
+			return 0, err
+		}
+		return holds(module == st.proto && st.dport >= lo && st.dport <= hi, o.neg), nil
+	case "comment --comment":
+		return 1, nil
+	case "addrtype --src-type", "addrtype --dst-type":
+		if o.arg() != "LOCAL" {
+			return 0, fmt.Errorf("address type %q not modelled (only LOCAL)", o.arg())
+		}
+		if o.name == "--src-type" {
+			return holds(tr.srcLocal, o.neg), nil
+		}
+		return holds(tr.isLocal(st.dst), o.neg), nil
+	case "mark --mark":
+		v, m, err := parseMark(o.arg())
+		if err != nil {
+			return 0, err
+		}
+		return holds(st.mark&m == v, o.neg), nil
+	case "conntrack --ctstate":
+		states := strings.Split(o.arg(), ",")
+		return holds(slices.Contains(states, "NEW"), o.neg), nil
+	case "statistic --mode":
+		if o.arg() != "random" {
+			return 0, fmt.Errorf("mode %q not modelled (only random)", o.arg())
+		}
+		return 1, nil
+	case "statistic --probability":
+		p, err := strconv.ParseFloat(o.arg(), 64)
+		if err != nil || p < 0 || p > 1 {
+			return 0, fmt.Errorf("bad probability %q", o.arg())
+		}
+		if o.neg {
+			return 1 - p, nil
+		}
+		return p, nil
+	case "recent --set":
+		return holds(true, o.neg), nil
+	case "recent --rcheck", "recent --update", "recent --remove":
+		// The lists are empty: nothing to find.
+		return holds(false, o.neg), nil
+	case "recent --name", "recent --seconds", "recent --reap", "recent --rsource", "recent --rdest", "recent --hitcount", "recent --mask":
+		return 1, nil
+	}
+	return 0, errors.New("not modelled by the tracer")
+}
+
+func parsePrefix(s string) (netip.Prefix, error) {
+	if !strings.Contains(s, "/") {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return netip.Prefix{}, err
+		}
+		return netip.PrefixFrom(a, a.BitLen()), nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	if p != p.Masked() {
+		// iptables would silently mask it, which hides a bug in the caller.
+		return netip.Prefix{}, fmt.Errorf("prefix %s has host bits set", s)
+	}
+	return p, nil
+}
+
+func parsePortRange(s string) (lo, hi int, err error) {
+	a, b, isRange := strings.Cut(s, ":")
+	if lo, err = parsePort(a); err != nil {
+		return 0, 0, err
+	}
+	if !isRange {
+		return lo, lo, nil
+	}
+	if hi, err = parsePort(b); err != nil {
+		return 0, 0, err
+	}
+	if lo > hi {
+		return 0, 0, fmt.Errorf("port range %q is inverted", s)
+	}
+	return lo, hi, nil
+}
+
+func parsePort(s string) (int, error) {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 || n > 65535 {
+		return 0, fmt.Errorf("bad port %q", s)
+	}
+	return n, nil
+}
+
+// parseMark parses "value[/mask]"; the mask defaults to all ones.
+func parseMark(s string) (v, m uint32, err error) {
+	vs, ms, hasMask := strings.Cut(s, "/")
+	v64, err := strconv.ParseUint(vs, 0, 32)
+	if err != nil {
+		return 0, 0, fmt.Errorf("bad mark %q", s)
+	}
+	m64 := uint64(0xffffffff)
+	if hasMask {
+		if m64, err = strconv.ParseUint(ms, 0, 32); err != nil {
+			return 0, 0, fmt.Errorf("bad mark mask %q", s)
+		}
+	}
+	return uint32(v64), uint32(m64), nil
+}
+
+func applyMark(r *rule, st *state) error {
+	if len(r.targetOpts) != 1 {
+		return errors.New("MARK needs exactly one of --set-xmark, --set-mark, --or-mark, --and-mark, --xor-mark")
+	}
+	o := r.targetOpts[0]
+	v, m, err := parseMark(o.arg())
+	if err != nil {
+		return err
+	}
+	switch o.name {
+	case "--set-xmark":
+		st.mark = st.mark&^m ^ v
+	case "--set-mark":
+		st.mark = st.mark&^m | v
+	case "--or-mark":
+		st.mark |= v
+	case "--and-mark":
+		st.mark &= v
+	case "--xor-mark":
+		st.mark ^= v
+	default:
+		return fmt.Errorf("MARK option %q not modelled", o.name)
+	}
+	return nil
+}
+
+func applyDNAT(r *rule, st *state) error {
+	to, ok := r.targetOpt("--to-destination")
+	if !ok || len(r.targetOpts) != 1 {
+		return errors.New("DNAT needs exactly --to-destination")
+	}
+	port := st.dport
+	var ip netip.Addr
+	if ap, err := netip.ParseAddrPort(to); err == nil {
+		ip, port = ap.Addr(), int(ap.Port())
+		if port == 0 {
+			return fmt.Errorf("DNAT to port 0 in %q", to)
+		}
+	} else if ip, err = netip.ParseAddr(to); err != nil {
+		return fmt.Errorf("--to-destination %q not modelled (want ip or ip:port)", to)
+	}
+	if !ip.Is4() {
+		return fmt.Errorf("--to-destination %q is not IPv4", to)
+	}
+	st.dst, st.dport = ip, port
+	st.dnat = netip.AddrPortFrom(ip, uint16(port))
+	return nil
+}
