@@ -324,3 +324,53 @@ func TestProxyEndToEnd(t *testing.T) {
 		}
 	})
 }
+
+// TestDryRunOutputProgramsANamespace feeds the --dry-run output for a
+// kubectl-shaped file full of odd cases (dual-stack with IPv6 first, an IPv6
+// slice, an FQDN slice, a duplicate endpoint across slices, a slice without a
+// service, another proxy's service, headless, ExternalName, an ipMode Proxy
+// load balancer, only serving-terminating endpoints, a ConfigMap) to
+// iptables-restore --noflush in an empty namespace, and checks real
+// connections.
+func TestDryRunOutputProgramsANamespace(t *testing.T) {
+	tp := newTopology(t)
+	srv1 := tp.addPod(t, "srv1", "10.244.1.10")
+	srv2 := tp.addPod(t, "srv2", "10.244.1.11")
+	cli := tp.addPod(t, "cli", "10.244.1.20")
+	startServer(t, srv1, "srv1", 8080)
+	startServer(t, srv2, "srv2", 8080)
+
+	dump, err := exec.Command(svcproxyBin, "--dry-run", "--state", "testdata/kubectl-odd.json",
+		"--hostname-override", "node1", "--cluster-cidr", "10.244.0.0/16").Output()
+	if err != nil {
+		t.Fatalf("svcproxy --dry-run: %v", err)
+	}
+	for _, absent := range []string{"10.96.5.14", "198.18.0.77", "fd00", "10.244.1.99"} {
+		if strings.Contains(string(dump), absent) {
+			t.Errorf("the dump programs %s, which must be skipped", absent)
+		}
+	}
+	restore := exec.Command("ip", "netns", "exec", tp.node, "iptables-restore", "--noflush")
+	restore.Stdin = strings.NewReader(string(dump))
+	if out, err := restore.CombinedOutput(); err != nil {
+		t.Fatalf("iptables-restore --noflush of the dump: %v\n%s", err, out)
+	}
+
+	hits, _, err := servers(cli, "tcp", "10.96.5.10:80", 30)
+	if err != nil || hits["srv1"] == 0 || hits["srv2"] == 0 {
+		t.Errorf("dual-stack service's IPv4 ClusterIP: %v %v, want both endpoints", hits, err)
+	}
+	hits, _, err = servers(tp.client, "tcp", "192.168.50.1:31500", 15)
+	if err != nil || len(hits) != 1 {
+		t.Errorf("affinity NodePort from outside: %v %v, want one endpoint every time", hits, err)
+	}
+	hits, _, err = servers(cli, "tcp", "10.96.5.16:80", 10)
+	if err != nil || hits["srv2"] != 10 {
+		t.Errorf("only serving-terminating endpoints: %v %v, want srv2 every time", hits, err)
+	}
+	for _, addr := range []string{"10.96.5.12:9000", "10.96.5.13:443"} {
+		if _, err := dial(cli, "tcp", addr, 2*time.Second); !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Errorf("%s (no usable endpoints): got %v, want connection refused", addr, err)
+		}
+	}
+}
