@@ -21,6 +21,9 @@ type Interface interface {
 	// EnsureJump inserts j at the top of its built-in chain unless an
 	// identical rule already exists anywhere in that chain.
 	EnsureJump(j Jump) error
+	// DeleteJump removes every copy of j from its built-in chain; a
+	// missing rule or chain is not an error.
+	DeleteJump(j Jump) error
 	// ListChains returns the names of all chains of table. It reads the
 	// whole table back and is slow on big tables: svcproxy calls it once at
 	// start, never on the sync path.
@@ -140,6 +143,20 @@ func (e *Exec) EnsureJump(j Jump) error {
 		return fmt.Errorf("inserting jump %s/%s: %w", j.Table, j.Chain, err)
 	}
 	return nil
+}
+
+// DeleteJump implements Interface.
+func (e *Exec) DeleteJump(j Jump) error {
+	for {
+		ok, err := e.ipt.Exists(j.Table, j.Chain, j.Args...)
+		if err != nil || !ok {
+			// A missing built-in chain or table means nothing to delete.
+			return nil
+		}
+		if err := e.ipt.Delete(j.Table, j.Chain, j.Args...); err != nil {
+			return fmt.Errorf("deleting jump %s/%s: %w", j.Table, j.Chain, err)
+		}
+	}
 }
 
 // ListChains implements Interface.

@@ -340,6 +340,22 @@ func (f *Fake) EnsureJump(j iptables.Jump) error {
 	return nil
 }
 
+// DeleteJump implements iptables.Interface: every copy of j goes.
+func (f *Fake) DeleteJump(j iptables.Jump) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	t := f.tables[j.Table]
+	if t == nil {
+		return fmt.Errorf("DeleteJump: unknown table %q", j.Table)
+	}
+	c := t.chains[j.Chain]
+	if c == nil {
+		return nil
+	}
+	c.rules = slices.DeleteFunc(c.rules, func(r *rule) bool { return slices.Equal(r.args, j.Args) })
+	return nil
+}
+
 // ListChains implements iptables.Interface: the built-in chains of table in
 // iptables-save order, then its user chains sorted by name.
 func (f *Fake) ListChains(table string) ([]string, error) {

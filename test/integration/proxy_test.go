@@ -323,6 +323,21 @@ func TestProxyEndToEnd(t *testing.T) {
 			t.Errorf("rules were removed on SIGTERM")
 		}
 	})
+	t.Run("--cleanup removes everything of ours and nothing else", func(t *testing.T) {
+		nsRun(t, tp.node, "iptables", "-t", "nat", "-N", "OTHER-CHAIN")
+		nsRun(t, tp.node, "iptables", "-t", "nat", "-A", "PREROUTING", "-j", "OTHER-CHAIN")
+		nsRun(t, tp.node, svcproxyBin, "--cleanup")
+		saved := nsRun(t, tp.node, "iptables-save")
+		if strings.Contains(saved, "SVCP-") {
+			t.Errorf("svcproxy --cleanup left rules behind:\n%s", saved)
+		}
+		if !strings.Contains(saved, "-A PREROUTING -j OTHER-CHAIN") {
+			t.Errorf("svcproxy --cleanup removed another program's rule:\n%s", saved)
+		}
+		if _, err := dial(cli, "tcp", "10.96.1.10:80", time.Second); err == nil {
+			t.Errorf("the ClusterIP still answers after --cleanup")
+		}
+	})
 }
 
 // TestDryRunOutputProgramsANamespace feeds the --dry-run output for a

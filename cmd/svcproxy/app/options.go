@@ -37,6 +37,7 @@ type Options struct {
 	DryRun            bool
 	State             string
 	StatePoll         time.Duration
+	Cleanup           bool
 
 	// Filled in by Complete.
 	nodeName          string
@@ -71,6 +72,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.DryRun, "dry-run", o.DryRun, "Print the rules that would be programmed (iptables-restore --noflush input) and exit.")
 	fs.StringVar(&o.State, "state", o.State, "Read Services and EndpointSlices from this file (kubectl get svc,endpointslices -A -o yaml|json) instead of an API server; re-read when it changes.")
 	fs.DurationVar(&o.StatePoll, "state-poll-interval", o.StatePoll, "How often --state is checked for changes.")
+	fs.BoolVar(&o.Cleanup, "cleanup", o.Cleanup, "Remove every rule and chain svcproxy created on this node, then exit.")
 }
 
 // Complete fills in derived values and defaults that need the environment.

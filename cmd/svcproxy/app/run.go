@@ -75,6 +75,18 @@ type sourceRunner interface {
 // kube-proxy, so that a restart drops no connection).
 func (o *Options) Run(ctx context.Context, out io.Writer) error {
 	logger := klog.FromContext(ctx)
+	if o.Cleanup {
+		variant := iptables.DetectVariant()
+		ipt, err := iptables.NewExec(variant)
+		if err != nil {
+			return err
+		}
+		if err := iptables.Cleanup(ipt); err != nil {
+			return err
+		}
+		logger.Info("Removed svcproxy's iptables rules", "variant", variant)
+		return nil
+	}
 	logger.Info("Starting svcproxy", "mode", o.Mode, "node", o.nodeName, "clusterCIDRs", o.clusterCIDRs,
 		"nodePortAddresses", o.nodePortAddresses, "masqueradeAll", o.MasqueradeAll, "syncPeriod", o.SyncPeriod,
 		"minSyncPeriod", o.MinSyncPeriod, "dryRun", o.DryRun, "state", o.State)
