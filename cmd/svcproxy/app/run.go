@@ -16,6 +16,7 @@ import (
 
 	"github.com/svcproxy/svcproxy/iptables"
 	"github.com/svcproxy/svcproxy/proxy"
+	"github.com/svcproxy/svcproxy/proxy/conntrack"
 	"github.com/svcproxy/svcproxy/proxy/source"
 )
 
@@ -153,16 +154,28 @@ func (o *Options) Run(ctx context.Context, out io.Writer) error {
 	logger.Info("Using iptables", "variant", variant)
 	syncer := iptables.NewSyncer(ipt, 0)
 	renderer := iptables.NewRenderer(o.iptablesOptions())
+	var ct conntrack.Interface = conntrack.Netlink{}
+	// Changes whose rules are not applied yet: a failed sync's changes are
+	// folded into the retry, and their conntrack cleanup waits for it.
+	var pending []proxy.Change
 	sync := func(ctx context.Context, full bool) error {
 		start := time.Now()
 		snap, changes := tracker.Snapshot()
+		pending = append(pending, changes...)
 		plan := renderer.Render(snap)
 		res, err := syncer.Sync(plan, full)
 		if err != nil {
-			// The snapshot's changes are folded into the retry, which
-			// is a full sync of the then-current state.
 			return err
 		}
+		if filters := conntrack.StaleFilters(pending); len(filters) > 0 {
+			n, err := ct.Delete(filters)
+			if err != nil {
+				logger.Error(err, "Deleting stale conntrack entries failed", "filters", len(filters))
+			} else {
+				logger.V(2).Info("Deleted stale conntrack entries", "entries", n, "filters", len(filters))
+			}
+		}
+		pending = pending[:0]
 		if res.Full {
 			// A full sync (and the first load before it) leaves a lot of
 			// garbage: the restore input of every chain, a parsed state
