@@ -216,6 +216,7 @@ func (st *State) add(path string, item int, raw []byte, kind, apiVersion string,
 		return fail(errors.New("duplicate object"))
 	}
 	seen[key] = true
+	Strip(obj)
 	switch o := obj.(type) {
 	case *v1.Service:
 		o.Namespace = ns

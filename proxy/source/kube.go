@@ -78,6 +78,9 @@ func (k *KubeSource) Run(ctx context.Context, synced func()) error {
 	}
 	var syncs []cache.InformerSynced
 	for _, w := range list {
+		if err := w.informer.SetTransform(Strip); err != nil {
+			return fmt.Errorf("setting informer transform: %w", err)
+		}
 		reg, err := w.informer.AddEventHandler(w.handler)
 		if err != nil {
 			return fmt.Errorf("adding event handler: %w", err)

@@ -1,0 +1,61 @@
+package source
+
+import (
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	"github.com/svcproxy/svcproxy/proxy"
+)
+
+func TestStripKeepsWhatTheProxyReads(t *testing.T) {
+	meta := func() metav1.ObjectMeta {
+		return metav1.ObjectMeta{
+			Name: "web", Namespace: "shop",
+			Labels: map[string]string{discovery.LabelServiceName: "web", proxy.LabelServiceProxyName: "x"},
+			Annotations: map[string]string{
+				proxy.AnnotationTriggerTime:                        "2026-11-20T09:12:01Z",
+				proxy.AnnotationLBSourceRanges:                     "10.0.0.0/8",
+				"kubectl.kubernetes.io/last-applied-configuration": "{...a large blob...}",
+			},
+			ManagedFields:   []metav1.ManagedFieldsEntry{{Manager: "kubectl"}},
+			OwnerReferences: []metav1.OwnerReference{{Kind: "Service", Name: "web"}},
+		}
+	}
+	slice := &discovery.EndpointSlice{ObjectMeta: meta(), AddressType: discovery.AddressTypeIPv4,
+		Endpoints: []discovery.Endpoint{{Addresses: []string{"10.244.1.2"}, NodeName: ptr.To("node1"),
+			Hostname: ptr.To("web-0"), TargetRef: &v1.ObjectReference{Kind: "Pod", Name: "web-0"}}}}
+	Strip(slice)
+	wantMeta := metav1.ObjectMeta{
+		Name: "web", Namespace: "shop",
+		Labels:      map[string]string{discovery.LabelServiceName: "web", proxy.LabelServiceProxyName: "x"},
+		Annotations: map[string]string{proxy.AnnotationTriggerTime: "2026-11-20T09:12:01Z", proxy.AnnotationLBSourceRanges: "10.0.0.0/8"},
+	}
+	if d := cmp.Diff(wantMeta, slice.ObjectMeta); d != "" {
+		t.Errorf("slice metadata (-want +got):\n%s", d)
+	}
+	if d := cmp.Diff([]discovery.Endpoint{{Addresses: []string{"10.244.1.2"}, NodeName: ptr.To("node1")}}, slice.Endpoints); d != "" {
+		t.Errorf("endpoints (-want +got):\n%s", d)
+	}
+	svc := &v1.Service{ObjectMeta: meta(), Spec: v1.ServiceSpec{ClusterIP: "10.96.0.1"}}
+	Strip(svc)
+	if d := cmp.Diff(wantMeta, svc.ObjectMeta); d != "" {
+		t.Errorf("service metadata (-want +got):\n%s", d)
+	}
+	if svc.Spec.ClusterIP != "10.96.0.1" {
+		t.Errorf("spec changed")
+	}
+	node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node1", Labels: map[string]string{v1.LabelTopologyZone: "z1"}},
+		Status: v1.NodeStatus{Images: []v1.ContainerImage{{Names: []string{"big"}}}}}
+	Strip(node)
+	if node.Labels[v1.LabelTopologyZone] != "z1" || node.Status.Images != nil {
+		t.Errorf("node: %+v", node)
+	}
+	if got, _ := Strip("not a kube object"); got != "not a kube object" {
+		t.Errorf("other objects must pass unchanged")
+	}
+}
