@@ -139,7 +139,9 @@ func (c *common) renderPort(sp *proxy.ServicePort) *fragment {
 			reject(dst(ip) + " -p " + proto + " --dport " + port)
 		}
 		if sp.NodePort != 0 {
-			reject("-m addrtype --dst-type LOCAL -p " + proto + " --dport " + strconv.Itoa(int(sp.NodePort)))
+			for _, local := range c.nodePortDsts() {
+				reject(local + " -p " + proto + " --dport " + strconv.Itoa(int(sp.NodePort)))
+			}
 		}
 		return f
 	}
@@ -251,7 +253,9 @@ func (c *common) renderPort(sp *proxy.ServicePort) *fragment {
 	if sp.NodePort != 0 {
 		np := strconv.Itoa(int(sp.NodePort))
 		if noExternalEndpoints {
-			drop("-m addrtype --dst-type LOCAL -p "+proto+" --dport "+np, "has no local endpoints")
+			for _, local := range c.nodePortDsts() {
+				drop(local+" -p "+proto+" --dport "+np, "has no local endpoints")
+			}
 		}
 		if toExternal != nil {
 			f.nodePorts = append(f.nodePorts, keyedRules{proto: strings.ToUpper(proto), port: uint16(sp.NodePort), key: "np/" + proto + "/" + np,
@@ -314,6 +318,21 @@ func (c *common) endpointChain(f *fragment, name string, sp *proxy.ServicePort, 
 		rules = append(rules, b.String())
 	}
 	return &Chain{Name: name, Rules: rules}
+}
+
+// nodePortDsts returns the matches for the destinations node ports answer
+// on: local addresses within --nodeport-addresses, or every local address
+// but loopback. The REJECT and DROP rules for node ports use the same, so
+// that other local addresses are left alone.
+func (c *common) nodePortDsts() []string {
+	if len(c.opts.NodePortAddresses) == 0 {
+		return []string{"! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL"}
+	}
+	out := make([]string, 0, len(c.opts.NodePortAddresses))
+	for _, pfx := range c.opts.NodePortAddresses {
+		out = append(out, "-d "+pfx.String()+" -m addrtype --dst-type LOCAL")
+	}
+	return out
 }
 
 // endpointComment returns the comment of a DNAT rule with a trailing space,
@@ -430,12 +449,8 @@ func assemble(snap *proxy.Snapshot, c *common, fragmentOf func(*proxy.ServicePor
 	nat = append(nat, &Chain{Name: NodePortsChain, Rules: npRoot})
 
 	services := []string{"-m comment --comment " + comment("service portals") + " -j " + DispatchChain}
-	if len(r.opts.NodePortAddresses) == 0 {
-		services = append(services, "-m comment --comment "+comment("node ports on local addresses")+" ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j "+NodePortsChain)
-	} else {
-		for _, pfx := range r.opts.NodePortAddresses {
-			services = append(services, "-m comment --comment "+comment("node ports on local addresses")+" -d "+pfx.String()+" -m addrtype --dst-type LOCAL -j "+NodePortsChain)
-		}
+	for _, local := range c.nodePortDsts() {
+		services = append(services, "-m comment --comment "+comment("node ports on local addresses")+" "+local+" -j "+NodePortsChain)
 	}
 	nat = append(nat, &Chain{Name: ServicesChain, Rules: services})
 

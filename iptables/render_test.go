@@ -137,7 +137,16 @@ func TestRenderSmallCases(t *testing.T) {
 			chains: []string{FilterChain, svcChainPrefix, DispatchChain, NodePortsChain},
 			want: `
 			-A SVCP-FILTER -m comment --comment "ns/web:http has no endpoints" -d 10.96.0.20/32 -p tcp --dport 80 -j REJECT
-			-A SVCP-FILTER -m comment --comment "ns/web:http has no endpoints" -m addrtype --dst-type LOCAL -p tcp --dport 30001 -j REJECT`,
+			-A SVCP-FILTER -m comment --comment "ns/web:http has no endpoints" ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -p tcp --dport 30001 -j REJECT`,
+		},
+		{
+			name:   "no endpoints with nodeport-addresses: REJECT only on those addresses",
+			opts:   func(o *Options) { o.NodePortAddresses = []netip.Prefix{netip.MustParsePrefix("192.168.0.0/24")} },
+			objs:   []any{pt.Service("ns", "web", "10.96.0.20", "http", 80, func(s *v1.Service) { s.Spec.Type = v1.ServiceTypeNodePort; s.Spec.Ports[0].NodePort = 30001 })},
+			chains: []string{FilterChain},
+			want: `
+			-A SVCP-FILTER -m comment --comment "ns/web:http has no endpoints" -d 10.96.0.20/32 -p tcp --dport 80 -j REJECT
+			-A SVCP-FILTER -m comment --comment "ns/web:http has no endpoints" -d 192.168.0.0/24 -m addrtype --dst-type LOCAL -p tcp --dport 30001 -j REJECT`,
 		},
 		{
 			name: "UDP and SCTP ports",
