@@ -26,13 +26,14 @@ const (
 	FilterChain  = "SVCP-FILTER"  // INPUT, FORWARD, OUTPUT (new flows): REJECT / DROP
 	ForwardChain = "SVCP-FORWARD" // FORWARD: accept service traffic
 
-	svcChainPrefix  = "SVCP-SVC-" // endpoints for cluster traffic policy
-	svlChainPrefix  = "SVCP-SVL-" // endpoints on this node (Local policies)
-	extChainPrefix  = "SVCP-EXT-" // external traffic with externalTrafficPolicy Local
-	fwChainPrefix   = "SVCP-FW-"  // loadBalancerSourceRanges
-	treeChainPrefix = "SVCP-T-"   // dispatch tree nodes: SVCP-T-<hex addr>-<prefix len>
-	npChainPrefix   = "SVCP-NP-"  // node-port tree nodes: SVCP-NP-<proto>-<hex port>-<len>
-	affinityPrefix  = "SVCP-A-"   // xt_recent list names for ClientIP affinity
+	svcChainPrefix     = "SVCP-SVC-" // endpoints for cluster traffic policy
+	svlChainPrefix     = "SVCP-SVL-" // endpoints on this node (Local policies)
+	extChainPrefix     = "SVCP-EXT-" // external traffic with externalTrafficPolicy Local
+	fwChainPrefix      = "SVCP-FW-"  // loadBalancerSourceRanges
+	treeChainPrefix    = "SVCP-T-"   // dispatch tree nodes: SVCP-T-<hex addr>-<prefix len>
+	npChainPrefix      = "SVCP-NP-"  // node-port tree nodes: SVCP-NP-<proto>-<hex port>-<len>
+	hairpinChainPrefix = "SVCP-H-"   // hairpin tree nodes: SVCP-H-<hex addr>-<len>
+	affinityPrefix     = "SVCP-A-"   // xt_recent list names for ClientIP affinity
 )
 
 // IsOwnedChain reports whether a chain name is one of svcproxy's.

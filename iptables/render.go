@@ -454,22 +454,27 @@ func assemble(snap *proxy.Snapshot, c *common, fragmentOf func(*proxy.ServicePor
 	}
 	nat = append(nat, &Chain{Name: ServicesChain, Rules: services})
 
-	hairpin := make([]netip.Addr, 0, len(r.hairpin))
+	// Hairpin: a local endpoint reaching itself through its service must be
+	// masqueraded, or it would get its own packet back with its own source.
+	// One rule per local endpoint, behind a tree on the source address so
+	// that a new connection does not walk all of them.
+	hk := make([]treeKey, 0, len(r.hairpin))
 	for ip := range r.hairpin {
-		hairpin = append(hairpin, ip)
+		a := ip.As4()
+		s := ip.String() + "/32"
+		hk = append(hk, treeKey{key: uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3]),
+			rules: []string{"-m comment --comment " + comment("hairpin") + " -s " + s + " -d " + s + " -j MASQUERADE"}})
 	}
-	slices.SortFunc(hairpin, netip.Addr.Compare)
-	hp := make([]string, 0, len(hairpin))
-	for _, ip := range hairpin {
-		hp = append(hp, "-m comment --comment "+comment("hairpin")+" -s "+ip.String()+"/32 -d "+ip.String()+"/32 -j MASQUERADE")
-	}
-	nat = append(nat, &Chain{Name: HairpinChain, Rules: hp})
+	slices.SortFunc(hk, func(a, b treeKey) int { return cmpU32(a.key, b.key) })
+	hpRoot, hpTree := buildTree(hk, hairpinTree)
+	nat = append(nat, hpTree...)
+	nat = append(nat, &Chain{Name: HairpinChain, Rules: hpRoot})
 	masq := "-m comment --comment " + comment("service traffic requiring SNAT") + " -j MASQUERADE"
 	if r.opts.RandomFully {
 		masq += " --random-fully"
 	}
 	nat = append(nat, &Chain{Name: PostroutingChain, Rules: []string{
-		"-j " + HairpinChain,
+		"-m conntrack --ctstate DNAT -j " + HairpinChain,
 		"-m mark ! --mark " + r.mark + "/" + r.mark + " -j RETURN",
 		"-j MARK --xor-mark " + r.mark,
 		masq,

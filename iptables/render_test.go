@@ -253,3 +253,45 @@ func TestRenderLargeClusterOmitsEndpointComments(t *testing.T) {
 		})
 	}
 }
+
+func TestRenderHairpinTree(t *testing.T) {
+	// 40 services with 3 local endpoints each: 120 hairpin rules must not
+	// be one linear chain walked by every new connection.
+	svcs, slices := pt.Generate(40, 3)
+	var objs []any
+	for i := range svcs {
+		for j := range slices[i].Endpoints {
+			slices[i].Endpoints[j].NodeName = ptrTo("node1")
+		}
+		objs = append(objs, svcs[i], slices[i])
+	}
+	plan := Render(snapshotOf(t, objs...), testOptions())
+	var root *Chain
+	tree, rules := 0, 0
+	for _, c := range plan.NAT {
+		switch {
+		case c.Name == HairpinChain:
+			root = c
+		case strings.HasPrefix(c.Name, hairpinChainPrefix):
+			tree++
+			for _, r := range c.Rules {
+				if strings.Contains(r, "MASQUERADE") {
+					rules++
+				}
+			}
+		}
+	}
+	if root == nil || tree == 0 || len(root.Rules) > 16 {
+		t.Fatalf("hairpin: root %v, %d tree chains; want a tree with a root of at most 16 rules", root, tree)
+	}
+	for _, r := range root.Rules {
+		if strings.Contains(r, "MASQUERADE") {
+			rules++
+		}
+	}
+	if rules != 120 {
+		t.Errorf("hairpin rules in the tree: %d, want 120", rules)
+	}
+}
+
+func ptrTo(s string) *string { return &s }

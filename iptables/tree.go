@@ -102,6 +102,18 @@ var addrTree = treeSpec{
 	},
 }
 
+// hairpinTree names and matches nodes of the hairpin tree, on the source
+// address.
+var hairpinTree = treeSpec{
+	width: 32,
+	name: func(p uint32, l int) string {
+		return fmt.Sprintf("%s%08X-%d", hairpinChainPrefix, p, l)
+	},
+	match: func(p uint32, l int) string {
+		return fmt.Sprintf("-s %d.%d.%d.%d/%d", p>>24, p>>16&0xff, p>>8&0xff, p&0xff, l)
+	},
+}
+
 // portTree returns the spec of the node-port tree of one protocol.
 func portTree(proto string) treeSpec {
 	return treeSpec{

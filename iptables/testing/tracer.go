@@ -429,8 +429,13 @@ func (tr *tracer) option(module string, o opt, st *state) (float64, error) {
 		}
 		return holds(st.mark&m == v, o.neg), nil
 	case "conntrack --ctstate":
-		states := strings.Split(o.arg(), ",")
-		return holds(slices.Contains(states, "NEW"), o.neg), nil
+		// The traced packet opens a new connection; once DNATed, its
+		// conntrack entry also has the DNAT status.
+		match := false
+		for _, s := range strings.Split(o.arg(), ",") {
+			match = match || s == "NEW" || (s == "DNAT" && st.dnat.IsValid())
+		}
+		return holds(match, o.neg), nil
 	case "statistic --mode":
 		if o.arg() != "random" {
 			return 0, fmt.Errorf("mode %q not modelled (only random)", o.arg())

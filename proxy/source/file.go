@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -296,6 +297,10 @@ func (s *FileSource) reload(fi os.FileInfo) error {
 	s.cur, s.hash, s.loaded = next, hash, true
 	klog.InfoS("Loaded state file", "path", s.path, "services", len(st.Services),
 		"endpointSlices", len(st.EndpointSlices), "nodes", len(st.Nodes), "events", events)
+	// Parsing a big file (YAML to JSON to typed objects) leaves many times
+	// its size in garbage; give it back now rather than keep the peak RSS.
+	data = nil
+	debug.FreeOSMemory()
 	return nil
 }
 
