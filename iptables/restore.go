@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"os"
 	"os/exec"
 	"strings"
 
@@ -51,6 +52,12 @@ func DetectVariant() Variant {
 		return VariantNFT
 	case errNFT != nil:
 		return VariantLegacy
+	}
+	// Reading a legacy table creates it: look at the list of the legacy
+	// tables that exist first, so that a host without any is not left
+	// with an empty one (and "iptables-legacy tables present" warnings).
+	if names, err := os.ReadFile("/proc/thread-self/net/ip_tables_names"); err != nil || len(bytes.TrimSpace(names)) == 0 {
+		return VariantNFT
 	}
 	if hintCount("iptables-legacy-save") > hintCount("iptables-nft-save") {
 		return VariantLegacy

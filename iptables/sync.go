@@ -74,41 +74,79 @@ func (s *Syncer) Sync(plan *Plan, full bool) (SyncResult, error) {
 	s.applied = nil // until this sync succeeds
 	next := map[string]map[string][]string{}
 
+	type work struct {
+		table   string
+		changed []*Chain
+		stale   []string
+	}
+	var todo = map[string]*work{}
 	for _, t := range plan.Tables() {
 		want := make(map[string][]string, len(t.Chains))
-		var changed []*Chain
+		w := &work{table: t.Name}
 		for _, c := range t.Chains {
 			want[c.Name] = c.Rules
 			if old, ok := prev[t.Name][c.Name]; full || !ok || !slices.Equal(old, c.Rules) {
-				changed = append(changed, c)
+				w.changed = append(w.changed, c)
 			}
 		}
-		var stale []string
 		for n := range s.known[t.Name] {
 			if _, ok := want[n]; !ok {
-				stale = append(stale, n)
+				w.stale = append(w.stale, n)
 			}
 		}
-		slices.Sort(stale)
+		slices.Sort(w.stale)
 		next[t.Name] = want
+		todo[t.Name] = w
+	}
 
+	// iptables-restore commits each table on its own, so the order of the
+	// tables decides what a new connection can meet in between. A service
+	// that gains endpoints must be DNATed (nat) before its REJECT goes
+	// (filter); one that loses them must be REJECTed before its DNAT goes.
+	// So: filter with the old and the new REJECT/DROP rules together, then
+	// nat, then filter as planned. A REJECT matches the service address,
+	// which a DNATed packet no longer has, so the extra rules are harmless
+	// while the DNAT is there.
+	if f := todo[TableFilter]; prev != nil && len(f.changed) > 0 {
+		var union []*Chain
+		for _, c := range f.changed {
+			old, ok := prev[TableFilter][c.Name]
+			if !ok {
+				continue
+			}
+			rules := slices.Clone(old)
+			for _, r := range c.Rules {
+				if !slices.Contains(old, r) {
+					rules = append(rules, r)
+				}
+			}
+			union = append(union, &Chain{Name: c.Name, Rules: rules})
+		}
+		if len(union) > 0 {
+			if err := s.ipt.Restore(s.batches(TableFilter, union, nil)[0]); err != nil {
+				return res, err
+			}
+			res.Restores++
+		}
+	}
+	for _, table := range []string{TableNAT, TableFilter} {
+		w := todo[table]
 		// known means "may exist": a batch that succeeds before a later
 		// one fails has created its chains.
-		for _, c := range changed {
-			s.known[t.Name][c.Name] = true
+		for _, c := range w.changed {
+			s.known[table][c.Name] = true
 		}
-		batches := s.batches(t.Name, changed, stale)
-		for _, b := range batches {
+		for _, b := range s.batches(table, w.changed, w.stale) {
 			if err := s.ipt.Restore(b); err != nil {
 				return res, err
 			}
 			res.Restores++
 		}
-		for _, n := range stale {
-			delete(s.known[t.Name], n)
+		for _, n := range w.stale {
+			delete(s.known[table], n)
 		}
-		res.ChainsWritten += len(changed)
-		res.ChainsDeleted += len(stale)
+		res.ChainsWritten += len(w.changed)
+		res.ChainsDeleted += len(w.stale)
 	}
 	if full {
 		// Jumps last: everything they lead to exists now.

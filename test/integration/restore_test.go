@@ -90,3 +90,30 @@ func TestRealRestoreRandomRulesets(t *testing.T) {
 		}
 	}
 }
+
+// TestDetectVariant: a node whose rules live in the legacy tables is
+// programmed with iptables-legacy; a node without any gets nft, and reading
+// does not create legacy tables behind the operator's back.
+func TestDetectVariant(t *testing.T) {
+	tp := newTopology(t)
+	var got iptables.Variant
+	detect := func() {
+		if err := inNS(tp.node, func() error { got = iptables.DetectVariant(); return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	detect()
+	if got != iptables.VariantNFT {
+		t.Errorf("empty node: %s, want nft", got)
+	}
+	if out := nsRun(t, tp.node, "cat", "/proc/net/ip_tables_names"); strings.TrimSpace(out) != "" {
+		t.Errorf("detection created legacy tables: %q", out)
+	}
+	// kubelet's hint chain, and a rule, in the legacy mangle table.
+	nsRun(t, tp.node, "iptables-legacy", "-t", "mangle", "-N", "KUBE-IPTABLES-HINT")
+	nsRun(t, tp.node, "iptables-legacy", "-t", "mangle", "-A", "PREROUTING", "-j", "RETURN")
+	detect()
+	if got != iptables.VariantLegacy {
+		t.Errorf("node using legacy iptables: %s, want legacy", got)
+	}
+}
