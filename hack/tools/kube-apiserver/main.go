@@ -1,0 +1,18 @@
+// Command kube-apiserver is upstream's kube-apiserver, built from the
+// k8s.io/kubernetes module pinned in this directory's go.mod, for the e2e
+// test bed (test/e2e). It is cmd/kube-apiserver/apiserver.go of that module.
+package main
+
+import (
+	"os"
+
+	"k8s.io/component-base/cli"
+	_ "k8s.io/component-base/logs/json/register"          // JSON log format
+	_ "k8s.io/component-base/metrics/prometheus/clientgo" // client-go metrics
+	_ "k8s.io/component-base/metrics/prometheus/version"  // version metric
+	"k8s.io/kubernetes/cmd/kube-apiserver/app"
+)
+
+func main() {
+	os.Exit(cli.Run(app.NewAPIServerCommand()))
+}
