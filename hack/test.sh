@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The one test command: installs what the tests need when it is missing,
 # then runs every test — unit, rules, behaviour, fuzz seeds, and (as root)
-# the integration tests in network namespaces this script's tests create.
+# the integration tests in network namespaces this script's tests create,
+# and the e2e suite (hack/e2e.sh: builds the pinned kube-apiserver, etcd and
+# CoreDNS from Go modules into .cache/tools once, a few minutes cold).
 #
 #   hack/test.sh            everything
 #   hack/test.sh unit       unit tests only (no root needed)
@@ -54,5 +56,8 @@ install_packages
 
 log "integration tests: real iptables-restore and real connections in private network namespaces"
 go test -tags integration -count=1 -v ./test/integration/...
+
+log "e2e tests: real kube-apiserver, etcd and CoreDNS, two nodes with an overlay, svcproxy on each"
+bash hack/e2e.sh
 
 log "all tests passed"
