@@ -34,6 +34,8 @@ type SyncResult struct {
 	ChainsWritten int
 	ChainsDeleted int
 	Restores      int
+	// RulesWritten counts the rules of the chains written, per table.
+	RulesWritten map[string]int
 }
 
 // NewSyncer returns a Syncer; batchChains <= 0 means DefaultBatchChains.
@@ -69,7 +71,7 @@ func (s *Syncer) Sync(plan *Plan, full bool) (SyncResult, error) {
 	if s.applied == nil {
 		full = true
 	}
-	res := SyncResult{Full: full}
+	res := SyncResult{Full: full, RulesWritten: map[string]int{}}
 	prev := s.applied
 	s.applied = nil // until this sync succeeds
 	next := map[string]map[string][]string{}
@@ -146,6 +148,9 @@ func (s *Syncer) Sync(plan *Plan, full bool) (SyncResult, error) {
 			delete(s.known[table], n)
 		}
 		res.ChainsWritten += len(w.changed)
+		for _, c := range w.changed {
+			res.RulesWritten[table] += len(c.Rules)
+		}
 		res.ChainsDeleted += len(w.stale)
 	}
 	if full {

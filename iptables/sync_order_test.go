@@ -82,4 +82,3 @@ func TestSyncNeverBlackholesBetweenRestores(t *testing.T) {
 		})
 	}
 }
-

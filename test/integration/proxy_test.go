@@ -6,8 +6,12 @@
 package integration
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -387,5 +391,65 @@ func TestDryRunOutputProgramsANamespace(t *testing.T) {
 		if _, err := dial(cli, "tcp", addr, 2*time.Second); !errors.Is(err, syscall.ECONNREFUSED) {
 			t.Errorf("%s (no usable endpoints): got %v, want connection refused", addr, err)
 		}
+	}
+}
+
+// httpGet fetches url from inside namespace ns.
+func httpGet(ns, url string) (int, string, error) {
+	var conn net.Conn
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			err := inNS(ns, func() error {
+				var err error
+				conn, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+				return err
+			})
+			return conn, err
+		},
+	}}
+	resp, err := client.Get(url)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body), err
+}
+
+// TestHealthAndMetrics: kube-proxy's /healthz and /livez on :10256 and its
+// metric names on 127.0.0.1:10249, so existing probes and dashboards work.
+func TestHealthAndMetrics(t *testing.T) {
+	tp := newTopology(t)
+	state := filepath.Join(t.TempDir(), "state.yaml")
+	writeState(t, state, stateData{Web: []string{"10.244.1.10"}})
+	startProxy(t, tp, state)
+	eventually(t, "healthy", 10*time.Second, func() error {
+		code, body, err := httpGet(tp.node, "http://192.168.50.1:10256/healthz")
+		if err == nil && (code != 200 || !strings.Contains(body, "lastUpdated")) {
+			err = fmt.Errorf("/healthz: %d %s", code, body)
+		}
+		return err
+	})
+	if code, _, err := httpGet(tp.node, "http://127.0.0.1:10256/livez"); err != nil || code != 200 {
+		t.Errorf("/livez: %d %v", code, err)
+	}
+	_, body, err := httpGet(tp.node, "http://127.0.0.1:10249/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{
+		"kubeproxy_sync_proxy_rules_duration_seconds_count",
+		"kubeproxy_sync_full_proxy_rules_duration_seconds_count",
+		"kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+		`kubeproxy_sync_proxy_rules_iptables_total{ip_family="IPv4",table="nat"}`,
+		"kubeproxy_sync_proxy_rules_service_changes_total",
+		"kubeproxy_sync_proxy_rules_endpoint_changes_total",
+	} {
+		if !strings.Contains(body, name) {
+			t.Errorf("/metrics lacks %s", name)
+		}
+	}
+	if code, body, _ := httpGet(tp.node, "http://127.0.0.1:10249/proxyMode"); code != 200 || strings.TrimSpace(body) != "iptables" {
+		t.Errorf("/proxyMode: %d %q", code, body)
 	}
 }

@@ -38,6 +38,7 @@ type Options struct {
 	State             string
 	StatePoll         time.Duration
 	Cleanup           bool
+	ExtraOptions
 
 	// Filled in by Complete.
 	nodeName          string
@@ -53,6 +54,7 @@ func NewOptions() *Options {
 		SyncPeriod:    30 * time.Second,
 		MinSyncPeriod: time.Second,
 		StatePoll:     time.Second,
+		ExtraOptions:  NewExtraOptions(),
 	}
 }
 
@@ -73,10 +75,12 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.State, "state", o.State, "Read Services and EndpointSlices from this file (kubectl get svc,endpointslices -A -o yaml|json) instead of an API server; re-read when it changes.")
 	fs.DurationVar(&o.StatePoll, "state-poll-interval", o.StatePoll, "How often --state is checked for changes.")
 	fs.BoolVar(&o.Cleanup, "cleanup", o.Cleanup, "Remove every rule and chain svcproxy created on this node, then exit.")
+	o.ExtraOptions.AddFlags(fs)
 }
 
 // Complete fills in derived values and defaults that need the environment.
 func (o *Options) Complete() error {
+	o.ExtraOptions.Complete()
 	o.Mode = strings.ToLower(strings.TrimSpace(o.Mode))
 	if o.Mode == "" {
 		o.Mode = ModeIPTables
@@ -138,6 +142,7 @@ func (o *Options) Validate() error {
 	if o.MinSyncPeriod < 0 || o.MinSyncPeriod > o.SyncPeriod {
 		errs = append(errs, fmt.Errorf("--min-sync-period %v: must be within 0 and --sync-period", o.MinSyncPeriod))
 	}
+	errs = append(errs, o.ExtraOptions.Validate())
 	return errors.Join(errs...)
 }
 

@@ -17,6 +17,8 @@ import (
 	"github.com/svcproxy/svcproxy/iptables"
 	"github.com/svcproxy/svcproxy/proxy"
 	"github.com/svcproxy/svcproxy/proxy/conntrack"
+	"github.com/svcproxy/svcproxy/proxy/healthz"
+	"github.com/svcproxy/svcproxy/proxy/metrics"
 	"github.com/svcproxy/svcproxy/proxy/source"
 )
 
@@ -39,6 +41,16 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintln(stderr, "svcproxy:", err)
 		return exitUsage
+	}
+	if o.ConfigFile != "" {
+		warnings, err := o.ApplyConfigFile(o.ConfigFile, &o.ExtraOptions, fs.Changed)
+		if err != nil {
+			fmt.Fprintln(stderr, "svcproxy:", err)
+			return exitUsage
+		}
+		for _, w := range warnings {
+			klog.InfoS("Configuration file", "path", o.ConfigFile, "warning", w)
+		}
 	}
 	if err := o.Complete(); err != nil {
 		fmt.Fprintln(stderr, "svcproxy:", err)
@@ -71,134 +83,221 @@ type sourceRunner interface {
 }
 
 // Run runs svcproxy with completed, validated options. With DryRun it
-// renders once and prints the ruleset to out. Otherwise it programs the node
+// renders once and prints the ruleset to out; with Cleanup it removes
+// everything of svcproxy's from the node. Otherwise it programs the node
 // until ctx is done and leaves the rules in place when it returns (like
 // kube-proxy, so that a restart drops no connection).
 func (o *Options) Run(ctx context.Context, out io.Writer) error {
 	logger := klog.FromContext(ctx)
 	if o.Cleanup {
-		variant := iptables.DetectVariant()
-		ipt, err := iptables.NewExec(variant)
-		if err != nil {
-			return err
-		}
-		if err := iptables.Cleanup(ipt); err != nil {
-			return err
-		}
-		logger.Info("Removed svcproxy's iptables rules", "variant", variant)
-		return nil
+		return o.cleanup(ctx)
 	}
 	logger.Info("Starting svcproxy", "mode", o.Mode, "node", o.nodeName, "clusterCIDRs", o.clusterCIDRs,
 		"nodePortAddresses", o.nodePortAddresses, "masqueradeAll", o.MasqueradeAll, "syncPeriod", o.SyncPeriod,
-		"minSyncPeriod", o.MinSyncPeriod, "dryRun", o.DryRun, "state", o.State)
-
-	var runner *proxy.Runner
-	tracker := proxy.NewTracker(o.nodeName, func() {
-		if runner != nil {
-			runner.Request()
-		}
-	}, nil)
-
-	if o.DryRun && o.State != "" {
-		if err := source.NewFileSource(o.State, tracker, o.StatePoll).Load(); err != nil {
-			return err
-		}
-		snap, _ := tracker.Snapshot()
-		_, err := io.WriteString(out, iptables.Render(snap, o.iptablesOptions()).String())
-		return err
+		"minSyncPeriod", o.MinSyncPeriod, "dryRun", o.DryRun, "state", o.State, "config", o.ConfigFile,
+		"healthzBindAddress", o.HealthzBindAddress, "metricsBindAddress", o.MetricsBindAddress)
+	if o.DryRun {
+		return o.dryRun(ctx, out)
 	}
+	return o.serve(ctx)
+}
 
-	var src sourceRunner
+// newSource returns the --state file source or the API server's.
+func (o *Options) newSource(h proxy.Handler) (sourceRunner, error) {
 	if o.State != "" {
-		src = source.NewFileSource(o.State, tracker, o.StatePoll)
-	} else {
-		cfg, err := source.BuildConfig(o.Kubeconfig, o.Master)
-		if err != nil {
-			return err
-		}
-		cfg.UserAgent = "svcproxy"
-		client, err := kubernetes.NewForConfig(cfg)
-		if err != nil {
-			return err
-		}
-		src = source.NewKubeSource(client, o.nodeName, tracker, 0)
+		return source.NewFileSource(o.State, h, o.StatePoll), nil
 	}
+	cfg, err := source.BuildConfig(o.Kubeconfig, o.Master)
+	if err != nil {
+		return nil, err
+	}
+	cfg.UserAgent = "svcproxy"
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return source.NewKubeSource(client, o.nodeName, h, 0), nil
+}
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+// startSource runs src until ctx is done and waits for its first full
+// view. The returned channel reports the source's end.
+func startSource(ctx context.Context, src sourceRunner) (<-chan error, error) {
 	synced := make(chan struct{})
-	srcErr := make(chan error, 1)
-	go func() { srcErr <- src.Run(ctx, func() { close(synced) }) }()
+	done := make(chan error, 1)
+	go func() { done <- src.Run(ctx, func() { close(synced) }) }()
 	select {
 	case <-synced:
-	case err := <-srcErr:
+		return done, nil
+	case err := <-done:
 		if err == nil {
 			err = errors.New("source stopped before it synced")
 		}
-		return err
+		return nil, err
 	case <-ctx.Done():
-		return nil
+		return nil, ctx.Err()
 	}
+}
 
-	if o.DryRun {
-		snap, _ := tracker.Snapshot()
-		_, err := io.WriteString(out, iptables.Render(snap, o.iptablesOptions()).String())
-		return err
+// dryRun prints what svcproxy would program, from --state or from the API
+// server once its objects are listed.
+func (o *Options) dryRun(ctx context.Context, out io.Writer) error {
+	tracker := proxy.NewTracker(o.nodeName, nil, nil)
+	if o.State != "" {
+		if err := source.NewFileSource(o.State, tracker, o.StatePoll).Load(); err != nil {
+			return err
+		}
+	} else {
+		src, err := o.newSource(tracker)
+		if err != nil {
+			return err
+		}
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		if _, err := startSource(ctx, src); err != nil {
+			return err
+		}
 	}
+	snap, _ := tracker.Snapshot()
+	_, err := io.WriteString(out, iptables.Render(snap, o.iptablesOptions()).String())
+	return err
+}
 
+func (o *Options) cleanup(ctx context.Context) error {
 	variant := iptables.DetectVariant()
 	ipt, err := iptables.NewExec(variant)
 	if err != nil {
 		return err
 	}
-	logger.Info("Using iptables", "variant", variant)
-	syncer := iptables.NewSyncer(ipt, 0)
-	renderer := iptables.NewRenderer(o.iptablesOptions())
-	var ct conntrack.Interface = conntrack.Netlink{}
-	// Changes whose rules are not applied yet: a failed sync's changes are
-	// folded into the retry, and their conntrack cleanup waits for it.
-	var pending []proxy.Change
-	sync := func(ctx context.Context, full bool) error {
-		start := time.Now()
-		snap, changes := tracker.Snapshot()
-		pending = append(pending, changes...)
-		plan := renderer.Render(snap)
-		res, err := syncer.Sync(plan, full)
-		if err != nil {
-			return err
-		}
-		if filters := conntrack.StaleFilters(pending); len(filters) > 0 {
-			n, err := ct.Delete(filters)
-			if err != nil {
-				logger.Error(err, "Deleting stale conntrack entries failed", "filters", len(filters))
-			} else {
-				logger.V(2).Info("Deleted stale conntrack entries", "entries", n, "filters", len(filters))
-			}
-		}
-		pending = pending[:0]
-		if res.Full {
-			// A full sync (and the first load before it) leaves a lot of
-			// garbage: the restore input of every chain, a parsed state
-			// file. Hand it back to the OS now rather than keep the peak
-			// RSS for minutes.
-			debug.FreeOSMemory()
-		}
-		chains, rules := plan.Stats()
-		logger.V(2).Info("Synced rules", "full", res.Full, "took", time.Since(start), "servicePortsChanged", len(changes),
-			"chainsWritten", res.ChainsWritten, "chainsDeleted", res.ChainsDeleted, "restores", res.Restores,
-			"chains", chains, "rules", rules)
-		return nil
+	if err := iptables.Cleanup(ipt); err != nil {
+		return err
 	}
-	runner = proxy.NewRunner(sync, o.MinSyncPeriod, o.SyncPeriod, nil)
+	klog.FromContext(ctx).Info("Removed svcproxy's iptables rules", "variant", variant)
+	return nil
+}
+
+// serve programs the node until ctx is done.
+func (o *Options) serve(ctx context.Context) error {
+	logger := klog.FromContext(ctx)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	reg := metrics.NewRegistry()
+	m := metrics.New(reg)
+	health := healthz.NewProxyServer(healthz.Config{BindAddress: o.HealthzBindAddress, Timeout: 2 * o.SyncPeriod, Counter: m})
+	be, err := o.newBackend(ctx)
+	if err != nil {
+		return err
+	}
+	services := healthz.NewServiceServer(healthz.ServiceConfig{
+		Proxy: health,
+		OnListenError: func(ns, name string, port int32, err error) {
+			logger.Error(err, "Cannot open the health-check node port", "service", ns+"/"+name, "port", port)
+		},
+	})
+	defer services.Close()
+
+	d := &daemon{backend: be, metrics: m, health: health, services: services, conntrack: conntrack.Netlink{}}
+	runner := proxy.NewRunner(d.sync, o.MinSyncPeriod, o.SyncPeriod, nil)
+	d.tracker = proxy.NewTracker(o.nodeName, func() {
+		health.QueuedUpdate()
+		m.Queued(time.Now())
+		runner.Request()
+	}, m.Skipped)
+	d.recorder = m.NewRecorder(health.NodeHandler(d.tracker), nil)
+
+	if o.HealthzBindAddress != "" {
+		go func() {
+			if err := health.Run(ctx); err != nil {
+				logger.Error(err, "Health server stopped", "address", o.HealthzBindAddress)
+			}
+		}()
+	}
+	if o.MetricsBindAddress != "" {
+		go func() {
+			if err := metrics.NewServer(o.MetricsBindAddress, reg, o.Mode).Run(ctx); err != nil {
+				logger.Error(err, "Metrics server stopped", "address", o.MetricsBindAddress)
+			}
+		}()
+	}
+
+	src, err := o.newSource(d.recorder)
+	if err != nil {
+		return err
+	}
+	srcDone, err := startSource(ctx, src)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
 	go runner.Run(ctx)
 	select {
 	case <-ctx.Done():
 		logger.Info("Stopping; rules stay in place")
 		return nil
-	case err := <-srcErr:
+	case err := <-srcDone:
 		if err != nil && ctx.Err() == nil {
 			return fmt.Errorf("source: %w", err)
 		}
 		return nil
 	}
+}
+
+// daemon is the state of one running svcproxy, shared by its syncs (which
+// the runner serialises).
+type daemon struct {
+	tracker   *proxy.Tracker
+	recorder  *metrics.Recorder
+	backend   backend
+	metrics   *metrics.Metrics
+	health    *healthz.ProxyServer
+	services  *healthz.ServiceServer
+	conntrack conntrack.Interface
+
+	// Not applied yet: a failed sync's changes and trigger times are
+	// folded into the retry.
+	pending  []proxy.Change
+	triggers []time.Time
+}
+
+func (d *daemon) sync(ctx context.Context, full bool) error {
+	logger := klog.FromContext(ctx)
+	start := time.Now()
+	d.triggers = append(d.triggers, d.recorder.TakeTriggerTimes()...)
+	snap, changes := d.tracker.Snapshot()
+	d.pending = append(d.pending, changes...)
+	res, err := d.backend.Sync(snap, full)
+	d.metrics.ObserveSync(res.Full, time.Since(start))
+	if err != nil {
+		d.metrics.IPTablesRestoreFailed()
+		return err
+	}
+	if filters := conntrack.StaleFilters(d.pending); len(filters) > 0 {
+		n, err := d.conntrack.Delete(filters)
+		if err != nil {
+			logger.Error(err, "Deleting stale conntrack entries failed", "filters", len(filters))
+		} else {
+			logger.V(2).Info("Deleted stale conntrack entries", "entries", n, "filters", len(filters))
+		}
+	}
+	now := time.Now()
+	d.health.Updated()
+	d.metrics.Synced(now)
+	d.metrics.ObserveNetworkProgramming(d.triggers, now)
+	d.metrics.SetNoLocalEndpoints(snap)
+	for table, n := range res.Rules {
+		d.metrics.SetIPTablesRules(table, n, res.RulesWritten[table])
+	}
+	d.services.SyncServices(snap)
+	d.pending, d.triggers = d.pending[:0], d.triggers[:0]
+	if res.Full {
+		// A full sync leaves a lot of garbage (the restore input of every
+		// chain): hand it back to the OS now rather than keep the peak.
+		debug.FreeOSMemory()
+	}
+	logger.V(2).Info("Synced rules", "full", res.Full, "took", time.Since(start), "servicePortsChanged", len(changes),
+		"chainsWritten", res.ChainsWritten, "chainsDeleted", res.ChainsDeleted, "restores", res.Restores,
+		"chains", res.Chains, "rules", res.TotalRules())
+	return nil
 }

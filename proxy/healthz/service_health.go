@@ -1,0 +1,240 @@
+package healthz
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"sort"
+	"strconv"
+	"sync"
+
+	"k8s.io/klog/v2"
+
+	"github.com/svcproxy/svcproxy/proxy"
+)
+
+// HealthChecker reports whether the proxy as a whole is healthy;
+// *ProxyServer is one.
+type HealthChecker interface {
+	IsHealthy() bool
+}
+
+// ServiceConfig configures a ServiceServer.
+type ServiceConfig struct {
+	// Addresses are the local addresses the health-check node ports listen
+	// on, usually those --nodeport-addresses selects. Empty means every
+	// IPv4 address (0.0.0.0).
+	Addresses []netip.Addr
+	// Listener opens the sockets; nil means NetListener.
+	Listener Listener
+	// Proxy, if not nil, is consulted on every request: while the proxy is
+	// unhealthy every service answers 503, as in kube-proxy.
+	Proxy HealthChecker
+	// OnListenError, if not nil, is told when a health-check port cannot be
+	// opened (kube-proxy records a FailedToStartServiceHealthcheck event on
+	// the Service). The port is tried again on the next SyncServices.
+	OnListenError func(namespace, name string, port int32, err error)
+}
+
+// ServiceServer runs one HTTP server per health-check node port of the
+// externalTrafficPolicy: Local LoadBalancer services in a Snapshot. Each
+// answers 200 while the node has a ready local endpoint of the service (and
+// the proxy is healthy) and 503 otherwise, with the body and headers of
+// kube-proxy's service health server. It is safe for concurrent use.
+type ServiceServer struct {
+	cfg ServiceConfig
+
+	mu       sync.RWMutex
+	services map[serviceKey]*hcInstance
+}
+
+type serviceKey struct{ namespace, name string }
+
+func (k serviceKey) String() string { return k.namespace + "/" + k.name }
+
+type hcInstance struct {
+	port      int32
+	servers   []*http.Server
+	listeners []net.Listener
+	endpoints int // ready local endpoints (distinct IPs); guarded by ServiceServer.mu
+}
+
+// NewServiceServer returns a ServiceServer with no port open.
+func NewServiceServer(cfg ServiceConfig) *ServiceServer {
+	if cfg.Listener == nil {
+		cfg.Listener = NetListener{}
+	}
+	return &ServiceServer{cfg: cfg, services: map[serviceKey]*hcInstance{}}
+}
+
+// want is what one service needs: its health-check port and local endpoint
+// count.
+type want struct {
+	port      int32
+	endpoints int
+}
+
+// desired collects, per service with a health-check node port, the port and
+// the number of distinct ready local endpoint IPs over all its ports (a pod
+// serving 80 and 443 is one endpoint). Terminating endpoints do not count:
+// a node with only those must fail the check so that load balancers drain
+// it, as in kube-proxy.
+func desired(snap *proxy.Snapshot) map[serviceKey]want {
+	out := map[serviceKey]want{}
+	ips := map[serviceKey]map[netip.Addr]bool{}
+	for _, sp := range snap.ServicePorts() {
+		if sp.HealthCheckNodePort == 0 {
+			continue
+		}
+		k := serviceKey{sp.Name.Namespace, sp.Name.Name}
+		if ips[k] == nil {
+			ips[k] = map[netip.Addr]bool{}
+		}
+		for _, ep := range sp.AllEndpoints {
+			if ep.Ready && ep.IsLocal {
+				ips[k][ep.IP] = true
+			}
+		}
+		out[k] = want{port: sp.HealthCheckNodePort, endpoints: len(ips[k])}
+	}
+	return out
+}
+
+// SyncServices makes the open ports match snap: it closes the ports of
+// services that are gone or whose port changed, opens those of new
+// services, and updates every service's local endpoint count. A port that
+// cannot be opened is logged (and reported to OnListenError) and tried again
+// on the next call.
+func (s *ServiceServer) SyncServices(snap *proxy.Snapshot) {
+	want := desired(snap)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k, inst := range s.services {
+		if w, ok := want[k]; !ok || w.port != inst.port {
+			klog.V(2).InfoS("Closing health check port", "service", k, "port", inst.port)
+			inst.close()
+			delete(s.services, k)
+		}
+	}
+	keys := make([]serviceKey, 0, len(want))
+	for k := range want {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return keys[i].String() < keys[j].String() })
+	for _, k := range keys {
+		w := want[k]
+		if inst := s.services[k]; inst != nil {
+			inst.endpoints = w.endpoints
+			continue
+		}
+		inst, err := s.open(k, w.port)
+		if err != nil {
+			klog.ErrorS(err, "Failed to open health check port", "service", k, "port", w.port)
+			if s.cfg.OnListenError != nil {
+				s.cfg.OnListenError(k.namespace, k.name, w.port, err)
+			}
+			continue
+		}
+		klog.V(2).InfoS("Opened health check port", "service", k, "port", w.port)
+		inst.endpoints = w.endpoints
+		s.services[k] = inst
+	}
+}
+
+// open listens on port on every configured address and starts serving.
+func (s *ServiceServer) open(k serviceKey, port int32) (*hcInstance, error) {
+	addrs := s.cfg.Addresses
+	if len(addrs) == 0 {
+		addrs = []netip.Addr{netip.IPv4Unspecified()}
+	}
+	inst := &hcInstance{port: port}
+	handler := hcHandler{key: k, s: s}
+	for _, a := range addrs {
+		addr := net.JoinHostPort(a.String(), strconv.Itoa(int(port)))
+		l, err := s.cfg.Listener.Listen(context.Background(), "tcp4", addr)
+		if err != nil {
+			inst.close() // whatever this service opened already
+			return nil, fmt.Errorf("listening on %s: %w", addr, err)
+		}
+		srv := newHTTPServer(handler)
+		inst.servers = append(inst.servers, srv)
+		inst.listeners = append(inst.listeners, l)
+		go func() {
+			if err := srv.Serve(l); err != nil && err != http.ErrServerClosed {
+				klog.ErrorS(err, "Health check server stopped", "service", k, "address", addr)
+			}
+		}()
+	}
+	return inst, nil
+}
+
+func (inst *hcInstance) close() {
+	// Close, not Shutdown: a health check is one short request. The
+	// listeners are closed here too because srv.Close does not know a
+	// listener its Serve goroutine has not started on yet, and the port
+	// may be reopened at once (by the same service on other addresses or
+	// by another service).
+	for _, l := range inst.listeners {
+		_ = l.Close()
+	}
+	for _, srv := range inst.servers {
+		_ = srv.Close()
+	}
+	inst.servers, inst.listeners = nil, nil
+}
+
+// Close closes every open port.
+func (s *ServiceServer) Close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k, inst := range s.services {
+		inst.close()
+		delete(s.services, k)
+	}
+}
+
+// Ports returns the open health-check ports by "namespace/name".
+func (s *ServiceServer) Ports() map[string]int32 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make(map[string]int32, len(s.services))
+	for k, inst := range s.services {
+		out[k.String()] = inst.port
+	}
+	return out
+}
+
+type hcHandler struct {
+	key serviceKey
+	s   *ServiceServer
+}
+
+func (h hcHandler) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
+	h.s.mu.RLock()
+	inst := h.s.services[h.key]
+	count := 0
+	if inst != nil {
+		count = inst.endpoints
+	}
+	h.s.mu.RUnlock()
+	if inst == nil {
+		// Closed between accepting the connection and now.
+		w.WriteHeader(http.StatusServiceUnavailable)
+		return
+	}
+	proxyHealthy := h.s.cfg.Proxy == nil || h.s.cfg.Proxy.IsHealthy()
+
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("X-Load-Balancing-Endpoint-Weight", strconv.Itoa(count))
+	if count != 0 && proxyHealthy {
+		w.WriteHeader(http.StatusOK)
+	} else {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	// kube-proxy's exact text (a dedented template, tab-indented).
+	fmt.Fprintf(w, "{\n\t\"service\": {\n\t\t\"namespace\": %q,\n\t\t\"name\": %q\n\t},\n\t\"localEndpoints\": %d,\n\t\"serviceProxyHealthy\": %v\n}",
+		h.key.namespace, h.key.name, count, proxyHealthy)
+}
