@@ -175,6 +175,20 @@ func TestScaleFromZero(t *testing.T) {
 						proto, addr, p.at.Sub(updated).Round(time.Millisecond), p.err)
 				}
 			})
+			t.Run("proxy-reported-latency", func(t *testing.T) {
+				// What node1's svcproxy itself reports, from the
+				// slice's last-change-trigger-time to the rules
+				// applied: kubeproxy_network_programming_duration_seconds.
+				sum, count := scrapeHistogram(t, node1, "kubeproxy_network_programming_duration_seconds")
+				if count == 0 {
+					t.Fatalf("node1's svcproxy observed no network programming latency")
+				}
+				avg := time.Duration(sum / count * float64(time.Second))
+				t.Logf("node1 svcproxy: network programming latency %v on average over %.0f changes", avg.Round(time.Millisecond), count)
+				if avg > time.Second {
+					t.Errorf("average network programming latency %v, want under 1s", avg)
+				}
+			})
 			t.Run("all-backends", func(t *testing.T) {
 				// A fresh client: the first one may hold a
 				// blackholed source port (see above).

@@ -5,8 +5,11 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -140,4 +143,37 @@ func liftICMPRateLimit(t *testing.T) {
 			}
 		})
 	}
+}
+
+// scrapeHistogram reads a histogram's _sum and _count from the svcproxy of
+// node (its metrics server listens on 127.0.0.1:10249 inside the node).
+func scrapeHistogram(t *testing.T, node *framework.Node, name string) (sum, count float64) {
+	t.Helper()
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: node.NetNS.DialContext}}
+	resp, err := client.Get("http://127.0.0.1:10249/metrics")
+	if err != nil {
+		t.Fatalf("scraping %s's metrics: %v", node.Name, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(body), "\n") {
+		f := strings.Fields(line)
+		if len(f) != 2 {
+			continue
+		}
+		v, err := strconv.ParseFloat(f[1], 64)
+		if err != nil {
+			continue
+		}
+		switch {
+		case strings.HasPrefix(f[0], name+"_sum"):
+			sum += v
+		case strings.HasPrefix(f[0], name+"_count"):
+			count += v
+		}
+	}
+	return sum, count
 }

@@ -142,6 +142,14 @@ func (c *Cluster) MustSetEndpoints(t testing.TB, svc *corev1.Service, pods ...*P
 // name, and returns when the API server accepted it.
 func (c *Cluster) ApplyEndpointSlice(ctx context.Context, slice *discoveryv1.EndpointSlice) (time.Time, error) {
 	slices := c.Kube.DiscoveryV1().EndpointSlices(slice.Namespace)
+	// Like the EndpointSlice controller: the time of the change that
+	// caused this update, from which proxies measure their network
+	// programming latency.
+	slice = slice.DeepCopy()
+	if slice.Annotations == nil {
+		slice.Annotations = map[string]string{}
+	}
+	slice.Annotations["endpoints.kubernetes.io/last-change-trigger-time"] = time.Now().UTC().Format(time.RFC3339Nano)
 	_, err := slices.Create(ctx, slice, metav1.CreateOptions{})
 	if apierrors.IsAlreadyExists(err) {
 		var cur *discoveryv1.EndpointSlice
