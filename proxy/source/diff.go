@@ -13,9 +13,11 @@ import (
 )
 
 // removedNode stands for a deleted Node: proxy.Handler has no node delete,
-// so a deletion is sent as the node without labels (no zone).
+// so a deletion is sent as the node without labels (no zone) and with a
+// deletion timestamp (not eligible for load-balancer traffic).
 func removedNode(name string) *v1.Node {
-	return &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}
+	now := metav1.Now()
+	return &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, DeletionTimestamp: &now}}
 }
 
 // fileIndex holds the objects of a State by namespace/name.

@@ -42,6 +42,12 @@ type KubeSource struct {
 	nodeName string
 	handler  proxy.Handler
 	resync   time.Duration
+
+	// OnAPIHealth, if set before Run, is told every HealthInterval whether
+	// the API server answers /readyz: nil when it does, the error when not.
+	// svcproxy's /healthz turns unhealthy when it fails for too long.
+	OnAPIHealth    func(error)
+	HealthInterval time.Duration
 }
 
 // NewKubeSource returns a source that watches through client and reports to
@@ -99,6 +105,9 @@ func (k *KubeSource) Run(ctx context.Context, synced func()) error {
 	if synced != nil {
 		synced()
 	}
+	if k.OnAPIHealth != nil {
+		k.probeAPIServer(ctx)
+	}
 	<-ctx.Done()
 	return nil
 }
@@ -111,6 +120,34 @@ func (k *KubeSource) onNode(old, cur *v1.Node) {
 	}
 	if cur.Name == k.nodeName {
 		k.handler.OnNodeUpdate(cur)
+	}
+}
+
+// probeAPIServer reports whether the API server is ready until ctx is done.
+// The informers retry by themselves; this only makes an outage visible.
+func (k *KubeSource) probeAPIServer(ctx context.Context) {
+	interval := k.HealthInterval
+	if interval <= 0 {
+		interval = 5 * time.Second
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		pctx, cancel := context.WithTimeout(ctx, interval)
+		err := k.client.Discovery().RESTClient().Get().AbsPath("/readyz").Do(pctx).Error()
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			klog.V(2).InfoS("API server not ready", "err", err)
+		}
+		k.OnAPIHealth(err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
 	}
 }
 

@@ -17,7 +17,7 @@ var keptAnnotations = map[string]bool{
 
 // Strip drops the parts of a Service, EndpointSlice or Node that svcproxy
 // never reads (managed fields, most annotations, owner references, pod
-// references, node status) so that the informer caches and the --state
+// references, node status and spec but taints) so that the informer caches and the --state
 // source hold less: on a real cluster managedFields alone are often larger
 // than the rest of an object. It is a cache.TransformFunc; other objects
 // (and tombstones) pass unchanged.
@@ -35,7 +35,9 @@ func Strip(obj any) (any, error) {
 		}
 	case *v1.Node:
 		stripMeta(&o.ObjectMeta)
-		o.Spec = v1.NodeSpec{}
+		// Taints stay: the cluster autoscaler's ToBeDeleted taint makes
+		// the node unhealthy for load balancers.
+		o.Spec = v1.NodeSpec{Taints: o.Spec.Taints}
 		o.Status = v1.NodeStatus{}
 	}
 	return obj, nil

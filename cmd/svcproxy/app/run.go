@@ -103,7 +103,7 @@ func (o *Options) Run(ctx context.Context, out io.Writer) error {
 }
 
 // newSource returns the --state file source or the API server's.
-func (o *Options) newSource(h proxy.Handler) (sourceRunner, error) {
+func (o *Options) newSource(h proxy.Handler, onAPIHealth func(error)) (sourceRunner, error) {
 	if o.State != "" {
 		return source.NewFileSource(o.State, h, o.StatePoll), nil
 	}
@@ -116,7 +116,10 @@ func (o *Options) newSource(h proxy.Handler) (sourceRunner, error) {
 	if err != nil {
 		return nil, err
 	}
-	return source.NewKubeSource(client, o.nodeName, h, 0), nil
+	ks := source.NewKubeSource(client, o.nodeName, h, 0)
+	ks.OnAPIHealth = onAPIHealth
+	ks.HealthInterval = min(5*time.Second, o.SyncPeriod/2)
+	return ks, nil
 }
 
 // startSource runs src until ctx is done and waits for its first full
@@ -147,7 +150,7 @@ func (o *Options) dryRun(ctx context.Context, out io.Writer) error {
 			return err
 		}
 	} else {
-		src, err := o.newSource(tracker)
+		src, err := o.newSource(tracker, nil)
 		if err != nil {
 			return err
 		}
@@ -220,7 +223,7 @@ func (o *Options) serve(ctx context.Context) error {
 		}()
 	}
 
-	src, err := o.newSource(d.recorder)
+	src, err := o.newSource(d.recorder, health.SetSourceError)
 	if err != nil {
 		return err
 	}

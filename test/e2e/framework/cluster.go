@@ -119,6 +119,8 @@ type Cluster struct {
 
 	// Underlay is the namespace of the switch between the hosts.
 	Underlay *NetNS
+	// APIServer is the kube-apiserver process (tests may pause it).
+	APIServer *Process
 	// ControlPlane runs etcd and kube-apiserver.
 	ControlPlane *Host
 	// Nodes run svcproxy; Nodes[i] is node<i+1>.

@@ -98,6 +98,7 @@ func (c *Cluster) startControlPlane(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	c.APIServer = apiserver
 
 	c.RESTConfig = &rest.Config{
 		Host:            APIServerURL,

@@ -26,6 +26,9 @@ func (c *Cluster) proxyArgs(n *Node) []string {
 		"--hostname-override=" + n.Name,
 		"--cluster-cidr=" + ClusterCIDR,
 		"--min-sync-period=100ms",
+		// Short, so that the health test sees /healthz turn 503 after
+		// 2 × sync period without the API server.
+		"--sync-period=3s",
 		"--v=2",
 	}
 	return append(args, c.opts.SvcproxyArgs...)
