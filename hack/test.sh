@@ -2,8 +2,10 @@
 # The one test command: installs what the tests need when it is missing,
 # then runs every test — unit, rules, behaviour, fuzz seeds, and (as root)
 # the integration tests in network namespaces this script's tests create,
-# and the e2e suite (hack/e2e.sh: builds the pinned kube-apiserver, etcd and
-# CoreDNS from Go modules into .cache/tools once, a few minutes cold).
+# the e2e suite (hack/e2e.sh: builds the pinned kube-apiserver, etcd and
+# CoreDNS from Go modules into .cache/tools once, a few minutes cold), and
+# the IPVS tests in a qemu VM (hack/vm/run.sh: installs qemu-system-x86,
+# linux-image-amd64 and busybox-static with apt when missing).
 #
 #   hack/test.sh            everything
 #   hack/test.sh unit       unit tests only (no root needed)
@@ -59,5 +61,8 @@ go test -tags integration -count=1 -v ./test/integration/...
 
 log "e2e tests: real kube-apiserver, etcd and CoreDNS, two nodes with an overlay, svcproxy on each"
 bash hack/e2e.sh
+
+log "IPVS mode on a real IPVS kernel: Debian's kernel under qemu (hack/vm)"
+bash hack/vm/run.sh
 
 log "all tests passed"

@@ -36,8 +36,15 @@ const (
 	affinityPrefix     = "SVCP-A-"   // xt_recent list names for ClientIP affinity
 )
 
-// IsOwnedChain reports whether a chain name is one of svcproxy's.
-func IsOwnedChain(name string) bool { return strings.HasPrefix(name, ChainPrefix) }
+// IPVSChainPrefix starts the chains of IPVS mode (package ipvs), which
+// iptables mode must leave alone: after a mode switch both exist for a
+// moment, and each mode removes only its own.
+const IPVSChainPrefix = "SVCP-IPVS-"
+
+// IsOwnedChain reports whether a chain name is one of iptables mode's.
+func IsOwnedChain(name string) bool {
+	return strings.HasPrefix(name, ChainPrefix) && !strings.HasPrefix(name, IPVSChainPrefix)
+}
 
 func hash16(s string) string {
 	sum := sha256.Sum256([]byte(s))

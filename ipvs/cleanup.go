@@ -1,0 +1,99 @@
+package ipvs
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/svcproxy/svcproxy/iptables"
+)
+
+// Cleanup removes everything of IPVS mode, and nothing else: the jumps
+// from the built-in chains first (so that traffic stops entering our
+// chains), then our chains, the virtual servers on the dummy interface's
+// addresses and the node-port virtual servers on opts.NodeAddresses
+// (within opts.NodePortRange), the dummy interface with its addresses,
+// and last the ipsets named SetPrefix… (no rule references them any
+// more). Virtual servers of other programs, other links and other sets are
+// not touched. On a host that never ran IPVS mode it changes nothing and
+// loads no module. It keeps going after an error and reports every one.
+func Cleanup(k Interface, ipt iptables.Interface, opts Options) error {
+	var errs []error
+	for _, j := range jumps {
+		if err := ipt.DeleteJump(j); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, table := range []string{iptables.TableFilter, iptables.TableNAT} {
+		chains, err := ipt.ListChains(table)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		var owned []string
+		for _, c := range chains {
+			if IsOwnedChain(c) {
+				owned = append(owned, c)
+			}
+		}
+		if len(owned) == 0 {
+			continue
+		}
+		var b strings.Builder
+		fmt.Fprintf(&b, "*%s\n", table)
+		for _, c := range owned {
+			fmt.Fprintf(&b, ":%s - [0:0]\n", c)
+		}
+		for _, c := range owned {
+			fmt.Fprintf(&b, "-X %s\n", c)
+		}
+		b.WriteString("COMMIT\n")
+		if err := ipt.Restore([]byte(b.String())); err != nil {
+			errs = append(errs, fmt.Errorf("removing %d chains from %s: %w", len(owned), table, err))
+		}
+	}
+
+	addrs, err := k.ListAddresses(DummyInterface)
+	if err != nil && !IsNotFound(err) {
+		errs = append(errs, fmt.Errorf("listing addresses of %s: %w", DummyInterface, err))
+	}
+	// Where IPVS is not loaded there is no virtual server, and listing
+	// would load it.
+	var svcs []*VirtualServer
+	if k.Available() {
+		svcs, err = k.ListServices()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("listing virtual servers: %w", err))
+		}
+	}
+	slices.SortFunc(svcs, func(a, b *VirtualServer) int { return a.Compare(b.ServiceKey) })
+	for _, vs := range svcs {
+		if !slices.Contains(addrs, vs.Address) && !opts.ownsNodePort(vs.ServiceKey) {
+			continue
+		}
+		if err := k.DeleteService(vs.ServiceKey); err != nil && !IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("deleting virtual server %s: %w", vs.ServiceKey, err))
+		}
+	}
+	if err := k.DeleteLink(DummyInterface); err != nil {
+		errs = append(errs, fmt.Errorf("deleting %s: %w", DummyInterface, err))
+	}
+
+	sets, err := k.ListSets()
+	if err != nil {
+		errs = append(errs, fmt.Errorf("listing ipsets: %w", err))
+	}
+	var b strings.Builder
+	for _, s := range sets {
+		if IsOwnedSet(s.Name) {
+			fmt.Fprintf(&b, "destroy %s\n", s.Name)
+		}
+	}
+	if b.Len() > 0 {
+		if err := k.RestoreSets([]byte(b.String())); err != nil {
+			errs = append(errs, fmt.Errorf("destroying ipsets: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,107 @@
+package ipvs
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+)
+
+// Schedulers IPVS mode accepts (--ipvs-scheduler): round robin, least
+// connection, weighted round robin, source hashing, Maglev hashing. Every
+// real server has weight 1, so wrr behaves like rr.
+var Schedulers = []string{"rr", "lc", "wrr", "sh", "mh"}
+
+// Options are the settings that shape IPVS mode's plan and its applier.
+type Options struct {
+	// Scheduler is the IPVS scheduler of every virtual server; "rr" by
+	// default.
+	Scheduler string
+	// NodeAddresses are the addresses that NodePorts answer on: one
+	// virtual server per address and node port. The caller finds them
+	// (local addresses within --nodeport-addresses, no loopback).
+	NodeAddresses []netip.Addr
+	// NodePortRange bounds the ports of virtual servers on node addresses
+	// that IPVS mode considers its own when it finds them in the kernel
+	// (after a restart, or in Cleanup). Virtual servers on node addresses
+	// outside it belong to someone else and are never touched.
+	NodePortRange PortRange
+	// ClusterCIDRs are the pod networks; traffic to a ClusterIP from
+	// outside them is masqueraded. Empty (and MasqueradeAll false): the
+	// node's own traffic is, nothing else, as in kube-proxy.
+	ClusterCIDRs []netip.Prefix
+	// MasqueradeAll masquerades all traffic to ClusterIPs.
+	MasqueradeAll bool
+	// MasqueradeBit is the fwmark bit (0-31) that asks for SNAT; 14 like
+	// kube-proxy and iptables mode.
+	MasqueradeBit int
+	// RandomFully adds --random-fully to MASQUERADE.
+	RandomFully bool
+	// GracefulTimeout bounds how long a removed TCP real server is kept
+	// with weight 0 while it still has active connections.
+	GracefulTimeout time.Duration
+}
+
+// PortRange is an inclusive range of ports.
+type PortRange struct{ Min, Max uint16 }
+
+// Contains reports whether p is within the range.
+func (r PortRange) Contains(p uint16) bool { return p >= r.Min && p <= r.Max }
+
+// String returns "min-max".
+func (r PortRange) String() string { return fmt.Sprintf("%d-%d", r.Min, r.Max) }
+
+// DefaultGracefulTimeout is how long a removed TCP real server with active
+// connections is drained at most: the longest termination grace period
+// most workloads use, well under IPVS's 15-minute established timeout.
+const DefaultGracefulTimeout = 5 * time.Minute
+
+// DefaultOptions returns kube-proxy's defaults.
+func DefaultOptions() Options {
+	return Options{
+		Scheduler:       "rr",
+		NodePortRange:   PortRange{30000, 32767},
+		MasqueradeBit:   14,
+		RandomFully:     true,
+		GracefulTimeout: DefaultGracefulTimeout,
+	}
+}
+
+// Validate checks the options; every problem is reported.
+func (o Options) Validate() error {
+	var errs []error
+	if !validScheduler(o.Scheduler) {
+		errs = append(errs, fmt.Errorf("IPVS scheduler %q: want one of %v", o.Scheduler, Schedulers))
+	}
+	for _, a := range o.NodeAddresses {
+		if !a.Is4() {
+			errs = append(errs, fmt.Errorf("node address %s: IPVS mode is IPv4 only", a))
+		}
+	}
+	if o.NodePortRange.Min == 0 || o.NodePortRange.Min > o.NodePortRange.Max {
+		errs = append(errs, fmt.Errorf("node port range %s: want 1 <= min <= max", o.NodePortRange))
+	}
+	for _, p := range o.ClusterCIDRs {
+		if !p.Addr().Is4() {
+			errs = append(errs, fmt.Errorf("cluster CIDR %s: IPVS mode is IPv4 only", p))
+		}
+	}
+	if o.MasqueradeBit < 0 || o.MasqueradeBit > 31 {
+		errs = append(errs, fmt.Errorf("masquerade bit %d: must be within 0-31", o.MasqueradeBit))
+	}
+	if o.GracefulTimeout < 0 {
+		errs = append(errs, fmt.Errorf("graceful termination timeout %v: must not be negative", o.GracefulTimeout))
+	}
+	return errors.Join(errs...)
+}
+
+func validScheduler(s string) bool {
+	for _, v := range Schedulers {
+		if s == v {
+			return true
+		}
+	}
+	return false
+}
+
+func (o Options) markValue() string { return fmt.Sprintf("0x%x", uint32(1)<<o.MasqueradeBit) }
