@@ -57,7 +57,7 @@ fi
 
 log "building the pinned tools (cached)"
 if ${up}; then
-	hack/tools/build.sh etcd coredns kube-apiserver kubectl
+	hack/tools/build.sh etcd coredns kube-apiserver kube-proxy kubectl
 else
 	hack/tools/build.sh
 fi

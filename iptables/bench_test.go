@@ -12,10 +12,11 @@ import (
 // cost of a sync, not the kernel's.
 type nullIPT struct{ bytes int }
 
-func (n *nullIPT) Restore(data []byte) error           { n.bytes += len(data); return nil }
-func (n *nullIPT) EnsureJump(Jump) error               { return nil }
-func (n *nullIPT) DeleteJump(Jump) error               { return nil }
-func (n *nullIPT) ListChains(string) ([]string, error) { return nil, nil }
+func (n *nullIPT) Restore(data []byte) error                  { n.bytes += len(data); return nil }
+func (n *nullIPT) EnsureJump(Jump) error                      { return nil }
+func (n *nullIPT) DeleteJump(Jump) error                      { return nil }
+func (n *nullIPT) ListChains(string) ([]string, error)        { return nil, nil }
+func (n *nullIPT) ListRules(string, string) ([]string, error) { return nil, nil }
 
 func benchTracker(b *testing.B, n int) *proxy.Tracker {
 	svcs, slices := pt.Generate(n, 5)

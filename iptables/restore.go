@@ -29,6 +29,11 @@ type Interface interface {
 	// whole table back and is slow on big tables: svcproxy calls it once at
 	// start, never on the sync path.
 	ListChains(table string) ([]string, error)
+	// ListRules returns the rules of one chain of table as iptables -S
+	// prints them ("-A CHAIN args...", comments in double quotes). Like
+	// ListChains it is for one-time use (taking over from kube-proxy),
+	// never the sync path.
+	ListRules(table, chain string) ([]string, error)
 }
 
 // Variant is an iptables backend: "nft" or "legacy".
@@ -86,6 +91,7 @@ func hintCount(cmd string) int {
 // variant.
 type Exec struct {
 	variant Variant
+	cmd     string // "iptables" or "ip6tables"
 	ipt     *goipt.IPTables
 }
 
@@ -97,18 +103,33 @@ func NewExec(variant Variant) (*Exec, error) {
 	if err != nil {
 		return nil, fmt.Errorf("iptables (%s): %w", variant, err)
 	}
-	return &Exec{variant: variant, ipt: ipt}, nil
+	return &Exec{variant: variant, cmd: "iptables", ipt: ipt}, nil
+}
+
+// NewExec6 returns an Interface running the ip6tables binaries of variant.
+// svcproxy programs IPv4 only; this is for removing what upstream
+// kube-proxy (dual-stack whenever ip6tables works) left in ip6tables.
+func NewExec6(variant Variant) (*Exec, error) {
+	path := "ip6tables-" + string(variant)
+	ipt, err := goipt.New(goipt.IPFamily(goipt.ProtocolIPv6), goipt.Path(path), goipt.Timeout(5))
+	if err != nil {
+		return nil, fmt.Errorf("ip6tables (%s): %w", variant, err)
+	}
+	return &Exec{variant: variant, cmd: "ip6tables", ipt: ipt}, nil
 }
 
 // binary returns e.g. "iptables-nft-restore" for (nft, "-restore").
 func binary(v Variant, suffix string) string { return "iptables-" + string(v) + suffix }
+
+// binary returns e's command with suffix, e.g. "ip6tables-nft-save".
+func (e *Exec) binary(suffix string) string { return e.cmd + "-" + string(e.variant) + suffix }
 
 // Variant returns the backend in use.
 func (e *Exec) Variant() Variant { return e.variant }
 
 // Restore implements Interface.
 func (e *Exec) Restore(data []byte) error {
-	cmd := exec.Command(binary(e.variant, "-restore"), "--noflush", "--wait", "5")
+	cmd := exec.Command(e.binary("-restore"), "--noflush", "--wait", "5")
 	cmd.Stdin = bytes.NewReader(data)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -168,7 +189,7 @@ func (e *Exec) DeleteJump(j Jump) error {
 
 // ListChains implements Interface.
 func (e *Exec) ListChains(table string) ([]string, error) {
-	out, err := exec.Command(binary(e.variant, "-save"), "-t", table).Output()
+	out, err := exec.Command(e.binary("-save"), "-t", table).Output()
 	if err != nil {
 		return nil, fmt.Errorf("iptables-save -t %s: %w", table, err)
 	}
@@ -183,4 +204,19 @@ func (e *Exec) ListChains(table string) ([]string, error) {
 		}
 	}
 	return chains, sc.Err()
+}
+
+// ListRules implements Interface.
+func (e *Exec) ListRules(table, chain string) ([]string, error) {
+	lines, err := e.ipt.List(table, chain)
+	if err != nil {
+		return nil, fmt.Errorf("listing %s/%s: %w", table, chain, err)
+	}
+	var rules []string
+	for _, l := range lines {
+		if strings.HasPrefix(l, "-A ") {
+			rules = append(rules, l)
+		}
+	}
+	return rules, nil
 }

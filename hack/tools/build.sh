@@ -3,6 +3,8 @@
 # into .cache/tools/bin/ (git-ignored):
 #
 #   kube-apiserver  k8s.io/kubernetes      hack/tools/go.mod
+#   kube-proxy      k8s.io/kubernetes      hack/tools/go.mod (upstream's, for
+#                                          the live-takeover test)
 #   etcd            go.etcd.io/etcd/server hack/tools/etcd/go.mod
 #   coredns         github.com/coredns     hack/tools/coredns/go.mod
 #   kubectl         k8s.io/kubectl         hack/tools/go.mod (only if asked
@@ -15,7 +17,7 @@
 # Needs only Go (and the module proxy). A cold build takes several minutes,
 # nearly all of it kube-apiserver; a warm run returns at once.
 #
-# Usage: hack/tools/build.sh [tool...]     (default: etcd coredns kube-apiserver)
+# Usage: hack/tools/build.sh [tool...]     (default: etcd coredns kube-apiserver kube-proxy)
 # Env:   TOOLS_BIN  output directory (default: <repo>/.cache/tools/bin)
 set -euo pipefail
 
@@ -23,7 +25,7 @@ tools_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo_root=$(cd "${tools_dir}/../.." && pwd)
 bin_dir=${TOOLS_BIN:-${repo_root}/.cache/tools/bin}
 
-# kube-apiserver and kubectl report this as their version; it is the
+# kube-apiserver, kube-proxy and kubectl report this as their version; it is the
 # k8s.io/kubernetes pin in go.mod.
 kube_version=$(sed -nE 's/^(require)?[[:space:]]*k8s\.io\/kubernetes (v[0-9.]+)$/\2/p' "${tools_dir}/go.mod" | head -n1)
 [[ -n ${kube_version} ]] || { echo "build.sh: no k8s.io/kubernetes in ${tools_dir}/go.mod" >&2; exit 1; }
@@ -33,17 +35,17 @@ kube_minor=${kube_minor%%.*}
 # module_dir TOOL: the directory of the module that builds TOOL.
 module_dir() {
 	case $1 in
-	kube-apiserver | kubectl) echo "${tools_dir}" ;;
+	kube-apiserver | kube-proxy | kubectl) echo "${tools_dir}" ;;
 	etcd) echo "${tools_dir}/etcd" ;;
 	coredns) echo "${tools_dir}/coredns" ;;
-	*) echo "unknown tool $1 (want kube-apiserver, etcd, coredns or kubectl)" >&2 && return 1 ;;
+	*) echo "unknown tool $1 (want kube-apiserver, kube-proxy, etcd, coredns or kubectl)" >&2 && return 1 ;;
 	esac
 }
 
 # package_path TOOL: the main package, relative to its module directory.
 package_path() {
 	case $1 in
-	kube-apiserver | kubectl) echo "./$1" ;;
+	kube-apiserver | kube-proxy | kubectl) echo "./$1" ;;
 	*) echo . ;;
 	esac
 }
@@ -67,7 +69,7 @@ build() {
 		echo "${tool}: up to date (${bin_dir}/${tool})"
 		return
 	fi
-	if [[ ${tool} == kube-apiserver || ${tool} == kubectl ]]; then
+	if [[ ${tool} == kube-apiserver || ${tool} == kube-proxy || ${tool} == kubectl ]]; then
 		ldflags=(-ldflags "-X k8s.io/component-base/version.gitVersion=${kube_version}
 			-X k8s.io/component-base/version.gitMajor=1
 			-X k8s.io/component-base/version.gitMinor=${kube_minor}
@@ -87,7 +89,7 @@ build() {
 command -v go >/dev/null || { echo "build.sh: go is not in PATH" >&2; exit 1; }
 mkdir -p "${bin_dir}"
 tools=("$@")
-((${#tools[@]})) || tools=(etcd coredns kube-apiserver)
+((${#tools[@]})) || tools=(etcd coredns kube-apiserver kube-proxy)
 for t in "${tools[@]}"; do
 	build "${t}"
 done

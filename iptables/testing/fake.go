@@ -368,6 +368,26 @@ func (f *Fake) ListChains(table string) ([]string, error) {
 	return chainNames(table, t), nil
 }
 
+// ListRules implements iptables.Interface: "-A CHAIN " and the text of each
+// rule of chain, as Rules returns it.
+func (f *Fake) ListRules(table, chain string) ([]string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	t := f.tables[table]
+	if t == nil {
+		return nil, fmt.Errorf("ListRules: unknown table %q", table)
+	}
+	c := t.chains[chain]
+	if c == nil {
+		return nil, fmt.Errorf("ListRules: no chain %q in table %s", chain, table)
+	}
+	out := make([]string, 0, len(c.rules))
+	for _, r := range c.rules {
+		out = append(out, "-A "+chain+" "+r.text)
+	}
+	return out, nil
+}
+
 func chainNames(tname string, t *table) []string {
 	out := slices.Clone(builtinChains[tname])
 	var user []string

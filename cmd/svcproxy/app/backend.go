@@ -37,6 +37,38 @@ func (r syncResult) TotalRules() int {
 type iptablesBackend struct {
 	renderer *iptables.Renderer
 	syncer   *iptables.Syncer
+	ipt      iptables.Interface
+	variant  iptables.Variant
+}
+
+// kubeProxyRemover is a backend that can remove upstream kube-proxy's
+// leftovers (--remove-kube-proxy-rules) once its own rules are in place.
+type kubeProxyRemover interface {
+	removeKubeProxy(ctx context.Context) error
+}
+
+// removeKubeProxy removes kube-proxy's iptables-mode chains (with the
+// iptables variant svcproxy uses) and its nftables-mode tables.
+// kube-proxy runs dual-stack whenever ip6tables works, so its ip6tables
+// chains go too (svcproxy itself programs IPv4 only).
+func (b *iptablesBackend) removeKubeProxy(ctx context.Context) error {
+	n, err := iptables.RemoveKubeProxy(b.ipt)
+	if err != nil {
+		return err
+	}
+	// IPv6 is best effort: a node without working ip6tables has none of
+	// kube-proxy's rules there either, and is not retried every sync.
+	n6 := 0
+	if ip6, err6 := iptables.NewExec6(b.variant); err6 != nil {
+		klog.FromContext(ctx).V(2).Info("No ip6tables: not looking for kube-proxy's IPv6 rules", "err", err6)
+	} else if n6, err6 = iptables.RemoveKubeProxy(ip6); err6 != nil {
+		klog.FromContext(ctx).Error(err6, "Removing kube-proxy's ip6tables rules failed")
+	}
+	tables, err := iptables.RemoveKubeProxyNFT()
+	if n > 0 || n6 > 0 || tables > 0 {
+		klog.FromContext(ctx).Info("Removed kube-proxy's leftover rules", "iptables", n, "ip6tables", n6, "nftablesTables", tables)
+	}
+	return err
 }
 
 func (o *Options) newBackend(ctx context.Context) (backend, error) {
@@ -46,7 +78,7 @@ func (o *Options) newBackend(ctx context.Context) (backend, error) {
 		return nil, err
 	}
 	klog.FromContext(ctx).Info("Using iptables", "variant", variant)
-	return &iptablesBackend{renderer: iptables.NewRenderer(o.iptablesOptions()), syncer: iptables.NewSyncer(ipt, 0)}, nil
+	return &iptablesBackend{renderer: iptables.NewRenderer(o.iptablesOptions()), syncer: iptables.NewSyncer(ipt, 0), ipt: ipt, variant: variant}, nil
 }
 
 func (b *iptablesBackend) Sync(snap *proxy.Snapshot, full bool) (syncResult, error) {

@@ -38,6 +38,9 @@ type Options struct {
 	State             string
 	StatePoll         time.Duration
 	Cleanup           bool
+	// RemoveKubeProxyRules removes upstream kube-proxy's leftovers once
+	// svcproxy's own rules are in place (live takeover).
+	RemoveKubeProxyRules bool
 	ExtraOptions
 
 	// Filled in by Complete.
@@ -55,6 +58,8 @@ func NewOptions() *Options {
 		MinSyncPeriod: time.Second,
 		StatePoll:     time.Second,
 		ExtraOptions:  NewExtraOptions(),
+
+		RemoveKubeProxyRules: true,
 	}
 }
 
@@ -75,6 +80,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.State, "state", o.State, "Read Services and EndpointSlices from this file (kubectl get svc,endpointslices -A -o yaml|json) instead of an API server; re-read when it changes.")
 	fs.DurationVar(&o.StatePoll, "state-poll-interval", o.StatePoll, "How often --state is checked for changes.")
 	fs.BoolVar(&o.Cleanup, "cleanup", o.Cleanup, "Remove every rule and chain svcproxy created on this node, then exit.")
+	fs.BoolVar(&o.RemoveKubeProxyRules, "remove-kube-proxy-rules", o.RemoveKubeProxyRules, "After the first successful sync, remove the rules upstream kube-proxy left on this node (its iptables-mode KUBE-* chains and the nftables-mode kube-proxy tables; not kubelet's).")
 	o.ExtraOptions.AddFlags(fs)
 }
 

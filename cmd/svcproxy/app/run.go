@@ -200,6 +200,9 @@ func (o *Options) serve(ctx context.Context) error {
 	defer services.Close()
 
 	d := &daemon{backend: be, metrics: m, health: health, services: services, conntrack: conntrack.Netlink{}}
+	if r, ok := be.(kubeProxyRemover); ok && o.RemoveKubeProxyRules {
+		d.takeover = r.removeKubeProxy
+	}
 	runner := proxy.NewRunner(d.sync, o.MinSyncPeriod, o.SyncPeriod, nil)
 	d.tracker = proxy.NewTracker(o.nodeName, func() {
 		health.QueuedUpdate()
@@ -262,6 +265,9 @@ type daemon struct {
 	// folded into the retry.
 	pending  []proxy.Change
 	triggers []time.Time
+	// takeover, until it succeeds once, runs after each successful sync:
+	// kube-proxy's rules go only once ours are in place.
+	takeover func(context.Context) error
 }
 
 func (d *daemon) sync(ctx context.Context, full bool) error {
@@ -294,6 +300,13 @@ func (d *daemon) sync(ctx context.Context, full bool) error {
 	}
 	d.services.SyncServices(snap)
 	d.pending, d.triggers = d.pending[:0], d.triggers[:0]
+	if d.takeover != nil {
+		if err := d.takeover(ctx); err != nil {
+			logger.Error(err, "Removing kube-proxy's leftover rules failed; retrying after the next sync")
+		} else {
+			d.takeover = nil
+		}
+	}
 	if res.Full {
 		// A full sync leaves a lot of garbage (the restore input of every
 		// chain): hand it back to the OS now rather than keep the peak.

@@ -252,7 +252,7 @@ func checkPrerequisites(o Options) error {
 			errs = append(errs, fmt.Errorf("%s is not installed (apt-get install -y iproute2 iptables procps; go from go.dev)", cmd))
 		}
 	}
-	for _, tool := range []string{"etcd", "kube-apiserver", "coredns"} {
+	for _, tool := range []string{"etcd", "kube-apiserver", "coredns", "kube-proxy"} {
 		if !isExecutable(filepath.Join(o.ToolsBin, tool)) {
 			errs = append(errs, fmt.Errorf("%s is missing: run hack/tools/build.sh (or set E2E_TOOLS_BIN)", filepath.Join(o.ToolsBin, tool)))
 		}
