@@ -52,14 +52,21 @@ type kubeProxyRemover interface {
 // kube-proxy runs dual-stack whenever ip6tables works, so its ip6tables
 // chains go too (svcproxy itself programs IPv4 only).
 func (b *iptablesBackend) removeKubeProxy(ctx context.Context) error {
-	n, err := iptables.RemoveKubeProxy(b.ipt)
+	return removeKubeProxyRules(ctx, b.ipt, b.variant)
+}
+
+// removeKubeProxyRules removes kube-proxy's leftovers in either mode of
+// ours: its iptables-mode chains through ipt, its ip6tables ones, and its
+// nftables tables.
+func removeKubeProxyRules(ctx context.Context, ipt iptables.Interface, variant iptables.Variant) error {
+	n, err := iptables.RemoveKubeProxy(ipt)
 	if err != nil {
 		return err
 	}
 	// IPv6 is best effort: a node without working ip6tables has none of
 	// kube-proxy's rules there either, and is not retried every sync.
 	n6 := 0
-	if ip6, err6 := iptables.NewExec6(b.variant); err6 != nil {
+	if ip6, err6 := iptables.NewExec6(variant); err6 != nil {
 		klog.FromContext(ctx).V(2).Info("No ip6tables: not looking for kube-proxy's IPv6 rules", "err", err6)
 	} else if n6, err6 = iptables.RemoveKubeProxy(ip6); err6 != nil {
 		klog.FromContext(ctx).Error(err6, "Removing kube-proxy's ip6tables rules failed")
@@ -71,7 +78,16 @@ func (b *iptablesBackend) removeKubeProxy(ctx context.Context) error {
 	return err
 }
 
+// otherModeRemover is a backend that removes what the other mode left on
+// the node (a mode switch), once its own state is in place.
+type otherModeRemover interface {
+	removeOtherMode(ctx context.Context) error
+}
+
 func (o *Options) newBackend(ctx context.Context) (backend, error) {
+	if o.Mode == ModeIPVS {
+		return o.newIPVSBackend(ctx)
+	}
 	variant := iptables.DetectVariant()
 	ipt, err := iptables.NewExec(variant)
 	if err != nil {

@@ -106,9 +106,7 @@ func (o *Options) Complete() error {
 func (o *Options) Validate() error {
 	var errs []error
 	switch o.Mode {
-	case ModeIPTables:
-	case ModeIPVS:
-		errs = append(errs, errors.New("--mode=ipvs is not implemented yet in this build; use --mode=iptables"))
+	case ModeIPTables, ModeIPVS:
 	default:
 		errs = append(errs, fmt.Errorf("unknown --mode %q: want iptables or ipvs", o.Mode))
 	}

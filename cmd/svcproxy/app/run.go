@@ -15,6 +15,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/svcproxy/svcproxy/iptables"
+	"github.com/svcproxy/svcproxy/ipvs"
 	"github.com/svcproxy/svcproxy/proxy"
 	"github.com/svcproxy/svcproxy/proxy/conntrack"
 	"github.com/svcproxy/svcproxy/proxy/healthz"
@@ -161,20 +162,38 @@ func (o *Options) dryRun(ctx context.Context, out io.Writer) error {
 		}
 	}
 	snap, _ := tracker.Snapshot()
+	if o.Mode == ModeIPVS {
+		_, err := io.WriteString(out, o.dryRunIPVS(snap))
+		return err
+	}
 	_, err := io.WriteString(out, iptables.Render(snap, o.iptablesOptions()).String())
 	return err
 }
 
+// cleanup removes everything of both modes: IPVS mode's first (its
+// virtual servers, dummy link, ipsets and SVCP-IPVS- chains; nothing, and
+// no module loaded, on a host that never ran it), then iptables mode's.
 func (o *Options) cleanup(ctx context.Context) error {
 	variant := iptables.DetectVariant()
 	ipt, err := iptables.NewExec(variant)
 	if err != nil {
 		return err
 	}
+	k := ipvs.NewKernel()
+	defer k.Close()
+	opts := o.ipvsOptions()
+	if k.Available() {
+		if opts.NodeAddresses, err = k.LocalAddresses(nil); err != nil {
+			return err
+		}
+	}
+	if err := ipvs.Cleanup(k, ipt, opts); err != nil {
+		return err
+	}
 	if err := iptables.Cleanup(ipt); err != nil {
 		return err
 	}
-	klog.FromContext(ctx).Info("Removed svcproxy's iptables rules", "variant", variant)
+	klog.FromContext(ctx).Info("Removed svcproxy's rules", "variant", variant, "ipvs", k.Available())
 	return nil
 }
 
@@ -200,8 +219,21 @@ func (o *Options) serve(ctx context.Context) error {
 	defer services.Close()
 
 	d := &daemon{backend: be, metrics: m, health: health, services: services, conntrack: conntrack.Netlink{}}
+	// Make before break: once our first sync is in, what the other mode of
+	// ours (a mode switch) and upstream kube-proxy left goes.
+	var takeover []func(context.Context) error
+	if r, ok := be.(otherModeRemover); ok {
+		takeover = append(takeover, r.removeOtherMode)
+	}
 	if r, ok := be.(kubeProxyRemover); ok && o.RemoveKubeProxyRules {
-		d.takeover = r.removeKubeProxy
+		takeover = append(takeover, r.removeKubeProxy)
+	}
+	d.takeover = func(ctx context.Context) error {
+		var errs []error
+		for _, f := range takeover {
+			errs = append(errs, f(ctx))
+		}
+		return errors.Join(errs...)
 	}
 	runner := proxy.NewRunner(d.sync, o.MinSyncPeriod, o.SyncPeriod, nil)
 	d.tracker = proxy.NewTracker(o.nodeName, func() {
@@ -302,7 +334,7 @@ func (d *daemon) sync(ctx context.Context, full bool) error {
 	d.pending, d.triggers = d.pending[:0], d.triggers[:0]
 	if d.takeover != nil {
 		if err := d.takeover(ctx); err != nil {
-			logger.Error(err, "Removing kube-proxy's leftover rules failed; retrying after the next sync")
+			logger.Error(err, "Removing the other mode's or kube-proxy's leftovers failed; retrying after the next sync")
 		} else {
 			d.takeover = nil
 		}
