@@ -63,6 +63,6 @@ log "e2e tests: real kube-apiserver, etcd and CoreDNS, two nodes with an overlay
 bash hack/e2e.sh
 
 log "IPVS mode on a real IPVS kernel: Debian's kernel under qemu (hack/vm)"
-bash hack/vm/run.sh
+VM_WITH_SVCPROXY=1 bash hack/vm/run.sh
 
 log "all tests passed"

@@ -5,7 +5,6 @@ package vmtest
 import (
 	"context"
 	"net/netip"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -15,17 +14,6 @@ import (
 	"github.com/svcproxy/svcproxy/ipvs"
 	pt "github.com/svcproxy/svcproxy/proxy/proxytest"
 )
-
-// hideIPVS hides IPVS mode's chains from iptables mode's Syncer and
-// Cleanup, which otherwise take every "SVCP-" chain for theirs and try to
-// delete chains still referenced by IPVS mode's jumps. (iptables mode's
-// IsOwnedChain should exclude ipvs.ChainPrefix; then this goes.)
-type hideIPVS struct{ iptables.Interface }
-
-func (h hideIPVS) ListChains(table string) ([]string, error) {
-	all, err := h.Interface.ListChains(table)
-	return slices.DeleteFunc(all, ipvs.IsOwnedChain), err
-}
 
 // TestModeSwitch switches the data plane iptables → ipvs → iptables under
 // a stream of new connections to a ClusterIP, make before break: the new
@@ -42,7 +30,7 @@ func TestModeSwitch(t *testing.T) {
 	snap := snapshot(t, objs...)
 	iopts := iptables.DefaultOptions()
 	iopts.ClusterCIDRs = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}
-	ipt := hideIPVS{p.ipt}
+	ipt := p.ipt
 	inNode := func(what string, fn func() error) {
 		t.Helper()
 		if err := inNS(tp.node, fn); err != nil {
