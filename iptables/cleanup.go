@@ -1,46 +1,56 @@
 package iptables
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 )
 
 // Cleanup removes everything of svcproxy's iptables mode: the jumps from the
 // built-in chains first (so traffic stops entering our chains), then every
-// chain whose name starts with ChainPrefix, flushed and deleted in one
-// iptables-restore per table. Rules of other programs are not touched.
+// chain IsOwnedChain names, flushed and deleted in one iptables-restore per
+// table. Rules of other programs (and of IPVS mode) are not touched.
 func Cleanup(ipt Interface) error {
+	return RemoveChains(ipt, jumps, IsOwnedChain)
+}
+
+// RemoveChains deletes jumps from the built-in chains, then flushes and
+// deletes, in one iptables-restore per table (filter, nat), every chain
+// for which owned is true. It keeps going after an error and reports all.
+func RemoveChains(ipt Interface, jumps []Jump, owned func(string) bool) error {
+	var errs []error
 	for _, j := range jumps {
 		if err := ipt.DeleteJump(j); err != nil {
-			return err
+			errs = append(errs, err)
 		}
 	}
 	for _, table := range []string{TableFilter, TableNAT} {
 		chains, err := ipt.ListChains(table)
 		if err != nil {
-			return err
+			errs = append(errs, err)
+			continue
 		}
-		var owned []string
+		var remove []string
 		for _, c := range chains {
-			if IsOwnedChain(c) {
-				owned = append(owned, c)
+			if owned(c) {
+				remove = append(remove, c)
 			}
 		}
-		if len(owned) == 0 {
+		if len(remove) == 0 {
 			continue
 		}
 		var b strings.Builder
 		fmt.Fprintf(&b, "*%s\n", table)
-		for _, c := range owned {
+		for _, c := range remove {
 			fmt.Fprintf(&b, ":%s - [0:0]\n", c)
 		}
-		for _, c := range owned {
+		for _, c := range remove {
 			fmt.Fprintf(&b, "-X %s\n", c)
 		}
 		b.WriteString("COMMIT\n")
 		if err := ipt.Restore([]byte(b.String())); err != nil {
-			return fmt.Errorf("removing %d chains from %s: %w", len(owned), table, err)
+			errs = append(errs, fmt.Errorf("removing %d chains from %s: %w", len(remove), table, err))
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }

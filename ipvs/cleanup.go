@@ -20,38 +20,8 @@ import (
 // loads no module. It keeps going after an error and reports every one.
 func Cleanup(k Interface, ipt iptables.Interface, opts Options) error {
 	var errs []error
-	for _, j := range jumps {
-		if err := ipt.DeleteJump(j); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	for _, table := range []string{iptables.TableFilter, iptables.TableNAT} {
-		chains, err := ipt.ListChains(table)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		var owned []string
-		for _, c := range chains {
-			if IsOwnedChain(c) {
-				owned = append(owned, c)
-			}
-		}
-		if len(owned) == 0 {
-			continue
-		}
-		var b strings.Builder
-		fmt.Fprintf(&b, "*%s\n", table)
-		for _, c := range owned {
-			fmt.Fprintf(&b, ":%s - [0:0]\n", c)
-		}
-		for _, c := range owned {
-			fmt.Fprintf(&b, "-X %s\n", c)
-		}
-		b.WriteString("COMMIT\n")
-		if err := ipt.Restore([]byte(b.String())); err != nil {
-			errs = append(errs, fmt.Errorf("removing %d chains from %s: %w", len(owned), table, err))
-		}
+	if err := iptables.RemoveChains(ipt, jumps, IsOwnedChain); err != nil {
+		errs = append(errs, err)
 	}
 
 	addrs, err := k.ListAddresses(DummyInterface)
