@@ -269,6 +269,7 @@ func (o *Options) serve(ctx context.Context) error {
 		}
 		return err
 	}
+	o.recordStartEvent(ctx)
 	go runner.Run(ctx)
 	select {
 	case <-ctx.Done():
