@@ -16,8 +16,9 @@ import (
 // so a deletion is sent as the node without labels (no zone) and with a
 // deletion timestamp (not eligible for load-balancer traffic).
 func removedNode(name string) *v1.Node {
-	now := metav1.Now()
-	return &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, DeletionTimestamp: &now}}
+	// Any set time will do (a fixed one keeps events comparable).
+	deleted := metav1.Unix(1, 0)
+	return &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, DeletionTimestamp: &deleted}}
 }
 
 // fileIndex holds the objects of a State by namespace/name.
