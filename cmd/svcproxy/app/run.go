@@ -310,7 +310,8 @@ func (d *daemon) sync(ctx context.Context, full bool) error {
 	snap, changes := d.tracker.Snapshot()
 	d.pending = append(d.pending, changes...)
 	res, err := d.backend.Sync(snap, full)
-	d.metrics.ObserveSync(res.Full, time.Since(start))
+	took := time.Since(start) // snapshot, render and apply: what the metrics and the log report
+	d.metrics.ObserveSync(res.Full, took)
 	if err != nil {
 		d.metrics.IPTablesRestoreFailed()
 		return err
@@ -345,7 +346,7 @@ func (d *daemon) sync(ctx context.Context, full bool) error {
 		// chain): hand it back to the OS now rather than keep the peak.
 		debug.FreeOSMemory()
 	}
-	logger.V(2).Info("Synced rules", "full", res.Full, "took", time.Since(start), "servicePortsChanged", len(changes),
+	logger.V(2).Info("Synced rules", "full", res.Full, "took", took, "servicePortsChanged", len(changes),
 		"chainsWritten", res.ChainsWritten, "chainsDeleted", res.ChainsDeleted, "restores", res.Restores,
 		"chains", res.Chains, "rules", res.TotalRules())
 	return nil
