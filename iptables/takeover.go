@@ -11,7 +11,12 @@ import (
 )
 
 // Upstream kube-proxy's iptables-mode chains (k8s.io/kubernetes
-// pkg/proxy/iptables/proxier.go, v1.37.2, plus names older releases used).
+// pkg/proxy/iptables/proxier.go, v1.37.2, plus names older releases used)
+// and its IPVS-mode ones (pkg/proxy/ipvs/proxier.go: the shared names plus
+// KUBE-NODE-PORT, KUBE-SOURCE-RANGES-FIREWALL, KUBE-IPVS-FILTER and
+// KUBE-IPVS-OUT-FILTER; KUBE-LOOP-BACK is an ipset there, not a chain).
+// They reference kube-proxy's KUBE- ipsets, which ipvs.RemoveKubeProxy can
+// destroy only once these chains are gone.
 // KUBE-FIREWALL, KUBE-KUBELET-CANARY and KUBE-IPTABLES-HINT are kubelet's
 // (kube-proxy creates a copy of KUBE-FIREWALL but never deletes it either)
 // and are left alone, as is every chain not named here.
@@ -27,6 +32,11 @@ var (
 		"KUBE-PROXY-FIREWALL",
 		"KUBE-PROXY-CANARY", // also in mangle
 		"KUBE-LOAD-BALANCER",
+		// IPVS mode
+		"KUBE-NODE-PORT",
+		"KUBE-SOURCE-RANGES-FIREWALL",
+		"KUBE-IPVS-FILTER",
+		"KUBE-IPVS-OUT-FILTER",
 	}
 	kubeProxyChainPrefixes = []string{
 		"KUBE-SVC-", // service port, cluster traffic policy

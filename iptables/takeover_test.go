@@ -170,11 +170,83 @@ func TestIsKubeProxyChain(t *testing.T) {
 		"KUBE-SERVICES": true, "KUBE-SVC-7EJNTS7AENER2WX5": true, "KUBE-SEP-AB2LRLAE6QCDUFAX": true,
 		"KUBE-SVL-X": true, "KUBE-EXT-X": true, "KUBE-FW-X": true, "KUBE-PROXY-CANARY": true,
 		"KUBE-MARK-MASQ": true, "KUBE-MARK-DROP": true, "KUBE-POSTROUTING": true,
-		"KUBE-FIREWALL": false, "KUBE-KUBELET-CANARY": false, "KUBE-IPTABLES-HINT": false,
+		"KUBE-NODE-PORT": true, "KUBE-IPVS-FILTER": true, "KUBE-IPVS-OUT-FILTER": true, "KUBE-SOURCE-RANGES-FIREWALL": true,
+		"KUBE-LOOP-BACK": false,
+		"KUBE-FIREWALL":  false, "KUBE-KUBELET-CANARY": false, "KUBE-IPTABLES-HINT": false,
 		"KUBE-SVC-": false, "SVCP-SERVICES": false, "CNI-FORWARD": false, "KUBE-ROUTER-INPUT": false,
 	} {
 		if got := iptables.IsKubeProxyChain(name); got != want {
 			t.Errorf("IsKubeProxyChain(%q) = %v, want %v", name, got, want)
 		}
+	}
+}
+
+// kubeProxyIPVSState is what upstream kube-proxy v1.37 in IPVS mode
+// programs (iptables-save, trimmed): its rules match its ipsets, which can
+// be destroyed only once every chain here is gone.
+const kubeProxyIPVSState = `*filter
+:KUBE-FORWARD - [0:0]
+:KUBE-IPVS-FILTER - [0:0]
+:KUBE-IPVS-OUT-FILTER - [0:0]
+:KUBE-NODE-PORT - [0:0]
+:KUBE-PROXY-FIREWALL - [0:0]
+:KUBE-SOURCE-RANGES-FIREWALL - [0:0]
+-A INPUT -m comment --comment "kubernetes health check rules" -j KUBE-NODE-PORT
+-A INPUT -m comment --comment "kube-proxy firewall rules" -j KUBE-PROXY-FIREWALL
+-A INPUT -m comment --comment "kubernetes ipvs access filter" -j KUBE-IPVS-FILTER
+-A FORWARD -m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD
+-A FORWARD -m comment --comment "kube-proxy firewall rules" -j KUBE-PROXY-FIREWALL
+-A OUTPUT -m comment --comment "kubernetes ipvs access filter" -j KUBE-IPVS-OUT-FILTER
+-A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" -m mark --mark 0x4000/0x4000 -j ACCEPT
+-A KUBE-IPVS-FILTER -m set --match-set KUBE-LOAD-BALANCER dst,dst -j RETURN
+-A KUBE-IPVS-FILTER -m set --match-set KUBE-CLUSTER-IP dst,dst -j RETURN
+-A KUBE-IPVS-FILTER -m conntrack --ctstate NEW -m set --match-set KUBE-IPVS-IPS dst -j REJECT --reject-with icmp-port-unreachable
+-A KUBE-NODE-PORT -m comment --comment "Kubernetes health check node port" -m set --match-set KUBE-HEALTH-CHECK-NODE-PORT dst -j ACCEPT
+-A KUBE-SOURCE-RANGES-FIREWALL -j DROP
+COMMIT
+*nat
+:KUBE-LOAD-BALANCER - [0:0]
+:KUBE-MARK-MASQ - [0:0]
+:KUBE-NODE-PORT - [0:0]
+:KUBE-POSTROUTING - [0:0]
+:KUBE-SERVICES - [0:0]
+-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING
+-A KUBE-LOAD-BALANCER -j KUBE-MARK-MASQ
+-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000
+-A KUBE-NODE-PORT -p tcp -m comment --comment "Kubernetes nodeport TCP port for masquerade purpose" -m set --match-set KUBE-NODE-PORT-TCP dst -j KUBE-MARK-MASQ
+-A KUBE-POSTROUTING -m comment --comment "Kubernetes endpoints dst ip:port, source ip for solving hairpin purpose" -m set --match-set KUBE-LOOP-BACK dst,dst,src -j MASQUERADE
+-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
+-A KUBE-SERVICES ! -s 10.244.0.0/16 -m comment --comment "Kubernetes service cluster ip + port for masquerade purpose" -m set --match-set KUBE-CLUSTER-IP dst,dst -j KUBE-MARK-MASQ
+-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODE-PORT
+-A KUBE-SERVICES -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT
+COMMIT
+`
+
+func TestRemoveKubeProxyIPVSMode(t *testing.T) {
+	fake := iptablestest.NewFake()
+	if err := fake.Restore([]byte(kubeProxyIPVSState)); err != nil {
+		t.Fatal(err)
+	}
+	removed, err := iptables.RemoveKubeProxy(fake)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, table := range []string{"filter", "nat"} {
+		for _, c := range fake.Chains(table) {
+			if strings.HasPrefix(c, "KUBE-") {
+				t.Errorf("%s/%s left", table, c)
+			}
+			for _, r := range fake.Rules(table, c) {
+				if strings.Contains(r, "KUBE-") {
+					t.Errorf("%s/%s still has %q", table, c, r)
+				}
+			}
+		}
+	}
+	// filter: 6 jumps, 6 chains; nat: 3 jumps, 5 chains.
+	if want := 6 + 6 + 3 + 5; removed != want {
+		t.Errorf("removed = %d, want %d", removed, want)
 	}
 }

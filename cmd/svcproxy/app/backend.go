@@ -6,6 +6,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/svcproxy/svcproxy/iptables"
+	"github.com/svcproxy/svcproxy/ipvs"
 	"github.com/svcproxy/svcproxy/proxy"
 )
 
@@ -39,6 +40,9 @@ type iptablesBackend struct {
 	syncer   *iptables.Syncer
 	ipt      iptables.Interface
 	variant  iptables.Variant
+	// kubeIPVS is set once kube-proxy's kube-ipvs0 was seen, so that a
+	// retry still destroys its ipsets after the link went.
+	kubeIPVS bool
 }
 
 // kubeProxyRemover is a backend that can remove upstream kube-proxy's
@@ -51,8 +55,36 @@ type kubeProxyRemover interface {
 // iptables variant svcproxy uses) and its nftables-mode tables.
 // kube-proxy runs dual-stack whenever ip6tables works, so its ip6tables
 // chains go too (svcproxy itself programs IPv4 only).
+//
+// Then kube-proxy's IPVS mode goes, only where its kube-ipvs0 exists (so
+// that nothing is loaded on a host without IPVS): every virtual server on
+// kube-ipvs0 and, on the node's addresses, in the node-port range (a node
+// port we serve is DNATed before IPVS sees it, but one we do not serve
+// would still be answered by kube-proxy's stale virtual server), the link,
+// and its KUBE- ipsets.
 func (b *iptablesBackend) removeKubeProxy(ctx context.Context) error {
-	return removeKubeProxyRules(ctx, b.ipt, b.variant)
+	if err := removeKubeProxyRules(ctx, b.ipt, b.variant); err != nil {
+		return err
+	}
+	k := ipvs.NewKernel()
+	defer k.Close()
+	if !b.kubeIPVS && !ipvs.KubeProxyPresent(k) {
+		return nil
+	}
+	b.kubeIPVS = true
+	opts := ipvs.DefaultOptions()
+	if k.Available() {
+		addrs, err := k.LocalAddresses(nil)
+		if err != nil {
+			return err
+		}
+		opts.NodeAddresses = addrs
+	}
+	n, err := ipvs.RemoveKubeProxyNodePorts(k, nil, opts)
+	if n > 0 {
+		klog.FromContext(ctx).Info("Removed kube-proxy's IPVS-mode leftovers", "objects", n)
+	}
+	return err
 }
 
 // removeKubeProxyRules removes kube-proxy's leftovers in either mode of

@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"k8s.io/klog/v2"
 
@@ -30,12 +31,30 @@ type ipvsBackend struct {
 	ipt     iptables.Interface
 	variant iptables.Variant
 	applier *ipvs.Applier
+	plan    *ipvs.Plan // the last one synced
 }
 
-// removeKubeProxy removes kube-proxy's iptables and nftables leftovers (its
-// IPVS mode's kube-ipvs0 and ipsets are not handled yet).
+// removeKubeProxy removes kube-proxy's iptables and nftables leftovers, then
+// its IPVS mode's virtual servers on kube-ipvs0 (but those whose key is in
+// our plan: ours now), kube-ipvs0 and its KUBE- ipsets (which its chains,
+// gone by then, referenced). Node-port virtual servers are the Applier's.
 func (b *ipvsBackend) removeKubeProxy(ctx context.Context) error {
-	return removeKubeProxyRules(ctx, b.ipt, b.variant)
+	if err := removeKubeProxyRules(ctx, b.ipt, b.variant); err != nil {
+		return err
+	}
+	var svcs []*ipvs.VirtualServer
+	if b.plan != nil {
+		svcs = b.plan.Services
+	}
+	ours := func(k ipvs.ServiceKey) bool {
+		_, found := slices.BinarySearchFunc(svcs, k, func(vs *ipvs.VirtualServer, k ipvs.ServiceKey) int { return vs.Compare(k) })
+		return found
+	}
+	n, err := ipvs.RemoveKubeProxy(b.kernel, ours)
+	if n > 0 {
+		klog.FromContext(ctx).Info("Removed kube-proxy's IPVS-mode leftovers", "objects", n)
+	}
+	return err
 }
 
 func (o *Options) newIPVSBackend(ctx context.Context) (*ipvsBackend, error) {
@@ -64,6 +83,7 @@ func (o *Options) newIPVSBackend(ctx context.Context) (*ipvsBackend, error) {
 func (b *ipvsBackend) Sync(snap *proxy.Snapshot, full bool) (syncResult, error) {
 	plan := ipvs.Render(snap, b.opts)
 	res, err := b.applier.Sync(b.ctx, plan, full)
+	b.plan = plan
 	out := syncResult{Full: res.Full, ChainsWritten: res.IPTables.ChainsWritten, ChainsDeleted: res.IPTables.ChainsDeleted,
 		Restores: res.IPTables.Restores, Rules: map[string]int{}, RulesWritten: res.IPTables.RulesWritten}
 	for _, t := range plan.IPTables.Tables() {
