@@ -127,21 +127,30 @@ func names(pods ...*framework.Pod) string {
 // kernel's limiter.
 func liftICMPRateLimit(t *testing.T) {
 	t.Helper()
-	const key = "net.ipv4.icmp_ratelimit"
+	// The per-destination limit, and the namespace-wide one (1000/s with a
+	// burst of 50 by default): both would delay or swallow the ICMP
+	// errors that REJECT sends. Inside the node namespaces only.
+	settings := []struct{ key, value string }{
+		{"net.ipv4.icmp_ratelimit", "0"},
+		{"net.ipv4.icmp_msgs_per_sec", "1000000"},
+		{"net.ipv4.icmp_msgs_burst", "1000000"},
+	}
 	ctx := context.Background()
 	for _, n := range cluster.Nodes {
-		old, err := n.NetNS.SysctlValue(ctx, key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := n.NetNS.Sysctl(ctx, key, "0"); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			if err := n.NetNS.Sysctl(ctx, key, old); err != nil {
-				t.Error(err)
+		for _, s := range settings {
+			old, err := n.NetNS.SysctlValue(ctx, s.key)
+			if err != nil {
+				t.Fatal(err)
 			}
-		})
+			if err := n.NetNS.Sysctl(ctx, s.key, s.value); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				if err := n.NetNS.Sysctl(ctx, s.key, old); err != nil {
+					t.Error(err)
+				}
+			})
+		}
 	}
 }
 
