@@ -433,22 +433,27 @@ func TestHealthAndMetrics(t *testing.T) {
 	if code, _, err := httpGet(tp.node, "http://127.0.0.1:10256/livez"); err != nil || code != 200 {
 		t.Errorf("/livez: %d %v", code, err)
 	}
-	_, body, err := httpGet(tp.node, "http://127.0.0.1:10249/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, name := range []string{
-		"kubeproxy_sync_proxy_rules_duration_seconds_count",
-		"kubeproxy_sync_full_proxy_rules_duration_seconds_count",
-		"kubeproxy_sync_proxy_rules_last_timestamp_seconds",
-		`kubeproxy_sync_proxy_rules_iptables_total{ip_family="IPv4",table="nat"}`,
-		"kubeproxy_sync_proxy_rules_service_changes_total",
-		"kubeproxy_sync_proxy_rules_endpoint_changes_total",
-	} {
-		if !strings.Contains(body, name) {
-			t.Errorf("/metrics lacks %s", name)
+	// /healthz is 200 from the start (within its grace period): wait for
+	// the first sync's figures.
+	eventually(t, "metrics of the first sync", 10*time.Second, func() error {
+		_, body, err := httpGet(tp.node, "http://127.0.0.1:10249/metrics")
+		if err != nil {
+			return err
 		}
-	}
+		for _, name := range []string{
+			"kubeproxy_sync_proxy_rules_duration_seconds_count",
+			"kubeproxy_sync_full_proxy_rules_duration_seconds_count",
+			"kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+			`kubeproxy_sync_proxy_rules_iptables_total{ip_family="IPv4",table="nat"}`,
+			"kubeproxy_sync_proxy_rules_service_changes_total",
+			"kubeproxy_sync_proxy_rules_endpoint_changes_total",
+		} {
+			if !strings.Contains(body, name) {
+				return fmt.Errorf("/metrics lacks %s", name)
+			}
+		}
+		return nil
+	})
 	if code, body, _ := httpGet(tp.node, "http://127.0.0.1:10249/proxyMode"); code != 200 || strings.TrimSpace(body) != "iptables" {
 		t.Errorf("/proxyMode: %d %q", code, body)
 	}
