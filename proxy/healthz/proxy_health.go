@@ -14,6 +14,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/svcproxy/svcproxy/proxy/httpserve"
 	"net/http"
 	"sync"
 	"time"
@@ -266,5 +267,5 @@ func (s *ProxyServer) Run(ctx context.Context) error {
 		return fmt.Errorf("healthz server on %s: %w", s.addr, err)
 	}
 	klog.FromContext(ctx).Info("Serving /healthz and /livez", "address", l.Addr().String())
-	return serveUntilDone(ctx, newHTTPServer(s.Handler()), l)
+	return httpserve.Serve(ctx, httpserve.NewServer(s.Handler()), l)
 }

@@ -3,6 +3,7 @@ package healthz
 import (
 	"context"
 	"fmt"
+	"github.com/svcproxy/svcproxy/proxy/httpserve"
 	"net"
 	"net/http"
 	"net/netip"
@@ -158,7 +159,7 @@ func (s *ServiceServer) open(k serviceKey, port int32) (*hcInstance, error) {
 			inst.close() // whatever this service opened already
 			return nil, fmt.Errorf("listening on %s: %w", addr, err)
 		}
-		srv := newHTTPServer(handler)
+		srv := httpserve.NewServer(handler)
 		inst.servers = append(inst.servers, srv)
 		inst.listeners = append(inst.listeners, l)
 		go func() {

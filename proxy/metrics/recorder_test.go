@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"context"
+	"github.com/svcproxy/svcproxy/proxy/httpserve"
 	"io"
 	"net"
 	"net/http"
@@ -154,7 +155,7 @@ func TestServeStopsWithContext(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	reg := prometheus.NewRegistry()
-	go func() { errc <- serve(ctx, l, NewServer("", reg, "iptables").Handler()) }()
+	go func() { errc <- httpserve.Serve(ctx, httpserve.NewServer(NewServer("", reg, "iptables").Handler()), l) }()
 	resp, err := http.Get("http://" + l.Addr().String() + "/proxyMode")
 	if err != nil {
 		t.Fatal(err)

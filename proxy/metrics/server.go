@@ -2,12 +2,11 @@ package metrics
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"github.com/svcproxy/svcproxy/proxy/httpserve"
 	"io"
 	"net"
 	"net/http"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -63,30 +62,5 @@ func (s *Server) Run(ctx context.Context) error {
 		return fmt.Errorf("metrics server: %w", err)
 	}
 	klog.FromContext(ctx).Info("Serving metrics", "address", l.Addr().String())
-	return serve(ctx, l, s.handler)
-}
-
-// serve serves h on l until ctx is done, then shuts the server down.
-func serve(ctx context.Context, l net.Listener, h http.Handler) error {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-	stopped := make(chan struct{})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		select {
-		case <-ctx.Done():
-		case <-stopped:
-			return
-		}
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
-	}()
-	err := srv.Serve(l)
-	close(stopped)
-	<-done
-	if errors.Is(err, http.ErrServerClosed) {
-		return nil
-	}
-	return err
+	return httpserve.Serve(ctx, httpserve.NewServer(s.handler), l)
 }
