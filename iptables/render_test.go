@@ -10,7 +10,6 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	v1 "k8s.io/api/core/v1"
-	discovery "k8s.io/api/discovery/v1"
 
 	"github.com/svcproxy/svcproxy/proxy"
 	pt "github.com/svcproxy/svcproxy/proxy/proxytest"
@@ -25,22 +24,9 @@ func testOptions() Options {
 	return o
 }
 
-// snapshotOf feeds objects to a tracker for node1 and returns its snapshot.
 func snapshotOf(t testing.TB, objs ...any) *proxy.Snapshot {
 	t.Helper()
-	tr := proxy.NewTracker("node1", nil, nil)
-	for _, o := range objs {
-		switch o := o.(type) {
-		case *v1.Service:
-			tr.OnServiceUpdate(nil, o)
-		case *discovery.EndpointSlice:
-			tr.OnEndpointSliceUpdate(nil, o)
-		default:
-			t.Fatalf("unexpected object %T", o)
-		}
-	}
-	snap, _ := tr.Snapshot()
-	return snap
+	return pt.Snapshot(t, objs...)
 }
 
 // TestGoldenExample renders the bundled example cluster: the README's first

@@ -9,12 +9,10 @@ import (
 	"strings"
 	"testing"
 
-	v1 "k8s.io/api/core/v1"
-	discovery "k8s.io/api/discovery/v1"
-
 	"github.com/svcproxy/svcproxy/iptables"
 	"github.com/svcproxy/svcproxy/ipvs"
 	"github.com/svcproxy/svcproxy/proxy"
+	pt "github.com/svcproxy/svcproxy/proxy/proxytest"
 )
 
 // proxier runs IPVS mode's real Applier inside the node namespace.
@@ -48,22 +46,9 @@ func newProxier(t testing.TB, tp *topology, mods ...func(*ipvs.Options)) *proxie
 	return p
 }
 
-// snapshot builds a node1 snapshot of objs.
 func snapshot(t testing.TB, objs ...any) *proxy.Snapshot {
 	t.Helper()
-	tr := proxy.NewTracker("node1", nil, nil)
-	for _, o := range objs {
-		switch o := o.(type) {
-		case *v1.Service:
-			tr.OnServiceUpdate(nil, o)
-		case *discovery.EndpointSlice:
-			tr.OnEndpointSliceUpdate(nil, o)
-		default:
-			t.Fatalf("unexpected object %T", o)
-		}
-	}
-	snap, _ := tr.Snapshot()
-	return snap
+	return pt.Snapshot(t, objs...)
 }
 
 // sync renders objs and applies the plan in the node namespace.
