@@ -8,7 +8,7 @@ import (
 
 // DefaultBatchChains is how many chains one iptables-restore call declares
 // during a full sync: iptables-restore --noflush is quadratic in the chains
-// of one call (NOTES.md: 20k chains 4.7 s in one call, 1.85 s in four).
+// of one call (docs/architecture.md: 20k chains 4.7 s in one call, 1.85 s in four).
 // Measured with hack/bench/applybench at 10k services (12.7k chains): 2500
 // chains per call 3.8 s, 1000: 2.8 s, 500: 2.3 s, 200: 2.3 s.
 const DefaultBatchChains = 500

@@ -244,7 +244,7 @@ func warnIPVS(cfg *kubeproxyconfig.KubeProxyConfiguration, warn func(field, form
 		warn("ipvs.excludeCIDRs", "not supported (svcproxy only ever removes IPVS virtual servers it created); ignored")
 	}
 	// strictARP needs no warning: svcproxy always sets arp_ignore and
-	// arp_announce for its dummy interface (DESIGN.md, IPVS mode).
+	// arp_announce for its dummy interface (docs/architecture.md, IPVS mode).
 	for _, d := range []struct {
 		field string
 		value time.Duration
