@@ -39,7 +39,7 @@ fi
 kernel=$(bash "$here/mkinitrd.sh" "$work/initrd" "$work/vmtest" -test.v -test.timeout=8m "$@")
 built=$(date +%s)
 
-# -accel tcg: KVM guests hang on these machines (NOTES.md). The VM powers
+# -accel tcg: KVM guests hang on these machines (docs/architecture.md). The VM powers
 # itself off when the tests end; timeout is the backstop for a hang.
 timeout "${VM_TIMEOUT:-600}" qemu-system-x86_64 -accel tcg -m 1024 -smp 1 -nographic -no-reboot \
 	-kernel "$kernel" -initrd "$work/initrd" \
