@@ -29,9 +29,11 @@ type Options struct {
 }
 
 // DefaultOptions returns kube-proxy's defaults.
-func DefaultOptions() Options { return Options{MasqueradeBit: 14, RandomFully: true} }
+func DefaultOptions() Options {
+	return Options{MasqueradeBit: proxy.DefaultMasqueradeBit, RandomFully: true}
+}
 
-func (o Options) markValue() string { return fmt.Sprintf("0x%x", uint32(1)<<o.MasqueradeBit) }
+func (o Options) markValue() string { return proxy.MasqueradeMark(o.MasqueradeBit) }
 
 // LargeClusterEndpoints is kube-proxy's threshold: above this many
 // endpoints in all, the per-endpoint DNAT rules carry no comment. Every rule

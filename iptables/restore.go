@@ -10,6 +10,8 @@ import (
 
 	goipt "github.com/coreos/go-iptables/iptables"
 	"k8s.io/klog/v2"
+
+	"github.com/svcproxy/svcproxy/proxy"
 )
 
 // Interface is the kernel boundary of iptables mode: the only code that
@@ -136,7 +138,7 @@ func (e *Exec) Restore(data []byte) error {
 	if err := cmd.Run(); err != nil {
 		msg := strings.TrimSpace(stderr.String())
 		klog.V(4).InfoS("iptables-restore failed", "input", string(data))
-		return fmt.Errorf("iptables-restore: %w: %s%s", err, msg, lineContext(data, msg))
+		return &proxy.RestoreError{Err: fmt.Errorf("%s: %w: %s%s", e.binary("-restore"), err, msg, lineContext(data, msg))}
 	}
 	return nil
 }

@@ -19,6 +19,9 @@ const DefaultBatchChains = 500
 type Syncer struct {
 	ipt         Interface
 	batchChains int
+	// owned names the chains this Syncer manages: only those are seen
+	// in the kernel and deleted when a plan no longer has them.
+	owned func(string) bool
 
 	// applied holds, per table, the rules of every chain as last applied.
 	// nil means unknown (start, or after a failure): the next sync is full.
@@ -38,12 +41,21 @@ type SyncResult struct {
 	RulesWritten map[string]int
 }
 
-// NewSyncer returns a Syncer; batchChains <= 0 means DefaultBatchChains.
+// NewSyncer returns a Syncer for iptables mode's chains (IsOwnedChain);
+// batchChains <= 0 means DefaultBatchChains.
 func NewSyncer(ipt Interface, batchChains int) *Syncer {
+	return NewOwnedSyncer(ipt, batchChains, IsOwnedChain)
+}
+
+// NewOwnedSyncer returns a Syncer that manages the chains owned names
+// (IPVS mode passes its own SVCP-IPVS- test): a chain of those found in the
+// kernel at start, or applied earlier, and missing from a later plan is
+// deleted. batchChains <= 0 means DefaultBatchChains.
+func NewOwnedSyncer(ipt Interface, batchChains int, owned func(string) bool) *Syncer {
 	if batchChains <= 0 {
 		batchChains = DefaultBatchChains
 	}
-	return &Syncer{ipt: ipt, batchChains: batchChains}
+	return &Syncer{ipt: ipt, batchChains: batchChains, owned: owned}
 }
 
 // Sync programs plan. With full, every chain is rewritten and the jumps from
@@ -61,7 +73,7 @@ func (s *Syncer) Sync(plan *Plan, full bool) (SyncResult, error) {
 			}
 			known[t] = map[string]bool{}
 			for _, n := range names {
-				if IsOwnedChain(n) {
+				if s.owned(n) {
 					known[t][n] = true
 				}
 			}

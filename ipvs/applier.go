@@ -70,29 +70,11 @@ func NewApplier(k Interface, ipt iptables.Interface, opts Options, clk clock.Pas
 	}
 	return &Applier{
 		k:        k,
-		ipt:      iptables.NewSyncer(ownChains{ipt}, 0),
+		ipt:      iptables.NewOwnedSyncer(ipt, 0, IsOwnedChain),
 		opts:     opts,
 		clock:    clk,
 		draining: map[drainKey]time.Time{},
 	}
-}
-
-// ownChains hides every chain but IPVS mode's from the iptables Syncer, so
-// that it neither sees nor deletes iptables mode's chains.
-type ownChains struct{ iptables.Interface }
-
-func (o ownChains) ListChains(table string) ([]string, error) {
-	all, err := o.Interface.ListChains(table)
-	if err != nil {
-		return nil, err
-	}
-	var out []string
-	for _, c := range all {
-		if IsOwnedChain(c) {
-			out = append(out, c)
-		}
-	}
-	return out, nil
 }
 
 // Sync makes the kernel match plan. With full (and always when the

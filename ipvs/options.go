@@ -4,13 +4,29 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
+
+	"github.com/svcproxy/svcproxy/proxy"
 )
 
-// Schedulers IPVS mode accepts (--ipvs-scheduler): round robin, least
-// connection, weighted round robin, source hashing, Maglev hashing. Every
-// real server has weight 1, so wrr behaves like rr.
-var Schedulers = []string{"rr", "lc", "wrr", "sh", "mh"}
+// Schedulers are the IPVS schedulers of the Linux kernel (ip_vs_<name>.ko),
+// every one of which moby/ipvs can set on a virtual server: round robin,
+// weighted round robin, least connection, weighted least connection,
+// locality-based least connection (with replication), destination and
+// source hashing, shortest expected delay, never queue, Maglev hashing,
+// weighted failover, weighted overflow and weighted random twos (Linux
+// 6.2+). Every real server has weight 1, so a weighted scheduler behaves
+// like its plain one. The kernel loads a scheduler's module when a virtual
+// server first uses it; one the kernel lacks fails that sync with the
+// kernel's error.
+var Schedulers = []string{"rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh", "fo", "ovf", "twos"}
+
+// DefaultScheduler is kube-proxy's default IPVS scheduler.
+const DefaultScheduler = "rr"
+
+// ValidScheduler reports whether s is one of Schedulers.
+func ValidScheduler(s string) bool { return slices.Contains(Schedulers, s) }
 
 // Options are the settings that shape IPVS mode's plan and its applier.
 type Options struct {
@@ -59,9 +75,9 @@ const DefaultGracefulTimeout = 5 * time.Minute
 // DefaultOptions returns kube-proxy's defaults.
 func DefaultOptions() Options {
 	return Options{
-		Scheduler:       "rr",
+		Scheduler:       DefaultScheduler,
 		NodePortRange:   PortRange{30000, 32767},
-		MasqueradeBit:   14,
+		MasqueradeBit:   proxy.DefaultMasqueradeBit,
 		RandomFully:     true,
 		GracefulTimeout: DefaultGracefulTimeout,
 	}
@@ -70,7 +86,7 @@ func DefaultOptions() Options {
 // Validate checks the options; every problem is reported.
 func (o Options) Validate() error {
 	var errs []error
-	if !validScheduler(o.Scheduler) {
+	if !ValidScheduler(o.Scheduler) {
 		errs = append(errs, fmt.Errorf("IPVS scheduler %q: want one of %v", o.Scheduler, Schedulers))
 	}
 	for _, a := range o.NodeAddresses {
@@ -95,13 +111,4 @@ func (o Options) Validate() error {
 	return errors.Join(errs...)
 }
 
-func validScheduler(s string) bool {
-	for _, v := range Schedulers {
-		if s == v {
-			return true
-		}
-	}
-	return false
-}
-
-func (o Options) markValue() string { return fmt.Sprintf("0x%x", uint32(1)<<o.MasqueradeBit) }
+func (o Options) markValue() string { return proxy.MasqueradeMark(o.MasqueradeBit) }

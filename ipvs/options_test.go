@@ -13,8 +13,8 @@ func TestOptionsValidate(t *testing.T) {
 		errs []string
 	}{
 		{name: "defaults"},
-		{name: "every scheduler", mod: func(o *Options) { o.Scheduler = "sh" }},
-		{name: "unknown scheduler", mod: func(o *Options) { o.Scheduler = "wlc" }, errs: []string{`IPVS scheduler "wlc"`}},
+		{name: "a kernel scheduler", mod: func(o *Options) { o.Scheduler = "wlc" }},
+		{name: "unknown scheduler", mod: func(o *Options) { o.Scheduler = "fastest" }, errs: []string{`IPVS scheduler "fastest"`}},
 		{name: "everything wrong at once", mod: func(o *Options) {
 			o.Scheduler = ""
 			o.NodeAddresses = []netip.Addr{netip.MustParseAddr("fd00::1")}

@@ -67,6 +67,7 @@ type Metrics struct {
 	IPTablesRulesTotal                *prometheus.GaugeVec
 	IPTablesRulesLastSync             *prometheus.GaugeVec
 	IPTablesRestoreFailuresTotal      *prometheus.CounterVec
+	SyncFailuresTotal                 *prometheus.CounterVec
 	EndpointChangesTotal              prometheus.Counter
 	ServiceChangesTotal               prometheus.Counter
 	NoLocalEndpointsTotal             *prometheus.GaugeVec
@@ -129,6 +130,11 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name:      "sync_proxy_rules_iptables_restore_failures_total",
 			Help:      help("Cumulative proxy iptables restore failures"),
 		}, []string{"ip_family"}),
+		SyncFailuresTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "svcproxy",
+			Name:      "sync_proxy_rules_failures_total",
+			Help:      "Syncs that failed, whatever the cause (iptables-restore, netlink, ipset); each is retried as a full sync.",
+		}, []string{"ip_family"}),
 		EndpointChangesTotal: prometheus.NewCounter(prometheus.CounterOpts{
 			Subsystem: subsystem,
 			Name:      "sync_proxy_rules_endpoint_changes_total",
@@ -170,6 +176,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		m.IPTablesRulesTotal,
 		m.IPTablesRulesLastSync,
 		m.IPTablesRestoreFailuresTotal,
+		m.SyncFailuresTotal,
 		m.EndpointChangesTotal,
 		m.ServiceChangesTotal,
 		m.NoLocalEndpointsTotal,
@@ -211,9 +218,13 @@ func (m *Metrics) SetIPTablesRules(table string, total, written int) {
 	m.IPTablesRulesLastSync.WithLabelValues(table, IPFamily).Set(float64(written))
 }
 
-// IPTablesRestoreFailed counts one failed iptables-restore.
-func (m *Metrics) IPTablesRestoreFailed() {
-	m.IPTablesRestoreFailuresTotal.WithLabelValues(IPFamily).Inc()
+// SyncFailed counts one failed sync; restore says it was iptables-restore
+// that failed (kube-proxy's restore-failure counter counts only those).
+func (m *Metrics) SyncFailed(restore bool) {
+	m.SyncFailuresTotal.WithLabelValues(IPFamily).Inc()
+	if restore {
+		m.IPTablesRestoreFailuresTotal.WithLabelValues(IPFamily).Inc()
+	}
 }
 
 // Skipped counts a skipped object; it is a proxy.SkipFunc.

@@ -38,6 +38,7 @@ var upstream = []struct {
 	{"kubeproxy_proxy_healthz_total", "COUNTER", "[ALPHA] Cumulative proxy healthz HTTP status", []string{"code"}},
 	{"kubeproxy_proxy_livez_total", "COUNTER", "[ALPHA] Cumulative proxy livez HTTP status", []string{"code"}},
 	{"svcproxy_skipped_objects_total", "COUNTER", "", []string{"kind", "reason"}},
+	{"svcproxy_sync_proxy_rules_failures_total", "COUNTER", "", []string{"ip_family"}},
 }
 
 // touchAll gives every metric a value so that Gather reports it.
@@ -49,7 +50,7 @@ func touchAll(m *Metrics) {
 	m.Queued(time.Unix(199, 0))
 	m.SetIPTablesRules(TableNAT, 10, 2)
 	m.SetIPTablesRules(TableFilter, 3, 3)
-	m.IPTablesRestoreFailed()
+	m.SyncFailed(true)
 	m.EndpointChangesTotal.Inc()
 	m.ServiceChangesTotal.Inc()
 	m.SetNoLocalEndpoints(proxy.NewSnapshot("node1", "", nil))
@@ -196,8 +197,9 @@ func TestGaugesAndCounters(t *testing.T) {
 	m.Queued(time.Unix(1700000001, 0))
 	m.SetIPTablesRules(TableNAT, 120, 7)
 	m.SetIPTablesRules(TableFilter, 4, 4)
-	m.IPTablesRestoreFailed()
-	m.IPTablesRestoreFailed()
+	m.SyncFailed(true)
+	m.SyncFailed(true)
+	m.SyncFailed(false) // a netlink failure: not a restore failure
 	m.Skipped("Service", "headless")
 	m.Skipped("Service", "headless")
 	m.Skipped("EndpointSlice", "no-service-label")
@@ -223,6 +225,9 @@ kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family="IPv4"} 1.7000000005
 # TYPE svcproxy_skipped_objects_total counter
 svcproxy_skipped_objects_total{kind="EndpointSlice",reason="no-service-label"} 1
 svcproxy_skipped_objects_total{kind="Service",reason="headless"} 2
+# HELP svcproxy_sync_proxy_rules_failures_total Syncs that failed, whatever the cause (iptables-restore, netlink, ipset); each is retried as a full sync.
+# TYPE svcproxy_sync_proxy_rules_failures_total counter
+svcproxy_sync_proxy_rules_failures_total{ip_family="IPv4"} 3
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want),
 		"kubeproxy_sync_proxy_rules_iptables_last",
@@ -231,6 +236,7 @@ svcproxy_skipped_objects_total{kind="Service",reason="headless"} 2
 		"kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
 		"kubeproxy_sync_proxy_rules_last_timestamp_seconds",
 		"svcproxy_skipped_objects_total",
+		"svcproxy_sync_proxy_rules_failures_total",
 	); err != nil {
 		t.Error(err)
 	}

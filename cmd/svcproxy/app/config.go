@@ -12,20 +12,9 @@ import (
 	kubeproxyconfig "k8s.io/kube-proxy/config/v1alpha1"
 	sigsjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
-)
 
-// Flag names of Options that a KubeProxyConfiguration can set.
-const (
-	flagMode              = "mode"
-	flagProxyMode         = "proxy-mode"
-	flagKubeconfig        = "kubeconfig"
-	flagHostnameOverride  = "hostname-override"
-	flagClusterCIDR       = "cluster-cidr"
-	flagNodePortAddresses = "nodeport-addresses"
-	flagMasqueradeAll     = "masquerade-all"
-	flagMasqueradeBit     = "iptables-masquerade-bit"
-	flagSyncPeriod        = "sync-period"
-	flagMinSyncPeriod     = "min-sync-period"
+	"github.com/svcproxy/svcproxy/ipvs"
+	"github.com/svcproxy/svcproxy/proxy"
 )
 
 // ApplyConfigFile reads the KubeProxyConfiguration (kubeproxy.config.k8s.io/
@@ -42,10 +31,8 @@ const (
 // svcproxy does not implement (nftables, kernelspace, or one that does not
 // exist) are errors.
 //
-// Settings that Options does not hold yet go to x (HealthzBindAddress,
-// MetricsBindAddress, IPVSScheduler). changed is usually the FlagSet's
-// Changed; nil means no flag was given.
-func (o *Options) ApplyConfigFile(path string, x *ExtraOptions, changed func(flag string) bool) (warnings []string, err error) {
+// changed is usually the FlagSet's Changed; nil means no flag was given.
+func (o *Options) ApplyConfigFile(path string, changed func(flag string) bool) (warnings []string, err error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("--config: %w", err)
@@ -57,7 +44,7 @@ func (o *Options) ApplyConfigFile(path string, x *ExtraOptions, changed func(fla
 	if changed == nil {
 		changed = func(string) bool { return false }
 	}
-	more, err := o.applyConfig(cfg, x, changed)
+	more, err := o.applyConfig(cfg, changed)
 	if err != nil {
 		return nil, fmt.Errorf("--config %s: %w", path, err)
 	}
@@ -104,7 +91,7 @@ func decodeConfig(data []byte) (*kubeproxyconfig.KubeProxyConfiguration, []strin
 const (
 	kpSyncPeriod            = 30 * time.Second
 	kpMinSyncPeriod         = time.Second
-	kpMasqueradeBit         = 14
+	kpMasqueradeBit         = proxy.DefaultMasqueradeBit
 	kpOOMScoreAdj           = -999
 	kpConntrackMaxPerCore   = 32 * 1024
 	kpConntrackMin          = 128 * 1024
@@ -117,8 +104,8 @@ const (
 	kpFlushFrequency        = 5 * time.Second
 )
 
-// applyConfig maps cfg onto o and x; see ApplyConfigFile.
-func (o *Options) applyConfig(cfg *kubeproxyconfig.KubeProxyConfiguration, x *ExtraOptions, changed func(string) bool) ([]string, error) {
+// applyConfig maps cfg onto o; see ApplyConfigFile.
+func (o *Options) applyConfig(cfg *kubeproxyconfig.KubeProxyConfiguration, changed func(string) bool) ([]string, error) {
 	var warnings []string
 	warn := func(field, format string, args ...any) {
 		warnings = append(warnings, fmt.Sprintf("config file: %s: ", field)+fmt.Sprintf(format, args...))
@@ -174,22 +161,22 @@ func (o *Options) applyConfig(cfg *kubeproxyconfig.KubeProxyConfiguration, x *Ex
 		o.NodePortAddresses = nodePortAddresses(cfg.NodePortAddresses, warn)
 	}
 	set(flagHealthzBindAddress, func() {
-		x.HealthzBindAddress = DefaultHealthzBindAddress
+		o.HealthzBindAddress = DefaultHealthzBindAddress
 		if cfg.HealthzBindAddress != "" {
-			x.HealthzBindAddress = appendPortIfNeeded(cfg.HealthzBindAddress, healthzPort)
+			o.HealthzBindAddress = appendPortIfNeeded(cfg.HealthzBindAddress, healthzPort)
 		}
 	})
 	set(flagMetricsBindAddress, func() {
-		x.MetricsBindAddress = DefaultMetricsBindAddress
+		o.MetricsBindAddress = DefaultMetricsBindAddress
 		if cfg.MetricsBindAddress != "" {
-			x.MetricsBindAddress = appendPortIfNeeded(cfg.MetricsBindAddress, metricsPort)
+			o.MetricsBindAddress = appendPortIfNeeded(cfg.MetricsBindAddress, metricsPort)
 		}
 	})
 	if mode == ModeIPVS {
 		set(flagIPVSScheduler, func() {
-			x.IPVSScheduler = DefaultIPVSScheduler
+			o.IPVSScheduler = ipvs.DefaultScheduler
 			if s := strings.ToLower(strings.TrimSpace(cfg.IPVS.Scheduler)); s != "" {
-				x.IPVSScheduler = s
+				o.IPVSScheduler = s
 			}
 		})
 		warnIPVS(cfg, warn)

@@ -16,21 +16,21 @@ import (
 const header = "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"
 
 func TestApplyConfigFile(t *testing.T) {
-	defaults := func() (*Options, ExtraOptions) { return NewOptions(), NewExtraOptions() }
+	defaults := func() *Options { return NewOptions() }
 	tests := []struct {
 		name string
 		// file is a testdata file name, or with content the inline file.
 		file, content string
 		// flags are command-line flags parsed before the file is applied.
 		flags        []string
-		wantOptions  func(*Options, *ExtraOptions)
+		wantOptions  func(*Options)
 		wantWarnings []string
 		wantErr      string
 	}{
 		{
 			name: "kubeadm default",
 			file: "kubeadm-default.yaml",
-			wantOptions: func(o *Options, x *ExtraOptions) {
+			wantOptions: func(o *Options) {
 				o.Kubeconfig = "/var/lib/kube-proxy/kubeconfig.conf"
 				o.ClusterCIDR = "10.244.0.0/16"
 			},
@@ -39,20 +39,20 @@ func TestApplyConfigFile(t *testing.T) {
 			name:  "kubeadm default, flags override the file",
 			file:  "kubeadm-default.yaml",
 			flags: []string{"--kubeconfig=/etc/svcproxy/kubeconfig", "--cluster-cidr=10.0.0.0/8", "--sync-period=1m", "--metrics-bind-address=0.0.0.0:9100", "--proxy-mode=ipvs"},
-			wantOptions: func(o *Options, x *ExtraOptions) {
+			wantOptions: func(o *Options) {
 				o.Mode = ModeIPVS
 				o.Kubeconfig = "/etc/svcproxy/kubeconfig"
 				o.ClusterCIDR = "10.0.0.0/8"
 				o.SyncPeriod = time.Minute
 				// ipvs mode from the flag: ipvs.minSyncPeriod (0s) applies.
 				o.MinSyncPeriod = 0
-				x.MetricsBindAddress = "0.0.0.0:9100"
+				o.MetricsBindAddress = "0.0.0.0:9100"
 			},
 		},
 		{
 			name: "ipvs settings",
 			file: "ipvs.yaml",
-			wantOptions: func(o *Options, x *ExtraOptions) {
+			wantOptions: func(o *Options) {
 				o.Mode = ModeIPVS
 				o.Kubeconfig = "/var/lib/kube-proxy/kubeconfig.conf"
 				o.ClusterCIDR = "10.244.0.0/16"
@@ -60,8 +60,8 @@ func TestApplyConfigFile(t *testing.T) {
 				o.SyncPeriod = time.Minute
 				o.MinSyncPeriod = 2 * time.Second
 				o.NodePortAddresses = []string{"192.168.1.0/24"}
-				x.MetricsBindAddress = "0.0.0.0:10249"
-				x.IPVSScheduler = "lc"
+				o.MetricsBindAddress = "0.0.0.0:10249"
+				o.IPVSScheduler = "lc"
 			},
 			wantWarnings: []string{
 				"config file: ipvs.excludeCIDRs: not supported (svcproxy only ever removes IPVS virtual servers it created); ignored",
@@ -72,20 +72,20 @@ func TestApplyConfigFile(t *testing.T) {
 			name:  "ipvs settings, scheduler and mode from flags",
 			file:  "ipvs.yaml",
 			flags: []string{"--ipvs-scheduler=sh", "--mode=iptables", "--min-sync-period=3s"},
-			wantOptions: func(o *Options, x *ExtraOptions) {
+			wantOptions: func(o *Options) {
 				o.Kubeconfig = "/var/lib/kube-proxy/kubeconfig.conf"
 				o.ClusterCIDR = "10.244.0.0/16"
 				o.MasqueradeAll = true
 				o.MinSyncPeriod = 3 * time.Second
 				o.NodePortAddresses = []string{"192.168.1.0/24"}
-				x.MetricsBindAddress = "0.0.0.0:10249"
-				x.IPVSScheduler = "sh"
+				o.MetricsBindAddress = "0.0.0.0:10249"
+				o.IPVSScheduler = "sh"
 			},
 		},
 		{
 			name: "unknown fields of an old kubeadm cluster",
 			file: "unknown-fields.yaml",
-			wantOptions: func(o *Options, x *ExtraOptions) {
+			wantOptions: func(o *Options) {
 				o.Kubeconfig = "/var/lib/kube-proxy/kubeconfig.conf"
 				o.ClusterCIDR = "10.244.0.0/16"
 			},
@@ -101,8 +101,8 @@ func TestApplyConfigFile(t *testing.T) {
 			name:    "minimal file gets kube-proxy's defaults",
 			content: header,
 			flags:   []string{"--healthz-bind-address=", "--sync-period=5s", "--min-sync-period=0s", "--iptables-masquerade-bit=3"},
-			wantOptions: func(o *Options, x *ExtraOptions) {
-				x.HealthzBindAddress = ""
+			wantOptions: func(o *Options) {
+				o.HealthzBindAddress = ""
 				o.SyncPeriod = 5 * time.Second
 				o.MinSyncPeriod = 0
 				o.MasqueradeBit = 3
@@ -111,7 +111,7 @@ func TestApplyConfigFile(t *testing.T) {
 		{
 			name:    "file values replace built-in defaults",
 			content: header + "iptables:\n  masqueradeBit: 0\n  syncPeriod: 10s\n  minSyncPeriod: 500ms\nhostnameOverride: node-7\n",
-			wantOptions: func(o *Options, x *ExtraOptions) {
+			wantOptions: func(o *Options) {
 				o.MasqueradeBit = 0
 				o.SyncPeriod = 10 * time.Second
 				o.MinSyncPeriod = 500 * time.Millisecond
@@ -121,29 +121,29 @@ func TestApplyConfigFile(t *testing.T) {
 		{
 			name:    "ipvs mode reads the ipvs section only",
 			content: header + "mode: IPVS\niptables:\n  syncPeriod: 10s\n  minSyncPeriod: 5s\nipvs:\n  scheduler: WRR\n",
-			wantOptions: func(o *Options, x *ExtraOptions) {
+			wantOptions: func(o *Options) {
 				o.Mode = ModeIPVS
 				o.MinSyncPeriod = 0
-				x.IPVSScheduler = "wrr"
+				o.IPVSScheduler = "wrr"
 			},
 		},
 		{
 			name:        "iptables mode ignores the ipvs section",
 			content:     header + "mode: iptables\nipvs:\n  scheduler: lc\n  syncPeriod: 10s\n  tcpTimeout: 5m\n  excludeCIDRs: [10.0.0.0/8]\n",
-			wantOptions: func(*Options, *ExtraOptions) {},
+			wantOptions: func(*Options) {},
 		},
 		{
 			name:    "bind addresses without a port",
 			content: header + "healthzBindAddress: 192.168.1.10\nmetricsBindAddress: 0.0.0.0\n",
-			wantOptions: func(o *Options, x *ExtraOptions) {
-				x.HealthzBindAddress = "192.168.1.10:10256"
-				x.MetricsBindAddress = "0.0.0.0:10249"
+			wantOptions: func(o *Options) {
+				o.HealthzBindAddress = "192.168.1.10:10256"
+				o.MetricsBindAddress = "0.0.0.0:10249"
 			},
 		},
 		{
 			name:        "nodePortAddresses keywords",
 			content:     header + "nodePortAddresses: [primary, 10.0.0.0/8, localhost, 192.168.0.0/16]\n",
-			wantOptions: func(o *Options, x *ExtraOptions) { o.NodePortAddresses = []string{"10.0.0.0/8", "192.168.0.0/16"} },
+			wantOptions: func(o *Options) { o.NodePortAddresses = []string{"10.0.0.0/8", "192.168.0.0/16"} },
 			wantWarnings: []string{
 				`config file: nodePortAddresses: keyword "primary" (the Node's primary IPs) is not supported; list the node network's CIDR instead. Without one, NodePorts answer on every local address except loopback`,
 				`config file: nodePortAddresses: keyword "localhost" is not supported: svcproxy never serves NodePorts on loopback addresses`,
@@ -152,13 +152,13 @@ func TestApplyConfigFile(t *testing.T) {
 		{
 			name:        "nodePortAddresses all",
 			content:     header + "nodePortAddresses: [10.0.0.0/8, all]\n",
-			wantOptions: func(*Options, *ExtraOptions) {},
+			wantOptions: func(*Options) {},
 		},
 		{
 			name:        "nodePortAddresses flag wins, no keyword warning",
 			content:     header + "nodePortAddresses: [primary]\n",
 			flags:       []string{"--nodeport-addresses=10.1.0.0/16"},
-			wantOptions: func(o *Options, x *ExtraOptions) { o.NodePortAddresses = []string{"10.1.0.0/16"} },
+			wantOptions: func(o *Options) { o.NodePortAddresses = []string{"10.1.0.0/16"} },
 		},
 		{
 			name: "unsupported settings, one warning each",
@@ -200,7 +200,7 @@ conntrack:
 winkernel:
   enableDSR: true
 `,
-			wantOptions: func(*Options, *ExtraOptions) {},
+			wantOptions: func(*Options) {},
 			wantWarnings: []string{
 				`config file: clientConnection.acceptContentTypes: not supported; "application/json" ignored`,
 				`config file: clientConnection.contentType: not supported; "application/json" ignored`,
@@ -234,24 +234,24 @@ winkernel:
 		{
 			name:        "settings at kube-proxy's defaults do not warn",
 			content:     header + "oomScoreAdj: -999\nconfigSyncPeriod: 15m\nclientConnection:\n  qps: 5\n  burst: 10\nconntrack:\n  maxPerCore: 32768\n  min: 131072\n  tcpEstablishedTimeout: 24h\n  tcpCloseWaitTimeout: 1h\niptables:\n  localhostNodePorts: false\nlogging:\n  format: text\n  flushFrequency: 5s\ndetectLocalMode: ClusterCIDR\n",
-			wantOptions: func(*Options, *ExtraOptions) {},
+			wantOptions: func(*Options) {},
 		},
 		{
 			name:        "JSON",
 			content:     `{"apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration", "clusterCIDR": "10.32.0.0/12", "iptables": {"masqueradeAll": true}}`,
-			wantOptions: func(o *Options, x *ExtraOptions) { o.ClusterCIDR = "10.32.0.0/12"; o.MasqueradeAll = true },
+			wantOptions: func(o *Options) { o.ClusterCIDR = "10.32.0.0/12"; o.MasqueradeAll = true },
 		},
 		{
 			name:         "duplicate field: the last one wins, with a warning",
 			content:      header + "clusterCIDR: 10.0.0.0/8\nclusterCIDR: 10.244.0.0/16\n",
-			wantOptions:  func(o *Options, x *ExtraOptions) { o.ClusterCIDR = "10.244.0.0/16" },
+			wantOptions:  func(o *Options) { o.ClusterCIDR = "10.244.0.0/16" },
 			wantWarnings: []string{`config file: yaml: unmarshal errors: line 4: key "clusterCIDR" already set in map; the last value is used`},
 		},
 		{
 			name:         "mode svcproxy lacks, overridden by --mode",
 			content:      header + "mode: nftables\n",
 			flags:        []string{"--mode=iptables"},
-			wantOptions:  func(*Options, *ExtraOptions) {},
+			wantOptions:  func(*Options) {},
 			wantWarnings: []string{`config file: mode: mode "nftables" is a kube-proxy mode that svcproxy does not implement; use "iptables" or "ipvs"; ignored, --mode is given`},
 		},
 		{name: "nftables mode", content: header + "mode: nftables\n", wantErr: `mode "nftables" is a kube-proxy mode that svcproxy does not implement`},
@@ -275,12 +275,12 @@ winkernel:
 					t.Fatal(err)
 				}
 			}
-			o, _ := defaults()
+			o := defaults()
 			fs := newFlagSet(o)
 			if err := fs.Parse(tc.flags); err != nil {
 				t.Fatal(err)
 			}
-			warnings, err := o.ApplyConfigFile(path, &o.ExtraOptions, fs.Changed)
+			warnings, err := o.ApplyConfigFile(path, fs.Changed)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("error %v, want one containing %q", err, tc.wantErr)
@@ -290,8 +290,8 @@ winkernel:
 			if err != nil {
 				t.Fatalf("unexpected error: %v", err)
 			}
-			wantO, _ := defaults()
-			tc.wantOptions(wantO, &wantO.ExtraOptions)
+			wantO := defaults()
+			tc.wantOptions(wantO)
 			if diff := cmp.Diff(wantO, o, cmpopts.IgnoreUnexported(Options{})); diff != "" {
 				t.Errorf("Options (-want +got):\n%s", diff)
 			}
@@ -308,7 +308,7 @@ func TestApplyConfigFileResultValidates(t *testing.T) {
 	for _, file := range []string{"kubeadm-default.yaml", "unknown-fields.yaml", "ipvs.yaml"} {
 		t.Run(file, func(t *testing.T) {
 			o := NewOptions()
-			if _, err := o.ApplyConfigFile(filepath.Join("testdata", file), &o.ExtraOptions, nil); err != nil {
+			if _, err := o.ApplyConfigFile(filepath.Join("testdata", file), nil); err != nil {
 				t.Fatal(err)
 			}
 			o.Mode = ModeIPTables
@@ -323,43 +323,51 @@ func TestApplyConfigFileResultValidates(t *testing.T) {
 	}
 }
 
-func TestExtraOptions(t *testing.T) {
+// serverOptions are the options TestServerAndSchedulerFlags compares.
+type serverOptions struct {
+	ConfigFile, HealthzBindAddress, MetricsBindAddress, IPVSScheduler string
+}
+
+func TestServerAndSchedulerFlags(t *testing.T) {
+	defaults := serverOptions{HealthzBindAddress: DefaultHealthzBindAddress, MetricsBindAddress: DefaultMetricsBindAddress, IPVSScheduler: "rr"}
 	tests := []struct {
 		name    string
 		flags   []string
-		want    ExtraOptions
+		want    serverOptions
 		wantErr string
 	}{
-		{name: "defaults", want: NewExtraOptions()},
+		{name: "defaults", want: defaults},
 		{
 			name:  "bare IPs get the default ports",
 			flags: []string{"--healthz-bind-address=127.0.0.1", "--metrics-bind-address=0.0.0.0"},
-			want:  ExtraOptions{HealthzBindAddress: "127.0.0.1:10256", MetricsBindAddress: "0.0.0.0:10249", IPVSScheduler: "rr"},
+			want:  serverOptions{HealthzBindAddress: "127.0.0.1:10256", MetricsBindAddress: "0.0.0.0:10249", IPVSScheduler: "rr"},
 		},
 		{
 			name:  "servers off",
 			flags: []string{"--healthz-bind-address=", "--metrics-bind-address="},
-			want:  ExtraOptions{IPVSScheduler: "rr"},
+			want:  serverOptions{IPVSScheduler: "rr"},
 		},
 		{
 			name:  "config file",
 			flags: []string{"--config=/var/lib/kube-proxy/config.conf"},
-			want:  ExtraOptions{ConfigFile: "/var/lib/kube-proxy/config.conf", HealthzBindAddress: DefaultHealthzBindAddress, MetricsBindAddress: DefaultMetricsBindAddress, IPVSScheduler: "rr"},
+			want:  serverOptions{ConfigFile: "/var/lib/kube-proxy/config.conf", HealthzBindAddress: DefaultHealthzBindAddress, MetricsBindAddress: DefaultMetricsBindAddress, IPVSScheduler: "rr"},
 		},
+		{name: "every kernel scheduler", flags: []string{"--ipvs-scheduler=WLC"}, want: serverOptions{HealthzBindAddress: DefaultHealthzBindAddress, MetricsBindAddress: DefaultMetricsBindAddress, IPVSScheduler: "wlc"}},
 		{name: "bad address", flags: []string{"--healthz-bind-address=localhost:10256"}, wantErr: `--healthz-bind-address "localhost:10256": "localhost" is not an IP address`},
 		{name: "bad port", flags: []string{"--metrics-bind-address=127.0.0.1:99999"}, wantErr: `invalid port "99999"`},
-		{name: "bad scheduler", flags: []string{"--ipvs-scheduler=fastest"}, wantErr: `--ipvs-scheduler "fastest": unknown IPVS scheduler`},
+		{name: "bad scheduler", flags: []string{"--ipvs-scheduler=fastest"}, wantErr: `--ipvs-scheduler "fastest": unknown IPVS scheduler, want one of rr, wrr, lc, wlc, lblc, lblcr, dh, sh, sed, nq, mh, fo, ovf, twos`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			o := NewOptions()
 			fs := newFlagSet(o)
-			x := &o.ExtraOptions
-			if err := fs.Parse(tc.flags); err != nil {
+			if err := fs.Parse(append(tc.flags, "--hostname-override=node1")); err != nil {
 				t.Fatal(err)
 			}
-			x.Complete()
-			err := x.Validate()
+			if err := o.Complete(); err != nil {
+				t.Fatal(err)
+			}
+			err := o.Validate()
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("error %v, want one containing %q", err, tc.wantErr)
@@ -369,7 +377,8 @@ func TestExtraOptions(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if diff := cmp.Diff(tc.want, *x); diff != "" {
+			got := serverOptions{o.ConfigFile, o.HealthzBindAddress, o.MetricsBindAddress, o.IPVSScheduler}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
 				t.Errorf("(-want +got):\n%s", diff)
 			}
 		})

@@ -26,13 +26,13 @@ func TestMainDryRunPrintsTheGoldenRuleset(t *testing.T) {
 
 func TestMainDryRunIPVSPrintsThreeSections(t *testing.T) {
 	var out, errOut bytes.Buffer
-	code := Main([]string{"--mode=ipvs", "--dry-run", "--state", "../../../examples/cluster.yaml", "--hostname-override", "node1",
+	code := Main([]string{"--mode=ipvs", "--dry-run", "--ipvs-scheduler=wlc", "--state", "../../../examples/cluster.yaml", "--hostname-override", "node1",
 		"--cluster-cidr", "10.244.0.0/16", "--logtostderr=false"}, &out, &errOut)
 	if code != 0 {
 		t.Fatalf("exit code %d, stderr:\n%s", code, errOut.String())
 	}
 	got := out.String()
-	for _, want := range []string{"# ipset save", "# ipvsadm -Sn", "# iptables-save", "-A -t 10.96.0.10:53", "-a -t 10.96.0.10:53 -r 10.244.1.2:53", "*nat", "COMMIT"} {
+	for _, want := range []string{"# ipset save", "# ipvsadm -Sn", "# iptables-save", "-A -t 10.96.0.10:53 -s wlc", "-a -t 10.96.0.10:53 -r 10.244.1.2:53", "*nat", "COMMIT"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("--mode=ipvs --dry-run output lacks %q:\n%s", want, got)
 		}
@@ -54,9 +54,9 @@ func TestMainErrors(t *testing.T) {
 		{name: "missing state file", args: []string{"--dry-run", "--state", filepath.Join(dir, "nope.yaml")},
 			wantCode: 2, wantErr: []string{"nope.yaml"}},
 		{name: "unknown IPVS scheduler", args: []string{"--mode", "ipvs", "--ipvs-scheduler", "fastest", "--dry-run"},
-			wantCode: 2, wantErr: []string{"--ipvs-scheduler", "fastest"}},
+			wantCode: 2, wantErr: []string{"--ipvs-scheduler", "fastest", "rr, wrr, lc, wlc"}},
 		{name: "proxy-mode alias is validated too", args: []string{"--proxy-mode", "userspace"},
-			wantCode: 2, wantErr: []string{`unknown --mode "userspace"`}},
+			wantCode: 2, wantErr: []string{`--mode: unknown mode "userspace"`}},
 		{name: "bad cluster CIDR and bad sync periods reported together", args: []string{"--cluster-cidr", "10.244.0.0/33", "--min-sync-period", "1m", "--sync-period", "30s"},
 			wantCode: 2, wantErr: []string{"--cluster-cidr", "--min-sync-period"}},
 		{name: "bad nodeport address", args: []string{"--nodeport-addresses", "eth0"},

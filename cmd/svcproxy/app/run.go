@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os/signal"
-	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -17,9 +16,7 @@ import (
 	"github.com/svcproxy/svcproxy/iptables"
 	"github.com/svcproxy/svcproxy/ipvs"
 	"github.com/svcproxy/svcproxy/proxy"
-	"github.com/svcproxy/svcproxy/proxy/conntrack"
-	"github.com/svcproxy/svcproxy/proxy/healthz"
-	"github.com/svcproxy/svcproxy/proxy/metrics"
+	"github.com/svcproxy/svcproxy/proxy/daemon"
 	"github.com/svcproxy/svcproxy/proxy/source"
 )
 
@@ -31,7 +28,7 @@ const (
 )
 
 // Main parses args, runs svcproxy until SIGTERM/SIGINT (or once with
-// --dry-run) and returns the process exit code.
+// --dry-run or --cleanup) and returns the process exit code.
 func Main(args []string, stdout, stderr io.Writer) int {
 	o := NewOptions()
 	fs := newFlagSet(o)
@@ -44,7 +41,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	if o.ConfigFile != "" {
-		warnings, err := o.ApplyConfigFile(o.ConfigFile, &o.ExtraOptions, fs.Changed)
+		warnings, err := o.ApplyConfigFile(o.ConfigFile, fs.Changed)
 		if err != nil {
 			fmt.Fprintln(stderr, "svcproxy:", err)
 			return exitUsage
@@ -78,33 +75,82 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	}
 }
 
-// sourceRunner is what the file and kube sources have in common.
-type sourceRunner interface {
-	Run(ctx context.Context, synced func()) error
-}
-
 // Run runs svcproxy with completed, validated options. With DryRun it
 // renders once and prints the ruleset to out; with Cleanup it removes
 // everything of svcproxy's from the node. Otherwise it programs the node
-// until ctx is done and leaves the rules in place when it returns (like
-// kube-proxy, so that a restart drops no connection).
+// until ctx is done and leaves the rules in place when it returns.
 func (o *Options) Run(ctx context.Context, out io.Writer) error {
-	logger := klog.FromContext(ctx)
 	if o.Cleanup {
 		return o.cleanup(ctx)
 	}
-	logger.Info("Starting svcproxy", "mode", o.Mode, "node", o.nodeName, "clusterCIDRs", o.clusterCIDRs,
-		"nodePortAddresses", o.nodePortAddresses, "masqueradeAll", o.MasqueradeAll, "syncPeriod", o.SyncPeriod,
-		"minSyncPeriod", o.MinSyncPeriod, "dryRun", o.DryRun, "state", o.State, "config", o.ConfigFile,
-		"healthzBindAddress", o.HealthzBindAddress, "metricsBindAddress", o.MetricsBindAddress)
+	klog.FromContext(ctx).Info("Starting svcproxy", "mode", o.Mode, "node", o.nodeName, "clusterCIDRs", o.clusterCIDRs,
+		"nodePortAddresses", o.nodePortAddresses, "masqueradeAll", o.MasqueradeAll, "masqueradeBit", o.MasqueradeBit,
+		"syncPeriod", o.SyncPeriod, "minSyncPeriod", o.MinSyncPeriod, "dryRun", o.DryRun, "state", o.State,
+		"config", o.ConfigFile, "healthzBindAddress", o.HealthzBindAddress, "metricsBindAddress", o.MetricsBindAddress,
+		"ipvsScheduler", o.IPVSScheduler, "removeKubeProxyRules", o.RemoveKubeProxyRules)
 	if o.DryRun {
 		return o.dryRun(ctx, out)
 	}
-	return o.serve(ctx)
+	cfg, err := o.daemonConfig(ctx)
+	if err != nil {
+		return err
+	}
+	return daemon.New(cfg).Run(ctx)
+}
+
+// daemonConfig wires the backend of --mode and the leftovers it removes
+// after its first sync: the other mode's objects always (a mode switch),
+// upstream kube-proxy's with --remove-kube-proxy-rules. kube-proxy's
+// ipsets go after its chains, which reference them.
+func (o *Options) daemonConfig(ctx context.Context) (daemon.Config, error) {
+	cfg := daemon.Config{
+		NodeName:           o.nodeName,
+		Mode:               o.Mode,
+		NewSource:          o.newSource,
+		SyncPeriod:         o.SyncPeriod,
+		MinSyncPeriod:      o.MinSyncPeriod,
+		HealthzBindAddress: o.HealthzBindAddress,
+		MetricsBindAddress: o.MetricsBindAddress,
+		OnSourceSynced:     o.recordStartEvent,
+	}
+	variant := iptables.DetectVariant()
+	ipt, err := iptables.NewExec(variant)
+	if err != nil {
+		return cfg, err
+	}
+	kernel := ipvs.NewKernel()
+	kubeProxy := []proxy.Leftovers{iptables.KubeProxyLeftovers(ipt, variant)}
+	switch o.Mode {
+	case ModeIPVS:
+		if !kernel.Available() {
+			return cfg, fmt.Errorf("--mode=ipvs: the kernel has no IPVS (modprobe ip_vs, or use --mode=iptables)")
+		}
+		opts, err := ipvs.HostOptions(kernel, o.ipvsOptions(), o.nodePortAddresses)
+		if err != nil {
+			return cfg, err
+		}
+		if err := opts.Validate(); err != nil {
+			return cfg, err
+		}
+		be := ipvs.NewBackend(kernel, ipt, opts)
+		cfg.Backend = be
+		cfg.Leftovers = []proxy.Leftovers{iptables.ModeLeftovers(ipt)}
+		kubeProxy = append(kubeProxy, be.KubeProxyLeftovers())
+		klog.FromContext(ctx).Info("Using IPVS", "scheduler", opts.Scheduler, "nodeAddresses", opts.NodeAddresses, "iptablesVariant", variant)
+	default:
+		cfg.Backend = iptables.NewBackend(ipt, o.iptablesOptions())
+		cfg.Leftovers = []proxy.Leftovers{ipvs.ModeLeftovers(kernel, ipt)}
+		kubeProxy = append(kubeProxy, ipvs.KubeProxyNodePortLeftovers(kernel))
+		klog.FromContext(ctx).Info("Using iptables", "variant", variant)
+	}
+	if o.RemoveKubeProxyRules {
+		cfg.Leftovers = append(cfg.Leftovers, kubeProxy...)
+	}
+	return cfg, nil
 }
 
 // newSource returns the --state file source or the API server's.
-func (o *Options) newSource(h proxy.Handler, onAPIHealth func(error)) (sourceRunner, error) {
+func (o *Options) newSource(h proxy.Handler, onAPIHealth func(error)) (daemon.Source, error) {
 	if o.State != "" {
 		return source.NewFileSource(o.State, h, o.StatePoll), nil
 	}
@@ -123,27 +169,10 @@ func (o *Options) newSource(h proxy.Handler, onAPIHealth func(error)) (sourceRun
 	return ks, nil
 }
 
-// startSource runs src until ctx is done and waits for its first full
-// view. The returned channel reports the source's end.
-func startSource(ctx context.Context, src sourceRunner) (<-chan error, error) {
-	synced := make(chan struct{})
-	done := make(chan error, 1)
-	go func() { done <- src.Run(ctx, func() { close(synced) }) }()
-	select {
-	case <-synced:
-		return done, nil
-	case err := <-done:
-		if err == nil {
-			err = errors.New("source stopped before it synced")
-		}
-		return nil, err
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-}
-
 // dryRun prints what svcproxy would program, from --state or from the API
-// server once its objects are listed.
+// server once its objects are listed. In IPVS mode the node addresses are
+// the local machine's when it has IPVS, none otherwise (a --state dry run
+// on a laptop).
 func (o *Options) dryRun(ctx context.Context, out io.Writer) error {
 	tracker := proxy.NewTracker(o.nodeName, nil, nil)
 	if o.State != "" {
@@ -157,16 +186,25 @@ func (o *Options) dryRun(ctx context.Context, out io.Writer) error {
 		}
 		ctx, cancel := context.WithCancel(ctx)
 		defer cancel()
-		if _, err := startSource(ctx, src); err != nil {
+		if _, err := daemon.StartSource(ctx, src); err != nil {
 			return err
 		}
 	}
 	snap, _ := tracker.Snapshot()
-	if o.Mode == ModeIPVS {
-		_, err := io.WriteString(out, o.dryRunIPVS(snap))
-		return err
+	var text string
+	switch o.Mode {
+	case ModeIPVS:
+		k := ipvs.NewKernel()
+		defer k.Close()
+		opts, err := ipvs.HostOptions(k, o.ipvsOptions(), o.nodePortAddresses)
+		if err != nil {
+			return err
+		}
+		text = ipvs.Render(snap, opts).Dump()
+	default:
+		text = iptables.Render(snap, o.iptablesOptions()).String()
 	}
-	_, err := io.WriteString(out, iptables.Render(snap, o.iptablesOptions()).String())
+	_, err := io.WriteString(out, text)
 	return err
 }
 
@@ -181,173 +219,11 @@ func (o *Options) cleanup(ctx context.Context) error {
 	}
 	k := ipvs.NewKernel()
 	defer k.Close()
-	opts := o.ipvsOptions()
-	if k.Available() {
-		if opts.NodeAddresses, err = k.LocalAddresses(nil); err != nil {
-			return err
+	for _, l := range []proxy.Leftovers{ipvs.ModeLeftovers(k, ipt), iptables.ModeLeftovers(ipt)} {
+		if _, err := l.Remove(ctx); err != nil {
+			return fmt.Errorf("removing %s: %w", l.Name(), err)
 		}
-	}
-	if err := ipvs.Cleanup(k, ipt, opts); err != nil {
-		return err
-	}
-	if err := iptables.Cleanup(ipt); err != nil {
-		return err
 	}
 	klog.FromContext(ctx).Info("Removed svcproxy's rules", "variant", variant, "ipvs", k.Available())
-	return nil
-}
-
-// serve programs the node until ctx is done.
-func (o *Options) serve(ctx context.Context) error {
-	logger := klog.FromContext(ctx)
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-
-	reg := metrics.NewRegistry()
-	m := metrics.New(reg)
-	health := healthz.NewProxyServer(healthz.Config{BindAddress: o.HealthzBindAddress, Timeout: 2 * o.SyncPeriod, Counter: m})
-	be, err := o.newBackend(ctx)
-	if err != nil {
-		return err
-	}
-	services := healthz.NewServiceServer(healthz.ServiceConfig{
-		Proxy: health,
-		OnListenError: func(ns, name string, port int32, err error) {
-			logger.Error(err, "Cannot open the health-check node port", "service", ns+"/"+name, "port", port)
-		},
-	})
-	defer services.Close()
-
-	d := &daemon{backend: be, metrics: m, health: health, services: services, conntrack: conntrack.Netlink{}}
-	// Make before break: once our first sync is in, what the other mode of
-	// ours (a mode switch) and upstream kube-proxy left goes.
-	var takeover []func(context.Context) error
-	if r, ok := be.(otherModeRemover); ok {
-		takeover = append(takeover, r.removeOtherMode)
-	}
-	if r, ok := be.(kubeProxyRemover); ok && o.RemoveKubeProxyRules {
-		takeover = append(takeover, r.removeKubeProxy)
-	}
-	d.takeover = func(ctx context.Context) error {
-		var errs []error
-		for _, f := range takeover {
-			errs = append(errs, f(ctx))
-		}
-		return errors.Join(errs...)
-	}
-	runner := proxy.NewRunner(d.sync, o.MinSyncPeriod, o.SyncPeriod, nil)
-	d.tracker = proxy.NewTracker(o.nodeName, func() {
-		health.QueuedUpdate()
-		m.Queued(time.Now())
-		runner.Request()
-	}, m.Skipped)
-	d.recorder = m.NewRecorder(health.NodeHandler(d.tracker), nil)
-
-	if o.HealthzBindAddress != "" {
-		go func() {
-			if err := health.Run(ctx); err != nil {
-				logger.Error(err, "Health server stopped", "address", o.HealthzBindAddress)
-			}
-		}()
-	}
-	if o.MetricsBindAddress != "" {
-		go func() {
-			if err := metrics.NewServer(o.MetricsBindAddress, reg, o.Mode).Run(ctx); err != nil {
-				logger.Error(err, "Metrics server stopped", "address", o.MetricsBindAddress)
-			}
-		}()
-	}
-
-	src, err := o.newSource(d.recorder, health.SetSourceError)
-	if err != nil {
-		return err
-	}
-	srcDone, err := startSource(ctx, src)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil
-		}
-		return err
-	}
-	o.recordStartEvent(ctx)
-	go runner.Run(ctx)
-	select {
-	case <-ctx.Done():
-		logger.Info("Stopping; rules stay in place")
-		return nil
-	case err := <-srcDone:
-		if err != nil && ctx.Err() == nil {
-			return fmt.Errorf("source: %w", err)
-		}
-		return nil
-	}
-}
-
-// daemon is the state of one running svcproxy, shared by its syncs (which
-// the runner serialises).
-type daemon struct {
-	tracker   *proxy.Tracker
-	recorder  *metrics.Recorder
-	backend   backend
-	metrics   *metrics.Metrics
-	health    *healthz.ProxyServer
-	services  *healthz.ServiceServer
-	conntrack conntrack.Interface
-
-	// Not applied yet: a failed sync's changes and trigger times are
-	// folded into the retry.
-	pending  []proxy.Change
-	triggers []time.Time
-	// takeover, until it succeeds once, runs after each successful sync:
-	// kube-proxy's rules go only once ours are in place.
-	takeover func(context.Context) error
-}
-
-func (d *daemon) sync(ctx context.Context, full bool) error {
-	logger := klog.FromContext(ctx)
-	start := time.Now()
-	d.triggers = append(d.triggers, d.recorder.TakeTriggerTimes()...)
-	snap, changes := d.tracker.Snapshot()
-	d.pending = append(d.pending, changes...)
-	res, err := d.backend.Sync(snap, full)
-	took := time.Since(start) // snapshot, render and apply: what the metrics and the log report
-	d.metrics.ObserveSync(res.Full, took)
-	if err != nil {
-		d.metrics.IPTablesRestoreFailed()
-		return err
-	}
-	if filters := conntrack.StaleFilters(d.pending); len(filters) > 0 {
-		n, err := d.conntrack.Delete(filters)
-		if err != nil {
-			logger.Error(err, "Deleting stale conntrack entries failed", "filters", len(filters))
-		} else {
-			logger.V(2).Info("Deleted stale conntrack entries", "entries", n, "filters", len(filters))
-		}
-	}
-	now := time.Now()
-	d.health.Updated()
-	d.metrics.Synced(now)
-	d.metrics.ObserveNetworkProgramming(d.triggers, now)
-	d.metrics.SetNoLocalEndpoints(snap)
-	for table, n := range res.Rules {
-		d.metrics.SetIPTablesRules(table, n, res.RulesWritten[table])
-	}
-	d.services.SyncServices(snap)
-	d.pending, d.triggers = d.pending[:0], d.triggers[:0]
-	if d.takeover != nil {
-		if err := d.takeover(ctx); err != nil {
-			logger.Error(err, "Removing the other mode's or kube-proxy's leftovers failed; retrying after the next sync")
-		} else {
-			d.takeover = nil
-		}
-	}
-	if res.Full {
-		// A full sync leaves a lot of garbage (the restore input of every
-		// chain): hand it back to the OS now rather than keep the peak.
-		debug.FreeOSMemory()
-	}
-	logger.V(2).Info("Synced rules", "full", res.Full, "took", took, "servicePortsChanged", len(changes),
-		"chainsWritten", res.ChainsWritten, "chainsDeleted", res.ChainsDeleted, "restores", res.Restores,
-		"chains", res.Chains, "rules", res.TotalRules())
 	return nil
 }

@@ -1,0 +1,114 @@
+package ipvs
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"k8s.io/klog/v2"
+
+	"github.com/svcproxy/svcproxy/iptables"
+	"github.com/svcproxy/svcproxy/proxy"
+)
+
+// Backend is IPVS mode as a proxy.Backend: Render and the Applier.
+type Backend struct {
+	opts    Options
+	k       Interface
+	ipt     iptables.Interface
+	applier *Applier
+	// plan is the last plan synced: its virtual servers are ours when
+	// kube-proxy's leftovers are removed.
+	plan *Plan
+}
+
+var _ proxy.Backend = (*Backend)(nil)
+
+// NewBackend returns IPVS mode acting through k and ipt with opts, which
+// must be valid (Options.Validate) and carry the node addresses.
+func NewBackend(k Interface, ipt iptables.Interface, opts Options) *Backend {
+	return &Backend{opts: opts, k: k, ipt: ipt, applier: NewApplier(k, ipt, opts, nil)}
+}
+
+// HostOptions returns opts with the node addresses NodePorts answer on:
+// the local addresses within nodePortAddresses (all but loopback when
+// empty). Without IPVS in the kernel there are none; nothing is loaded.
+func HostOptions(k *Kernel, opts Options, nodePortAddresses []netip.Prefix) (Options, error) {
+	if !k.Available() {
+		return opts, nil
+	}
+	addrs, err := k.LocalAddresses(nodePortAddresses)
+	if err != nil {
+		return opts, fmt.Errorf("listing the node's addresses: %w", err)
+	}
+	opts.NodeAddresses = addrs
+	return opts, nil
+}
+
+// Sync implements proxy.Backend.
+func (b *Backend) Sync(ctx context.Context, snap *proxy.Snapshot, full bool) (proxy.SyncResult, error) {
+	plan := Render(snap, b.opts)
+	res, err := b.applier.Sync(ctx, plan, full)
+	b.plan = plan
+	if res.Draining > 0 || res.Drained > 0 {
+		klog.FromContext(ctx).V(2).Info("Draining removed real servers", "draining", res.Draining, "deleted", res.Drained)
+	}
+	return iptables.Result(plan.IPTables, res.IPTables, res.Full), err
+}
+
+// Cleanup implements proxy.Backend: everything of IPVS mode goes (see
+// Cleanup).
+func (b *Backend) Cleanup(context.Context) error { return Cleanup(b.k, b.ipt, b.opts) }
+
+// KubeProxyLeftovers removes upstream kube-proxy's IPVS-mode virtual
+// servers on kube-ipvs0 (but those whose key is in our last plan: ours
+// now), kube-ipvs0 and its KUBE- ipsets. Node-port virtual servers are the
+// Applier's. Run it after iptables.KubeProxyLeftovers: an ipset cannot go
+// while kube-proxy's chains still reference it.
+func (b *Backend) KubeProxyLeftovers() proxy.Leftovers {
+	return proxy.LeftoversFunc{What: "kube-proxy's IPVS-mode objects", Func: func(context.Context) (int, error) {
+		var svcs []*VirtualServer
+		if b.plan != nil {
+			svcs = b.plan.Services
+		}
+		ours := func(k ServiceKey) bool {
+			_, found := slices.BinarySearchFunc(svcs, k, func(vs *VirtualServer, k ServiceKey) int { return vs.Compare(k) })
+			return found
+		}
+		return RemoveKubeProxy(b.k, ours)
+	}}
+}
+
+// ModeLeftovers removes what IPVS mode left on a node now run in iptables
+// mode (a mode switch). On a host that never ran IPVS it changes nothing
+// and loads no module.
+func ModeLeftovers(k *Kernel, ipt iptables.Interface) proxy.Leftovers {
+	return proxy.LeftoversFunc{What: "svcproxy IPVS-mode objects", Func: func(context.Context) (int, error) {
+		opts, err := HostOptions(k, DefaultOptions(), nil)
+		if err != nil {
+			return 0, err
+		}
+		return 0, Cleanup(k, ipt, opts)
+	}}
+}
+
+// KubeProxyNodePortLeftovers removes upstream kube-proxy's IPVS mode from a
+// node svcproxy runs in iptables mode, only where its kube-ipvs0 exists
+// (so that nothing is loaded on a host without IPVS): every virtual server
+// on kube-ipvs0 and, on the node's addresses, in the node-port range (see
+// RemoveKubeProxyNodePorts), the link and its KUBE- ipsets.
+func KubeProxyNodePortLeftovers(k *Kernel) proxy.Leftovers {
+	seen := false // a retry still destroys the ipsets after the link went
+	return proxy.LeftoversFunc{What: "kube-proxy's IPVS-mode objects", Func: func(context.Context) (int, error) {
+		if !seen && !KubeProxyPresent(k) {
+			return 0, nil
+		}
+		seen = true
+		opts, err := HostOptions(k, DefaultOptions(), nil)
+		if err != nil {
+			return 0, err
+		}
+		return RemoveKubeProxyNodePorts(k, nil, opts)
+	}}
+}

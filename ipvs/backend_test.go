@@ -1,0 +1,46 @@
+package ipvs_test
+
+import (
+	"context"
+	"slices"
+	"testing"
+
+	"github.com/svcproxy/svcproxy/iptables"
+	iptablestest "github.com/svcproxy/svcproxy/iptables/testing"
+	"github.com/svcproxy/svcproxy/ipvs"
+	ipvstest "github.com/svcproxy/svcproxy/ipvs/testing"
+	pt "github.com/svcproxy/svcproxy/proxy/proxytest"
+)
+
+// A chain of IPVS mode that this version no longer renders (left by an
+// older version) goes at the next sync; iptables mode's chains stay.
+func TestBackendDeletesStaleIPVSChainsOnly(t *testing.T) {
+	k, ipt := ipvstest.NewFake(), iptablestest.NewFake()
+	if err := ipt.UseSets(k); err != nil {
+		t.Fatal(err)
+	}
+	if err := ipt.Restore([]byte("*nat\n:SVCP-IPVS-OLD - [0:0]\n:" + iptables.ServicesChain + " - [0:0]\n-A SVCP-IPVS-OLD -j RETURN\nCOMMIT\n")); err != nil {
+		t.Fatal(err)
+	}
+	be := ipvs.NewBackend(k, ipt, options())
+	snap := snapshot(t, pt.Service("ns", "web", "10.96.0.20", "http", 80), pt.Slice("ns", "web", "web-1", "http", 80, pt.Ready("10.244.1.5", "node2")))
+	for _, full := range []bool{true, false} {
+		res, err := be.Sync(context.Background(), snap, full)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Chains == 0 || res.Rules["nat"] == 0 {
+			t.Errorf("result counts no chain or rule: %+v", res)
+		}
+	}
+	chains, err := ipt.ListChains(iptables.TableNAT)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slices.Contains(chains, "SVCP-IPVS-OLD") {
+		t.Errorf("stale SVCP-IPVS-OLD survived the sync: %v", chains)
+	}
+	if !slices.Contains(chains, iptables.ServicesChain) {
+		t.Errorf("iptables mode's %s was deleted by IPVS mode: %v", iptables.ServicesChain, chains)
+	}
+}

@@ -1,0 +1,243 @@
+// Package daemon is the loop around a proxy.Backend that every mode shares:
+// source → tracker → Snapshot → Backend.Sync, then conntrack cleanup,
+// health, metrics and the one-time removal of leftovers, paced by the
+// runner. cmd/svcproxy only builds a Config from flags and calls Run.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/klog/v2"
+
+	"github.com/svcproxy/svcproxy/proxy"
+	"github.com/svcproxy/svcproxy/proxy/conntrack"
+	"github.com/svcproxy/svcproxy/proxy/healthz"
+	"github.com/svcproxy/svcproxy/proxy/metrics"
+)
+
+// Source delivers Services, EndpointSlices and this node's Node to a
+// proxy.Handler (the API server's informers, or a --state file).
+type Source interface {
+	// Run feeds the handler until ctx is done, calling synced once the
+	// first complete view was delivered.
+	Run(ctx context.Context, synced func()) error
+}
+
+// Config is everything a Daemon needs.
+type Config struct {
+	// NodeName is this node's name, as in EndpointSlices' nodeName.
+	NodeName string
+	// Mode names the data plane, for the metrics server.
+	Mode string
+	// Backend programs the kernel.
+	Backend proxy.Backend
+	// NewSource returns the source that feeds h. onAPIHealth is to be
+	// called with the API server's health (nil: healthy) where there is
+	// one.
+	NewSource func(h proxy.Handler, onAPIHealth func(error)) (Source, error)
+	// Leftovers are removed once our first sync is in (make before
+	// break): another mode's objects, upstream kube-proxy's rules.
+	Leftovers []proxy.Leftovers
+	// SyncPeriod bounds the time between two full syncs; MinSyncPeriod is
+	// the least time between two syncs (changes in between are batched).
+	SyncPeriod, MinSyncPeriod time.Duration
+	// HealthzBindAddress and MetricsBindAddress are host:port; "" turns a
+	// server off.
+	HealthzBindAddress, MetricsBindAddress string
+	// Conntrack deletes stale flows; nil means the kernel's (netlink).
+	Conntrack conntrack.Interface
+	// Registry holds the metrics; nil means a new one.
+	Registry *prometheus.Registry
+	// OnSourceSynced, if set, is called once the source delivered its
+	// first complete view (the Starting event on the Node).
+	OnSourceSynced func(ctx context.Context)
+}
+
+// Daemon runs one svcproxy: it programs the node until its context ends.
+type Daemon struct {
+	cfg      Config
+	registry *prometheus.Registry
+	metrics  *metrics.Metrics
+	health   *healthz.ProxyServer
+	services *healthz.ServiceServer
+	tracker  *proxy.Tracker
+	recorder *metrics.Recorder
+	runner   *proxy.Runner
+
+	// Not applied yet: a failed sync's changes and trigger times are
+	// folded into the retry.
+	pending  []proxy.Change
+	triggers []time.Time
+	// leftovers not yet removed; they go after each successful sync until
+	// each succeeded once (kube-proxy's rules only once ours are in).
+	leftovers []proxy.Leftovers
+}
+
+// New builds a Daemon; Run starts it.
+func New(cfg Config) *Daemon {
+	if cfg.Conntrack == nil {
+		cfg.Conntrack = conntrack.Netlink{}
+	}
+	reg := cfg.Registry
+	if reg == nil {
+		reg = metrics.NewRegistry()
+	}
+	d := &Daemon{cfg: cfg, registry: reg, leftovers: cfg.Leftovers}
+	d.metrics = metrics.New(reg)
+	d.health = healthz.NewProxyServer(healthz.Config{BindAddress: cfg.HealthzBindAddress, Timeout: 2 * cfg.SyncPeriod, Counter: d.metrics})
+	d.runner = proxy.NewRunner(d.sync, cfg.MinSyncPeriod, cfg.SyncPeriod, nil)
+	d.tracker = proxy.NewTracker(cfg.NodeName, func() {
+		d.health.QueuedUpdate()
+		d.metrics.Queued(time.Now())
+		d.runner.Request()
+	}, d.metrics.Skipped)
+	d.recorder = d.metrics.NewRecorder(d.health.NodeHandler(d.tracker), nil)
+	return d
+}
+
+// Health returns the proxy's health server (for tests and embedding).
+func (d *Daemon) Health() *healthz.ProxyServer { return d.health }
+
+// Run programs the node until ctx is done or the source fails; the rules
+// stay in place when it returns (like kube-proxy, so that a restart drops
+// no connection).
+func (d *Daemon) Run(ctx context.Context) error {
+	logger := klog.FromContext(ctx)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	d.services = healthz.NewServiceServer(healthz.ServiceConfig{
+		Proxy: d.health,
+		OnListenError: func(ns, name string, port int32, err error) {
+			logger.Error(err, "Cannot open the health-check node port", "service", ns+"/"+name, "port", port)
+		},
+	})
+	defer d.services.Close()
+	if d.cfg.HealthzBindAddress != "" {
+		go func() {
+			if err := d.health.Run(ctx); err != nil {
+				logger.Error(err, "Health server stopped", "address", d.cfg.HealthzBindAddress)
+			}
+		}()
+	}
+	if d.cfg.MetricsBindAddress != "" {
+		go func() {
+			if err := metrics.NewServer(d.cfg.MetricsBindAddress, d.registry, d.cfg.Mode).Run(ctx); err != nil {
+				logger.Error(err, "Metrics server stopped", "address", d.cfg.MetricsBindAddress)
+			}
+		}()
+	}
+
+	src, err := d.cfg.NewSource(d.recorder, d.health.SetSourceError)
+	if err != nil {
+		return err
+	}
+	srcDone, err := StartSource(ctx, src)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	if d.cfg.OnSourceSynced != nil {
+		d.cfg.OnSourceSynced(ctx)
+	}
+	go d.runner.Run(ctx)
+	select {
+	case <-ctx.Done():
+		logger.Info("Stopping; rules stay in place")
+		return nil
+	case err := <-srcDone:
+		if err != nil && ctx.Err() == nil {
+			return fmt.Errorf("source: %w", err)
+		}
+		return nil
+	}
+}
+
+// StartSource runs src until ctx is done and waits for its first full
+// view. The returned channel reports the source's end.
+func StartSource(ctx context.Context, src Source) (<-chan error, error) {
+	synced := make(chan struct{})
+	done := make(chan error, 1)
+	go func() { done <- src.Run(ctx, func() { close(synced) }) }()
+	select {
+	case <-synced:
+		return done, nil
+	case err := <-done:
+		if err == nil {
+			err = errors.New("source stopped before it synced")
+		}
+		return nil, err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// sync is one run of the pipeline; the runner serialises the calls.
+func (d *Daemon) sync(ctx context.Context, full bool) error {
+	logger := klog.FromContext(ctx)
+	start := time.Now()
+	d.triggers = append(d.triggers, d.recorder.TakeTriggerTimes()...)
+	snap, changes := d.tracker.Snapshot()
+	d.pending = append(d.pending, changes...)
+	res, err := d.cfg.Backend.Sync(ctx, snap, full)
+	took := time.Since(start) // snapshot, render and apply: what the metrics and the log report
+	d.metrics.ObserveSync(res.Full, took)
+	if err != nil {
+		d.metrics.SyncFailed(proxy.IsRestoreError(err))
+		return err
+	}
+	if filters := conntrack.StaleFilters(d.pending); len(filters) > 0 {
+		n, err := d.cfg.Conntrack.Delete(filters)
+		if err != nil {
+			logger.Error(err, "Deleting stale conntrack entries failed", "filters", len(filters))
+		} else {
+			logger.V(2).Info("Deleted stale conntrack entries", "entries", n, "filters", len(filters))
+		}
+	}
+	now := time.Now()
+	d.health.Updated()
+	d.metrics.Synced(now)
+	d.metrics.ObserveNetworkProgramming(d.triggers, now)
+	d.metrics.SetNoLocalEndpoints(snap)
+	for table, n := range res.Rules {
+		d.metrics.SetIPTablesRules(table, n, res.RulesWritten[table])
+	}
+	d.services.SyncServices(snap)
+	d.pending, d.triggers = d.pending[:0], d.triggers[:0]
+	d.removeLeftovers(ctx)
+	if res.Full {
+		// A full sync leaves a lot of garbage (the restore input of every
+		// chain): hand it back to the OS now rather than keep the peak.
+		debug.FreeOSMemory()
+	}
+	logger.V(2).Info("Synced rules", "full", res.Full, "took", took, "servicePortsChanged", len(changes),
+		"chainsWritten", res.ChainsWritten, "chainsDeleted", res.ChainsDeleted, "restores", res.Restores,
+		"chains", res.Chains, "rules", res.TotalRules())
+	return nil
+}
+
+// removeLeftovers runs every remover that has not succeeded yet, in order;
+// a failed one is retried after the next sync.
+func (d *Daemon) removeLeftovers(ctx context.Context) {
+	logger := klog.FromContext(ctx)
+	var failed []proxy.Leftovers
+	for _, l := range d.leftovers {
+		n, err := l.Remove(ctx)
+		if err != nil {
+			logger.Error(err, "Removing leftovers failed; retrying after the next sync", "what", l.Name(), "removed", n)
+			failed = append(failed, l)
+			continue
+		}
+		if n > 0 {
+			logger.Info("Removed leftovers", "what", l.Name(), "objects", n)
+		}
+	}
+	d.leftovers = failed
+}

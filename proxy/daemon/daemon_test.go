@@ -1,0 +1,357 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+
+	"github.com/svcproxy/svcproxy/proxy"
+	"github.com/svcproxy/svcproxy/proxy/conntrack"
+	"github.com/svcproxy/svcproxy/proxy/metrics"
+	"github.com/svcproxy/svcproxy/proxy/proxytest"
+)
+
+// fakeBackend keeps what it was asked to program, like a kernel would: the
+// endpoints of every service port as of the last successful Sync. fail,
+// when set, decides per call whether that Sync fails (and then nothing of
+// it is kept).
+type fakeBackend struct {
+	mu      sync.Mutex
+	calls   []bool // full flag of every call
+	state   map[string][]string
+	fail    func(call int) error
+	cleaned bool
+}
+
+func (b *fakeBackend) Sync(_ context.Context, snap *proxy.Snapshot, full bool) (proxy.SyncResult, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.calls = append(b.calls, full)
+	if b.fail != nil {
+		if err := b.fail(len(b.calls)); err != nil {
+			return proxy.SyncResult{Full: full}, err
+		}
+	}
+	state := map[string][]string{}
+	for _, sp := range snap.ServicePorts() {
+		var eps []string
+		for _, ep := range sp.ClusterEndpoints {
+			eps = append(eps, ep.String())
+		}
+		state[sp.Name.String()] = eps
+	}
+	b.state = state
+	return proxy.SyncResult{Full: full, Rules: map[string]int{"nat": len(state)}}, nil
+}
+
+func (b *fakeBackend) Cleanup(context.Context) error { b.cleaned = true; return nil }
+
+// snapshot returns the calls so far and the programmed state.
+func (b *fakeBackend) snapshot() ([]bool, map[string][]string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return slices.Clone(b.calls), b.state
+}
+
+// fakeSource delivers objects to the daemon's handler: the initial ones
+// before it reports synced, later ones through send.
+type fakeSource struct {
+	initial []any
+	mu      sync.Mutex
+	h       proxy.Handler
+}
+
+func (s *fakeSource) Run(ctx context.Context, synced func()) error {
+	s.mu.Lock()
+	for _, o := range s.initial {
+		deliver(s.h, o)
+	}
+	s.mu.Unlock()
+	synced()
+	<-ctx.Done()
+	return nil
+}
+
+func (s *fakeSource) send(old, cur any) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch c := cur.(type) {
+	case *v1.Service:
+		o, _ := old.(*v1.Service)
+		s.h.OnServiceUpdate(o, c)
+	case *discovery.EndpointSlice:
+		o, _ := old.(*discovery.EndpointSlice)
+		s.h.OnEndpointSliceUpdate(o, c)
+	}
+}
+
+func deliver(h proxy.Handler, o any) {
+	switch o := o.(type) {
+	case *v1.Service:
+		h.OnServiceUpdate(nil, o)
+	case *discovery.EndpointSlice:
+		h.OnEndpointSliceUpdate(nil, o)
+	}
+}
+
+// fakeConntrack records every filter it is asked to delete.
+type fakeConntrack struct {
+	mu      sync.Mutex
+	filters []conntrack.Filter
+}
+
+func (c *fakeConntrack) Delete(filters []conntrack.Filter) (uint, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.filters = append(c.filters, filters...)
+	return uint(len(filters)), nil
+}
+
+func (c *fakeConntrack) taken() []conntrack.Filter {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.filters)
+}
+
+// fakeLeftovers counts its calls and fails the first failures of them;
+// backend, when set, must have synced successfully before the first call.
+type fakeLeftovers struct {
+	mu       sync.Mutex
+	calls    int
+	failures int
+	backend  *fakeBackend
+	early    bool // called before the backend held any state
+}
+
+func (l *fakeLeftovers) Name() string { return "fake leftovers" }
+
+func (l *fakeLeftovers) Remove(context.Context) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.backend != nil {
+		if _, state := l.backend.snapshot(); state == nil {
+			l.early = true
+		}
+	}
+	l.calls++
+	if l.calls <= l.failures {
+		return 0, errors.New("foreign reference")
+	}
+	return 3, nil
+}
+
+func (l *fakeLeftovers) count() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.calls
+}
+
+// udpService is ns/dns at 10.96.0.10:53/UDP with endpoints eps.
+func udpService(eps ...string) (*v1.Service, *discovery.EndpointSlice) {
+	svc := proxytest.Service("kube-system", "dns", "10.96.0.10", "dns", 53, func(s *v1.Service) {
+		s.Spec.Ports[0].Protocol = v1.ProtocolUDP
+	})
+	var ready []proxytest.EP
+	for _, ip := range eps {
+		ready = append(ready, proxytest.Ready(ip, "node2"))
+	}
+	slice := proxytest.Slice("kube-system", "dns", "dns-1", "dns", 53, ready...)
+	slice.Ports[0].Protocol = new(v1.ProtocolUDP)
+	return svc, slice
+}
+
+// start runs a daemon over the fakes until the test ends.
+func start(t *testing.T, cfg Config) *Daemon {
+	t.Helper()
+	if cfg.NodeName == "" {
+		cfg.NodeName = "node1"
+	}
+	if cfg.SyncPeriod == 0 {
+		cfg.SyncPeriod = time.Hour
+	}
+	if cfg.MinSyncPeriod == 0 {
+		cfg.MinSyncPeriod = time.Millisecond
+	}
+	d := New(cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	return d
+}
+
+// eventually polls cond for up to 5 s.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func sourceFor(src *fakeSource) func(proxy.Handler, func(error)) (Source, error) {
+	return func(h proxy.Handler, _ func(error)) (Source, error) {
+		src.h = h
+		return src, nil
+	}
+}
+
+const dnsPort = "kube-system/dns:dns/UDP"
+
+func TestFirstSyncIsFullThenChangesArePartial(t *testing.T) {
+	svc, slice := udpService("10.244.2.5")
+	be := &fakeBackend{}
+	src := &fakeSource{initial: []any{svc, slice}}
+	start(t, Config{Backend: be, NewSource: sourceFor(src), Conntrack: &fakeConntrack{}})
+
+	eventually(t, "the first sync", func() bool { _, st := be.snapshot(); return st != nil })
+	calls, state := be.snapshot()
+	if !calls[0] {
+		t.Errorf("first sync was partial, want full")
+	}
+	if got := state[dnsPort]; !slices.Equal(got, []string{"10.244.2.5:53"}) {
+		t.Errorf("programmed endpoints %v, want [10.244.2.5:53]", got)
+	}
+
+	_, slice2 := udpService("10.244.2.5", "10.244.2.6")
+	src.send(slice, slice2)
+	eventually(t, "the change", func() bool { _, st := be.snapshot(); return len(st[dnsPort]) == 2 })
+	calls, _ = be.snapshot()
+	if calls[len(calls)-1] {
+		t.Errorf("the sync of one change was full, want partial; calls %v", calls)
+	}
+}
+
+func TestFailedSyncIsRetriedFullWithItsChangesAndConntrack(t *testing.T) {
+	svc, slice := udpService("10.244.2.5", "10.244.2.6")
+	be := &fakeBackend{}
+	ct := &fakeConntrack{}
+	src := &fakeSource{initial: []any{svc, slice}}
+	var failOnce sync.Once
+	d := start(t, Config{Backend: be, NewSource: sourceFor(src), Conntrack: ct})
+	eventually(t, "the first sync", func() bool { _, st := be.snapshot(); return st != nil })
+
+	// The next sync fails (an iptables-restore failure); the one after
+	// succeeds.
+	be.mu.Lock()
+	be.fail = func(call int) error {
+		var err error
+		failOnce.Do(func() { err = &proxy.RestoreError{Err: errors.New("iptables-restore: exit status 2")} })
+		return err
+	}
+	be.mu.Unlock()
+	_, slice2 := udpService("10.244.2.5")
+	src.send(slice, slice2)
+
+	eventually(t, "the retry", func() bool { _, st := be.snapshot(); return len(st[dnsPort]) == 1 })
+	calls, _ := be.snapshot()
+	if n := len(calls); n < 3 || calls[n-2] || !calls[n-1] {
+		t.Errorf("calls (full?) %v: want a partial sync that failed, then a full retry", calls)
+	}
+	// The endpoint removed in the failed sync still gets its UDP flows
+	// deleted, once the retry is in.
+	want := conntrack.Filter{Protocol: v1.ProtocolUDP, OrigDst: netip.MustParseAddr("10.96.0.10"), OrigPort: 53, ReplySrcIP: netip.MustParseAddr("10.244.2.6")}
+	eventually(t, "conntrack cleanup", func() bool { return slices.Contains(ct.taken(), want) })
+	if got := testutil.ToFloat64(d.metrics.IPTablesRestoreFailuresTotal.WithLabelValues(metrics.IPFamily)); got != 1 {
+		t.Errorf("restore failures %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(d.metrics.SyncFailuresTotal.WithLabelValues(metrics.IPFamily)); got != 1 {
+		t.Errorf("sync failures %v, want 1", got)
+	}
+}
+
+func TestNoConntrackCleanupForAFailedSync(t *testing.T) {
+	svc, slice := udpService("10.244.2.5", "10.244.2.6")
+	be := &fakeBackend{}
+	ct := &fakeConntrack{}
+	src := &fakeSource{initial: []any{svc, slice}}
+	start(t, Config{Backend: be, NewSource: sourceFor(src), Conntrack: ct, MinSyncPeriod: time.Millisecond, SyncPeriod: time.Hour})
+	eventually(t, "the first sync", func() bool { _, st := be.snapshot(); return st != nil })
+	before := len(ct.taken())
+
+	be.mu.Lock()
+	be.fail = func(int) error { return errors.New("netlink: operation not permitted") }
+	be.mu.Unlock()
+	_, slice2 := udpService("10.244.2.5")
+	src.send(slice, slice2)
+	eventually(t, "two failed syncs", func() bool {
+		calls, _ := be.snapshot()
+		return len(calls) >= 3
+	})
+	if got := ct.taken(); len(got) != before {
+		t.Errorf("conntrack entries deleted while the rules still DNAT to the old endpoint: %v", got[before:])
+	}
+}
+
+func TestNonRestoreFailureIsNotARestoreFailure(t *testing.T) {
+	svc, slice := udpService("10.244.2.5")
+	be := &fakeBackend{fail: func(call int) error {
+		if call == 1 {
+			return errors.New("netlink: no such file or directory")
+		}
+		return nil
+	}}
+	src := &fakeSource{initial: []any{svc, slice}}
+	d := start(t, Config{Backend: be, NewSource: sourceFor(src), Conntrack: &fakeConntrack{}})
+	eventually(t, "the retry", func() bool { _, st := be.snapshot(); return st != nil })
+	if got := testutil.ToFloat64(d.metrics.IPTablesRestoreFailuresTotal.WithLabelValues(metrics.IPFamily)); got != 0 {
+		t.Errorf("restore failures %v, want 0 for a netlink failure", got)
+	}
+	if got := testutil.ToFloat64(d.metrics.SyncFailuresTotal.WithLabelValues(metrics.IPFamily)); got != 1 {
+		t.Errorf("sync failures %v, want 1", got)
+	}
+}
+
+func TestLeftoversGoAfterOurRulesAndAreRetriedUntilRemoved(t *testing.T) {
+	svc, slice := udpService("10.244.2.5")
+	be := &fakeBackend{}
+	src := &fakeSource{initial: []any{svc, slice}}
+	flaky := &fakeLeftovers{failures: 1, backend: be}
+	steady := &fakeLeftovers{backend: be}
+	start(t, Config{Backend: be, NewSource: sourceFor(src), Conntrack: &fakeConntrack{},
+		Leftovers: []proxy.Leftovers{flaky, steady}})
+
+	eventually(t, "the first removal", func() bool { return flaky.count() == 1 && steady.count() == 1 })
+	if flaky.early || steady.early {
+		t.Errorf("leftovers removed before our first sync was in")
+	}
+	// The failed one is retried after the next sync; the other is done.
+	_, slice2 := udpService("10.244.2.5", "10.244.2.6")
+	src.send(slice, slice2)
+	eventually(t, "the retry", func() bool { return flaky.count() == 2 })
+	_, slice3 := udpService("10.244.2.7")
+	src.send(slice2, slice3)
+	eventually(t, "a third sync", func() bool { _, st := be.snapshot(); return slices.Equal(st[dnsPort], []string{"10.244.2.7:53"}) })
+	if flaky.count() != 2 || steady.count() != 1 {
+		t.Errorf("removers called %d and %d times, want 2 and 1 (each until it succeeded once)", flaky.count(), steady.count())
+	}
+}
+
+func TestSourceThatFailsBeforeSyncingStopsRun(t *testing.T) {
+	d := New(Config{NodeName: "node1", Backend: &fakeBackend{}, SyncPeriod: time.Hour,
+		NewSource: func(proxy.Handler, func(error)) (Source, error) { return failingSource{}, nil }})
+	err := d.Run(context.Background())
+	if err == nil || err.Error() != "informers: forbidden" {
+		t.Errorf("Run: %v, want the source's error", err)
+	}
+}
+
+type failingSource struct{}
+
+func (failingSource) Run(context.Context, func()) error { return errors.New("informers: forbidden") }
