@@ -3,7 +3,6 @@ package iptables
 import (
 	"errors"
 	"fmt"
-	"strings"
 )
 
 // Cleanup removes everything of svcproxy's iptables mode: the jumps from the
@@ -39,16 +38,7 @@ func RemoveChains(ipt Interface, jumps []Jump, owned func(string) bool) error {
 		if len(remove) == 0 {
 			continue
 		}
-		var b strings.Builder
-		fmt.Fprintf(&b, "*%s\n", table)
-		for _, c := range remove {
-			fmt.Fprintf(&b, ":%s - [0:0]\n", c)
-		}
-		for _, c := range remove {
-			fmt.Fprintf(&b, "-X %s\n", c)
-		}
-		b.WriteString("COMMIT\n")
-		if err := ipt.Restore([]byte(b.String())); err != nil {
+		if err := ipt.Restore(removeChainsText(table, remove)); err != nil {
 			errs = append(errs, fmt.Errorf("removing %d chains from %s: %w", len(remove), table, err))
 		}
 	}

@@ -1,10 +1,5 @@
 package iptables
 
-import (
-	"fmt"
-	"strings"
-)
-
 // Table names.
 const (
 	TableFilter = "filter"
@@ -71,23 +66,23 @@ func (p *Plan) Stats() (chains, rules int) {
 // programs an empty namespace exactly as svcproxy would, jumps from the
 // built-in chains included. This is the --dry-run output.
 func (p *Plan) String() string {
-	var b strings.Builder
+	var w Writer
 	for _, t := range p.Tables() {
-		fmt.Fprintf(&b, "*%s\n", t.Name)
+		w.Table(t.Name)
 		for _, c := range t.Chains {
-			fmt.Fprintf(&b, ":%s - [0:0]\n", c.Name)
+			w.Chain(c.Name)
 		}
 		for _, c := range t.Chains {
 			for _, r := range c.Rules {
-				fmt.Fprintf(&b, "-A %s %s\n", c.Name, r)
+				w.Append(c.Name, r)
 			}
 		}
 		for _, j := range p.InsertOrder() {
 			if j.Table == t.Name {
-				fmt.Fprintf(&b, "-I %s %s\n", j.Chain, strings.Join(j.Args, " "))
+				w.Insert(j)
 			}
 		}
-		b.WriteString("COMMIT\n")
+		w.Commit()
 	}
-	return b.String()
+	return w.String()
 }

@@ -404,10 +404,7 @@ func assemble(snap *proxy.Snapshot, c *common, fragmentOf func(*proxy.ServicePor
 	// Filter table.
 	p.Filter = []*Chain{
 		{Name: FilterChain, Rules: r.filter},
-		{Name: ForwardChain, Rules: []string{
-			"-m comment --comment " + comment("svcproxy forwarding rules") + " -m mark --mark " + r.mark + "/" + r.mark + " -j ACCEPT",
-			"-m comment --comment " + comment("svcproxy forwarding conntrack rule") + " -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-		}},
+		{Name: ForwardChain, Rules: ForwardRules("svcproxy", r.mark)},
 	}
 
 	// nat table: endpoint chains, then the chains that jump to them, then
@@ -471,16 +468,8 @@ func assemble(snap *proxy.Snapshot, c *common, fragmentOf func(*proxy.ServicePor
 	hpRoot, hpTree := buildTree(hk, hairpinTree)
 	nat = append(nat, hpTree...)
 	nat = append(nat, &Chain{Name: HairpinChain, Rules: hpRoot})
-	masq := "-m comment --comment " + comment("service traffic requiring SNAT") + " -j MASQUERADE"
-	if r.opts.RandomFully {
-		masq += " --random-fully"
-	}
-	nat = append(nat, &Chain{Name: PostroutingChain, Rules: []string{
-		"-m conntrack --ctstate DNAT -j " + HairpinChain,
-		"-m mark ! --mark " + r.mark + "/" + r.mark + " -j RETURN",
-		"-j MARK --xor-mark " + r.mark,
-		masq,
-	}})
+	nat = append(nat, &Chain{Name: PostroutingChain,
+		Rules: PostroutingRules("-m conntrack --ctstate DNAT -j "+HairpinChain, r.mark, r.opts.RandomFully)})
 	p.NAT = nat
 	p.Jumps = jumps
 	return p

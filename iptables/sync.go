@@ -1,9 +1,7 @@
 package iptables
 
 import (
-	"fmt"
 	"slices"
-	"strings"
 )
 
 // DefaultBatchChains is how many chains one iptables-restore call declares
@@ -185,32 +183,28 @@ func (s *Syncer) batches(table string, chains []*Chain, stale []string) [][]byte
 	for start := 0; start < len(chains) || (start == 0 && len(stale) > 0); start += s.batchChains {
 		end := min(start+s.batchChains, len(chains))
 		last := end == len(chains)
-		var b strings.Builder
-		fmt.Fprintf(&b, "*%s\n", table)
+		var w Writer
+		w.Table(table)
 		for _, c := range chains[start:end] {
-			fmt.Fprintf(&b, ":%s - [0:0]\n", c.Name)
+			w.Chain(c.Name)
 		}
 		if last {
 			for _, n := range stale {
-				fmt.Fprintf(&b, ":%s - [0:0]\n", n)
+				w.Chain(n)
 			}
 		}
 		for _, c := range chains[start:end] {
 			for _, r := range c.Rules {
-				b.WriteString("-A ")
-				b.WriteString(c.Name)
-				b.WriteByte(' ')
-				b.WriteString(r)
-				b.WriteByte('\n')
+				w.Append(c.Name, r)
 			}
 		}
 		if last {
 			for _, n := range stale {
-				fmt.Fprintf(&b, "-X %s\n", n)
+				w.DeleteChain(n)
 			}
 		}
-		b.WriteString("COMMIT\n")
-		out = append(out, []byte(b.String()))
+		w.Commit()
+		out = append(out, w.Bytes())
 		if last {
 			break
 		}

@@ -185,16 +185,7 @@ func removeKubeProxyTable(ipt Interface, table string) (removed int, err error) 
 			return removed, nil
 		}
 	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "*%s\n", table)
-	for _, c := range kube {
-		fmt.Fprintf(&b, ":%s - [0:0]\n", c)
-	}
-	for _, c := range kube {
-		fmt.Fprintf(&b, "-X %s\n", c)
-	}
-	b.WriteString("COMMIT\n")
-	if err := ipt.Restore([]byte(b.String())); err != nil {
+	if err := ipt.Restore(removeChainsText(table, kube)); err != nil {
 		return removed, fmt.Errorf("removing %d kube-proxy chains from %s: %w", len(kube), table, err)
 	}
 	return removed + len(kube), nil

@@ -276,7 +276,7 @@ func renderRules(opts Options) *iptables.Plan {
 	markMasq := "-j MARK --or-mark " + mark
 	match := func(set, dirs string) string { return "-m set --match-set " + set + " " + dirs }
 	notMatch := func(set, dirs string) string { return "-m set ! --match-set " + set + " " + dirs }
-	cmt := func(s string) string { return `-m comment --comment "` + s + `"` }
+	cmt := iptables.Comment
 
 	var services []string
 	switch {
@@ -292,10 +292,6 @@ func renderRules(opts Options) *iptables.Plan {
 		cmt("masquerade external traffic, externalTrafficPolicy Cluster")+" "+match(SetExternal, "dst,dst")+" "+markMasq,
 		cmt("masquerade node ports, externalTrafficPolicy Cluster")+" "+match(SetNodePort, "dst,dst")+" "+markMasq,
 	)
-	masq := cmt("service traffic requiring SNAT") + " -j MASQUERADE"
-	if opts.RandomFully {
-		masq += " --random-fully"
-	}
 	return &iptables.Plan{
 		Filter: []*iptables.Chain{
 			{Name: FilterChain, Rules: []string{
@@ -307,19 +303,13 @@ func renderRules(opts Options) *iptables.Plan {
 				cmt("service address, not a service port") + " " + match(SetIPs, "dst") + " " + notMatch(SetClusterIP, "dst,dst") + " " +
 					notMatch(SetExternal, "dst,dst") + " " + notMatch(SetExternalLocal, "dst,dst") + " -j REJECT",
 			}},
-			{Name: ForwardChain, Rules: []string{
-				cmt("svcproxy-ipvs forwarding rules") + " -m mark --mark " + mark + "/" + mark + " -j ACCEPT",
-				cmt("svcproxy-ipvs forwarding conntrack rule") + " -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-			}},
+			{Name: ForwardChain, Rules: iptables.ForwardRules("svcproxy-ipvs", mark)},
 		},
 		NAT: []*iptables.Chain{
 			{Name: ServicesChain, Rules: services},
-			{Name: PostroutingChain, Rules: []string{
-				cmt("hairpin: an endpoint reaching itself through its service") + " " + match(SetLoopback, "dst,dst,src") + " -j MASQUERADE",
-				"-m mark ! --mark " + mark + "/" + mark + " -j RETURN",
-				"-j MARK --xor-mark " + mark,
-				masq,
-			}},
+			{Name: PostroutingChain, Rules: iptables.PostroutingRules(
+				cmt("hairpin: an endpoint reaching itself through its service")+" "+match(SetLoopback, "dst,dst,src")+" -j MASQUERADE",
+				mark, opts.RandomFully)},
 		},
 		Jumps: jumps,
 	}
