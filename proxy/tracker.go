@@ -3,9 +3,11 @@ package proxy
 import (
 	"net/netip"
 	"reflect"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
+	"unique"
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
@@ -25,6 +27,13 @@ const (
 
 // Handler receives object events from a source. A nil old object means an
 // add, a nil new object a delete.
+//
+// An old object need not be the whole object that was sent before: sources
+// that do not keep objects (both of svcproxy's) send its namespace and name,
+// and for an EndpointSlice its kubernetes.io/service-name label and its
+// last-change-trigger-time annotation. A handler must not keep the objects
+// it is handed beyond the call if it wants svcproxy to stay small, and must
+// not modify them.
 type Handler interface {
 	OnServiceUpdate(old, cur *v1.Service)
 	OnEndpointSliceUpdate(old, cur *discovery.EndpointSlice)
@@ -36,6 +45,10 @@ type SkipFunc func(kind, reason string)
 
 // Tracker folds Service, EndpointSlice and Node events into pending changes
 // and turns them into Snapshots. It is safe for concurrent use.
+//
+// It keeps no API object: an event is parsed into the few fields that
+// service ports are built from (tracker_parse.go), and an EndpointSlice's
+// endpoints are built once and shared with the Snapshots.
 type Tracker struct {
 	nodeName string
 	onChange func()
@@ -43,11 +56,11 @@ type Tracker struct {
 
 	mu       sync.Mutex
 	zone     string
-	services map[string]*v1.Service                         // ns/name
-	slices   map[string]map[string]*discovery.EndpointSlice // ns/service -> slice name
-	dirty    map[string]bool                                // ns/service keys changed since the last Snapshot
-	ports    map[string][]*ServicePort                      // ns/service -> ports at the last Snapshot, sorted
-	order    []string                                       // keys of ports, sorted; nil when to be rebuilt
+	services map[string]*serviceInfo   // ns/name
+	slices   map[string][]*sliceInfo   // ns/service -> its slices, sorted by name
+	dirty    map[string]bool           // ns/service keys changed since the last Snapshot
+	ports    map[string][]*ServicePort // ns/service -> ports at the last Snapshot, sorted
+	order    []string                  // keys of ports, sorted; nil when to be rebuilt
 }
 
 var _ Handler = (*Tracker)(nil)
@@ -66,8 +79,8 @@ func NewTracker(nodeName string, onChange func(), onSkip SkipFunc) *Tracker {
 		nodeName: nodeName,
 		onChange: onChange,
 		onSkip:   onSkip,
-		services: map[string]*v1.Service{},
-		slices:   map[string]map[string]*discovery.EndpointSlice{},
+		services: map[string]*serviceInfo{},
+		slices:   map[string][]*sliceInfo{},
 		dirty:    map[string]bool{},
 		ports:    map[string][]*ServicePort{},
 	}
@@ -75,6 +88,10 @@ func NewTracker(nodeName string, onChange func(), onSkip SkipFunc) *Tracker {
 
 // OnServiceUpdate implements Handler.
 func (t *Tracker) OnServiceUpdate(old, cur *v1.Service) {
+	var info *serviceInfo
+	if cur != nil {
+		info = parseService(cur) // outside the lock: Snapshot need not wait
+	}
 	t.mu.Lock()
 	if cur == nil {
 		key := old.Namespace + "/" + old.Name
@@ -82,7 +99,7 @@ func (t *Tracker) OnServiceUpdate(old, cur *v1.Service) {
 		t.dirty[key] = true
 	} else {
 		key := cur.Namespace + "/" + cur.Name
-		t.services[key] = cur
+		t.services[key] = info
 		t.dirty[key] = true
 	}
 	t.mu.Unlock()
@@ -91,36 +108,50 @@ func (t *Tracker) OnServiceUpdate(old, cur *v1.Service) {
 
 // OnEndpointSliceUpdate implements Handler.
 func (t *Tracker) OnEndpointSliceUpdate(old, cur *discovery.EndpointSlice) {
+	var curKey string
+	var info *sliceInfo
+	if cur != nil {
+		var ok bool
+		if curKey, ok = sliceServiceKey(cur); ok {
+			info = parseSlice(cur, t.nodeName)
+		}
+	}
+	changed := false
 	t.mu.Lock()
 	if old != nil {
 		if key, ok := sliceServiceKey(old); ok {
-			if m := t.slices[key]; m != nil {
-				delete(m, old.Name)
-				if len(m) == 0 {
+			if list := t.slices[key]; list != nil {
+				if i, found := findSlice(list, old.Name); found {
+					list = slices.Delete(list, i, i+1)
+				}
+				if len(list) == 0 {
 					delete(t.slices, key)
+				} else {
+					t.slices[key] = list
 				}
 			}
 			t.dirty[key] = true
+			changed = true
 		}
 	}
-	if cur != nil {
-		key, ok := sliceServiceKey(cur)
-		if !ok {
-			t.mu.Unlock()
-			klog.V(2).InfoS("Skipping EndpointSlice without a service-name label", "endpointSlice", klog.KObj(cur))
-			t.onSkip("EndpointSlice", "no-service-label")
-			return
+	if info != nil {
+		list := t.slices[curKey]
+		if i, found := findSlice(list, info.name); found {
+			list[i] = info
+		} else {
+			t.slices[curKey] = slices.Insert(list, i, info)
 		}
-		m := t.slices[key]
-		if m == nil {
-			m = map[string]*discovery.EndpointSlice{}
-			t.slices[key] = m
-		}
-		m[cur.Name] = cur
-		t.dirty[key] = true
+		t.dirty[curKey] = true
+		changed = true
 	}
 	t.mu.Unlock()
-	t.onChange()
+	if cur != nil && info == nil {
+		klog.V(2).InfoS("Skipping EndpointSlice without a service-name label", "endpointSlice", klog.KObj(cur))
+		t.onSkip("EndpointSlice", "no-service-label")
+	}
+	if changed {
+		t.onChange()
+	}
 }
 
 // OnNodeUpdate implements Handler; only this node's zone label matters.
@@ -141,6 +172,12 @@ func (t *Tracker) OnNodeUpdate(node *v1.Node) {
 	if changed {
 		t.onChange()
 	}
+}
+
+// findSlice returns the position of the slice named name in list, sorted by
+// name, or where it would be inserted.
+func findSlice(list []*sliceInfo, name string) (int, bool) {
+	return slices.BinarySearchFunc(list, name, func(s *sliceInfo, name string) int { return strings.Compare(s.name, name) })
 }
 
 func sliceServiceKey(s *discovery.EndpointSlice) (string, bool) {
@@ -237,274 +274,134 @@ func diffPorts(prev, cur []*ServicePort) []Change {
 }
 
 // buildPorts turns a Service and its slices into node-local service ports.
-// It returns nil for services svcproxy does not handle.
+// It returns nil for services svcproxy does not handle. What was skipped
+// while parsing is reported (logged and counted) again on every build, as
+// when the objects themselves were kept and parsed here.
 func (t *Tracker) buildPorts(key string) []*ServicePort {
 	svc := t.services[key]
 	if svc == nil {
 		return nil
 	}
-	if reason := skipService(svc); reason != "" {
-		klog.V(2).InfoS("Skipping service", "service", key, "reason", reason)
-		t.onSkip("Service", reason)
+	t.report(svc.notes)
+	if svc.skipped {
 		return nil
 	}
-	clusterIP, ok := ipv4ClusterIP(svc)
-	if !ok {
-		klog.V(2).InfoS("Skipping service without an IPv4 cluster IP", "service", key, "clusterIPs", svc.Spec.ClusterIPs)
-		t.onSkip("Service", "other-ip-family")
-		return nil
-	}
-	externalIPs := t.parseIPs(key, "externalIPs", svc.Spec.ExternalIPs)
-	var lbIPs []netip.Addr
-	if svc.Spec.Type == v1.ServiceTypeLoadBalancer {
-		var raw []string
-		for _, ing := range svc.Status.LoadBalancer.Ingress {
-			// An ingress with ipMode Proxy is reached through the load
-			// balancer's own proxy, not by its IP on this node.
-			if ing.IP != "" && (ing.IPMode == nil || *ing.IPMode != v1.LoadBalancerIPModeProxy) {
-				raw = append(raw, ing.IP)
-			}
-		}
-		lbIPs = t.parseIPs(key, "loadBalancer ingress", raw)
-	}
-	ranges := t.sourceRanges(key, svc)
-	var timeout int32
-	if svc.Spec.SessionAffinity == v1.ServiceAffinityClientIP {
-		timeout = v1.DefaultClientIPServiceAffinitySeconds
-		if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil && *c.ClientIP.TimeoutSeconds > 0 {
-			timeout = *c.ClientIP.TimeoutSeconds
-		}
-	}
-	hasExternal := len(externalIPs) > 0 || len(lbIPs) > 0
-
+	hasExternal := len(svc.externalIPs) > 0 || len(svc.lbIPs) > 0
 	var out []*ServicePort
-	seen := map[ServicePortName]bool{}
-	for i := range svc.Spec.Ports {
-		p := &svc.Spec.Ports[i]
-		if p.Port <= 0 || p.Port > 65535 {
-			klog.InfoS("Skipping service port with invalid port number", "service", key, "port", p.Name, "number", p.Port)
-			t.onSkip("Service", "invalid-port")
+	for i := range svc.ports {
+		p := &svc.ports[i]
+		if p.note != nil {
+			t.report1(p.note)
 			continue
 		}
-		proto := p.Protocol
-		if proto == "" {
-			proto = v1.ProtocolTCP
-		}
-		if proto != v1.ProtocolTCP && proto != v1.ProtocolUDP && proto != v1.ProtocolSCTP {
-			klog.InfoS("Skipping service port with unknown protocol", "service", key, "port", p.Name, "protocol", proto)
-			t.onSkip("Service", "invalid-protocol")
-			continue
-		}
-		name := ServicePortName{Namespace: svc.Namespace, Name: svc.Name, Port: p.Name, Protocol: proto}
-		if seen[name] {
-			// An apiserver refuses this; a --state file may hold it.
-			klog.InfoS("Skipping duplicate service port", "service", key, "port", p.Name, "protocol", proto)
-			t.onSkip("Service", "duplicate-port")
-			continue
-		}
-		seen[name] = true
 		sp := &ServicePort{
-			Name:                     name,
-			Protocol:                 proto,
-			Port:                     p.Port,
-			ClusterIP:                clusterIP,
-			ExternalIPs:              externalIPs,
-			LoadBalancerIPs:          lbIPs,
-			LoadBalancerSourceRanges: ranges,
-			AffinityTimeout:          timeout,
-		}
-		if svc.Spec.Type == v1.ServiceTypeNodePort || svc.Spec.Type == v1.ServiceTypeLoadBalancer {
-			if p.NodePort > 0 && p.NodePort <= 65535 {
-				sp.NodePort = p.NodePort
-			}
+			Name:                     ServicePortName{Namespace: svc.namespace, Name: svc.name, Port: p.name, Protocol: p.proto},
+			Protocol:                 p.proto,
+			Port:                     p.port,
+			ClusterIP:                svc.clusterIP,
+			NodePort:                 p.nodePort,
+			ExternalIPs:              svc.externalIPs,
+			LoadBalancerIPs:          svc.lbIPs,
+			LoadBalancerSourceRanges: svc.ranges,
+			AffinityTimeout:          svc.affinityTimeout,
 		}
 		if hasExternal || sp.NodePort != 0 {
-			sp.ExternalPolicyLocal = svc.Spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal
-			if sp.ExternalPolicyLocal && svc.Spec.Type == v1.ServiceTypeLoadBalancer {
-				sp.HealthCheckNodePort = svc.Spec.HealthCheckNodePort
-			}
+			sp.ExternalPolicyLocal = svc.externalLocal
+			sp.HealthCheckNodePort = svc.healthCheckNodePort
 		}
-		sp.InternalPolicyLocal = svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == v1.ServiceInternalTrafficPolicyLocal
-		sp.AllEndpoints = t.endpointsFor(key, p, proto)
+		sp.InternalPolicyLocal = svc.internalLocal
+		sp.AllEndpoints = t.endpointsFor(key, p.name, p.proto)
 		SelectEndpoints(sp, t.nodeName, t.zone)
 		out = append(out, sp)
 	}
 	return out
 }
 
-func skipService(svc *v1.Service) string {
-	switch {
-	case svc.Spec.Type == v1.ServiceTypeExternalName:
-		return "external-name"
-	case svc.Spec.ClusterIP == v1.ClusterIPNone:
-		return "headless"
-	case svc.Spec.ClusterIP == "":
-		return "no-cluster-ip"
-	case svc.Labels[LabelServiceProxyName] != "":
-		return "service-proxy-name"
-	}
-	return ""
-}
-
-func ipv4ClusterIP(svc *v1.Service) (netip.Addr, bool) {
-	ips := svc.Spec.ClusterIPs
-	if len(ips) == 0 {
-		ips = []string{svc.Spec.ClusterIP}
-	}
-	for _, s := range ips {
-		if a, err := netip.ParseAddr(s); err == nil && a.Is4() {
-			return a, true
-		}
-	}
-	return netip.Addr{}, false
-}
-
-func (t *Tracker) parseIPs(key, field string, raw []string) []netip.Addr {
-	var out []netip.Addr
-	for _, s := range raw {
-		a, err := netip.ParseAddr(strings.TrimSpace(s))
-		if err != nil || !a.Is4() {
-			klog.V(2).InfoS("Skipping address that is not IPv4", "service", key, "field", field, "address", s)
-			t.onSkip("Service", "other-ip-family")
-			continue
-		}
-		out = append(out, a)
-	}
-	return out
-}
-
-func (t *Tracker) sourceRanges(key string, svc *v1.Service) []netip.Prefix {
-	raw := svc.Spec.LoadBalancerSourceRanges
-	if len(raw) == 0 {
-		if a := svc.Annotations[AnnotationLBSourceRanges]; a != "" {
-			raw = strings.Split(a, ",")
-		}
-	}
-	var out []netip.Prefix
-	for _, s := range raw {
-		s = strings.TrimSpace(s)
-		if s == "" {
-			continue
-		}
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			klog.InfoS("Skipping invalid loadBalancerSourceRange", "service", key, "range", s, "err", err)
-			t.onSkip("Service", "invalid-source-range")
-			continue
-		}
-		if !p.Addr().Is4() {
-			continue
-		}
-		out = append(out, p.Masked())
-	}
-	return out
-}
-
 // endpointsFor merges the endpoints of every slice of the service for one
-// port, de-duplicated by address (a ready copy wins) and sorted.
-func (t *Tracker) endpointsFor(key string, port *v1.ServicePort, proto v1.Protocol) []*Endpoint {
-	slices := t.slices[key]
-	names := make([]string, 0, len(slices))
-	for n := range slices {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	byAddr := map[netip.AddrPort]*Endpoint{}
-	for _, n := range names {
-		s := slices[n]
-		switch s.AddressType {
+// port, de-duplicated by address (a ready copy wins) and sorted. A port
+// served by one slice shares that slice's list.
+func (t *Tracker) endpointsFor(key, portName string, proto v1.Protocol) []*Endpoint {
+	var lists [][]*Endpoint
+	for _, s := range t.slices[key] { // in name order
+		switch s.addressType {
 		case discovery.AddressTypeIPv4:
 		case discovery.AddressTypeFQDN:
-			klog.V(2).InfoS("Skipping FQDN EndpointSlice", "endpointSlice", klog.KObj(s))
+			klog.V(2).InfoS("Skipping FQDN EndpointSlice", "endpointSlice", klog.KRef(s.namespace, s.name))
 			t.onSkip("EndpointSlice", "fqdn")
 			continue
 		default:
-			klog.V(4).InfoS("Skipping EndpointSlice of another IP family", "endpointSlice", klog.KObj(s), "addressType", s.AddressType)
+			klog.V(4).InfoS("Skipping EndpointSlice of another IP family", "endpointSlice", klog.KRef(s.namespace, s.name), "addressType", s.addressType)
 			t.onSkip("EndpointSlice", "other-ip-family")
 			continue
 		}
-		var portNum int32 = -1
-		for _, sp := range s.Ports {
-			spProto := v1.ProtocolTCP
-			if sp.Protocol != nil {
-				spProto = *sp.Protocol
-			}
-			name := ""
-			if sp.Name != nil {
-				name = *sp.Name
-			}
-			if name == port.Name && spProto == proto && sp.Port != nil {
-				portNum = *sp.Port
-				break
-			}
-		}
-		if portNum <= 0 || portNum > 65535 {
+		sp := s.port(portName, proto)
+		if sp == nil || !sp.valid {
 			continue
 		}
-		for i := range s.Endpoints {
-			e := &s.Endpoints[i]
-			for _, a := range e.Addresses {
-				ip, err := netip.ParseAddr(a)
-				if err != nil || !ip.Is4() {
-					klog.V(2).InfoS("Skipping endpoint address that is not IPv4", "endpointSlice", klog.KObj(s), "address", a)
-					t.onSkip("EndpointSlice", "invalid-address")
-					continue
-				}
-				ep := newEndpoint(ip, portNum, e, t.nodeName)
-				ap := netip.AddrPortFrom(ip, uint16(portNum))
-				if prev, ok := byAddr[ap]; ok && (prev.Ready || !ep.Ready) {
-					continue
-				}
-				byAddr[ap] = ep
-				// Only the first address of an endpoint is used, as the
-				// API defines it.
-				break
+		for _, a := range s.invalid {
+			klog.V(2).InfoS("Skipping endpoint address that is not IPv4", "endpointSlice", klog.KRef(s.namespace, s.name), "address", a)
+			t.onSkip("EndpointSlice", "invalid-address")
+		}
+		lists = append(lists, sp.endpoints)
+	}
+	switch len(lists) {
+	case 0:
+		return []*Endpoint{}
+	case 1:
+		return lists[0] // sorted and de-duplicated already
+	}
+	byAddr := map[netip.AddrPort]*Endpoint{}
+	for _, l := range lists {
+		for _, ep := range l {
+			ap := netip.AddrPortFrom(ep.IP, uint16(ep.Port))
+			if prev, ok := byAddr[ap]; ok && (prev.Ready || !ep.Ready) {
+				continue
 			}
+			byAddr[ap] = ep
 		}
 	}
 	out := make([]*Endpoint, 0, len(byAddr))
 	for _, ep := range byAddr {
 		out = append(out, ep)
 	}
-	sort.Slice(out, func(i, j int) bool {
-		if c := out[i].IP.Compare(out[j].IP); c != 0 {
-			return c < 0
-		}
-		return out[i].Port < out[j].Port
-	})
+	sortEndpoints(out)
 	return out
 }
 
-func newEndpoint(ip netip.Addr, port int32, e *discovery.Endpoint, nodeName string) *Endpoint {
-	// Per the API, a nil ready condition means "unknown, assume ready";
-	// serving defaults to ready; terminating to false.
-	ready := e.Conditions.Ready == nil || *e.Conditions.Ready
-	serving := ready
-	if e.Conditions.Serving != nil {
-		serving = *e.Conditions.Serving
-	}
-	terminating := e.Conditions.Terminating != nil && *e.Conditions.Terminating
-	ep := &Endpoint{IP: ip, Port: port, Ready: ready && !terminating, Serving: serving, Terminating: terminating}
-	if e.NodeName != nil {
-		ep.NodeName = *e.NodeName
-		ep.IsLocal = nodeName != "" && *e.NodeName == nodeName
-	}
-	if e.Zone != nil {
-		ep.Zone = *e.Zone
-	}
-	if e.Hints != nil {
-		if len(e.Hints.ForZones) > 0 {
-			ep.ZoneHints = map[string]bool{}
-			for _, z := range e.Hints.ForZones {
-				ep.ZoneHints[z.Name] = true
-			}
+func sortEndpoints(eps []*Endpoint) {
+	sort.SliceStable(eps, func(i, j int) bool {
+		if c := eps[i].IP.Compare(eps[j].IP); c != 0 {
+			return c < 0
 		}
-		if len(e.Hints.ForNodes) > 0 {
-			ep.NodeHints = map[string]bool{}
-			for _, n := range e.Hints.ForNodes {
-				ep.NodeHints[n.Name] = true
-			}
-		}
+		return eps[i].Port < eps[j].Port
+	})
+}
+
+// intern returns the canonical copy of s: namespace, node, zone and port
+// names repeat across thousands of objects.
+func intern(s string) string {
+	if s == "" {
+		return ""
 	}
-	return ep
+	return unique.Make(s).Value()
+}
+
+// skipNote is a skipped part of an object, found while parsing it: logged
+// and counted each time the service is built, as if parsed then.
+type skipNote struct {
+	kind, reason string
+	level        klog.Level
+	msg          string
+	kv           []any
+}
+
+func (t *Tracker) report(notes []skipNote) {
+	for i := range notes {
+		t.report1(&notes[i])
+	}
+}
+
+func (t *Tracker) report1(n *skipNote) {
+	klog.V(n.level).InfoS(n.msg, n.kv...)
+	t.onSkip(n.kind, n.reason)
 }

@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"fmt"
 	"sort"
 	"strings"
 	"testing"
@@ -214,5 +215,118 @@ func TestTrackerNodeZone(t *testing.T) {
 	}
 	if len(changes) != 1 || snap.NodeZone != "z2" {
 		t.Errorf("zone change: changes=%v zone=%q", changeNames(changes), snap.NodeZone)
+	}
+}
+
+// The sources keep no objects: an old object is only its identity (and a
+// slice's service label). The tracker keeps no object either: changing
+// one after handing it over changes nothing.
+func TestTrackerKeepsNoObjects(t *testing.T) {
+	tr := proxy.NewTracker("node1", nil, nil)
+	svc := pt.Service("shop", "web", "10.96.0.20", "http", 80)
+	slice := pt.Slice("shop", "web", "web-a", "http", 8080, pt.Ready("10.244.1.2", "node1"))
+	tr.OnServiceUpdate(nil, svc)
+	tr.OnEndpointSliceUpdate(nil, slice)
+	svc.Spec.Ports[0].Port = 81
+	slice.Endpoints[0].Addresses[0] = "10.244.9.9"
+	snap, _ := tr.Snapshot()
+	if got := endpointsOf(snap); got["shop/web:http/TCP"] != "10.244.1.2:8080" || snap.ServicePorts()[0].Port != 80 {
+		t.Errorf("snapshot follows objects changed after the event: %v port %d", got, snap.ServicePorts()[0].Port)
+	}
+
+	oldSlice := &discovery.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "web-a",
+		Labels: map[string]string{discovery.LabelServiceName: "web"}}}
+	tr.OnEndpointSliceUpdate(oldSlice, pt.Slice("shop", "web", "web-a", "http", 8080, pt.Ready("10.244.1.3", "node1")))
+	snap, changes := tr.Snapshot()
+	if got := endpointsOf(snap)["shop/web:http/TCP"]; got != "10.244.1.3:8080" || len(changes) != 1 {
+		t.Errorf("after an update with a bare old slice: %q, changes %v", got, changeNames(changes))
+	}
+	tr.OnEndpointSliceUpdate(oldSlice, nil)
+	tr.OnServiceUpdate(&v1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "web"}}, nil)
+	snap, changes = tr.Snapshot()
+	if len(snap.ServicePorts()) != 0 || len(changes) != 1 || changes[0].Cur != nil {
+		t.Errorf("after deletes with bare old objects: %d ports, changes %v", len(snap.ServicePorts()), changeNames(changes))
+	}
+}
+
+// Within one slice as across slices, one endpoint per address: the first
+// ready copy, or the first copy when none is ready.
+func TestTrackerDuplicateAddresses(t *testing.T) {
+	notReady := pt.Ready("10.244.1.2", "node-a")
+	notReady.Ready = false
+	tests := []struct {
+		name     string
+		slices   [][]pt.EP
+		wantNode string
+		wantRdy  bool
+	}{
+		{name: "ready copy after a not-ready one", slices: [][]pt.EP{{notReady, pt.Ready("10.244.1.2", "node-b"), pt.Ready("10.244.1.2", "node-c")}}, wantNode: "node-b", wantRdy: true},
+		{name: "both ready: the first", slices: [][]pt.EP{{pt.Ready("10.244.1.2", "node-b"), pt.Ready("10.244.1.2", "node-c")}}, wantNode: "node-b", wantRdy: true},
+		{name: "none ready: the first", slices: [][]pt.EP{{notReady, func() pt.EP { e := notReady; e.Node = "node-x"; return e }()}}, wantNode: "node-a"},
+		{name: "across slices, in name order", slices: [][]pt.EP{{notReady}, {pt.Ready("10.244.1.2", "node-b")}, {pt.Ready("10.244.1.2", "node-c")}}, wantNode: "node-b", wantRdy: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := proxy.NewTracker("node1", nil, nil)
+			tr.OnServiceUpdate(nil, pt.Service("a", "web", "10.96.0.20", "http", 80))
+			for i, eps := range tc.slices {
+				eps = append(eps, pt.Ready("10.244.0.1", "node-z"))
+				tr.OnEndpointSliceUpdate(nil, pt.Slice("a", "web", fmt.Sprintf("web-%d", i), "http", 8080, eps...))
+			}
+			snap, _ := tr.Snapshot()
+			all := snap.ServicePorts()[0].AllEndpoints
+			if len(all) != 2 || all[0].String() != "10.244.0.1:8080" {
+				t.Fatalf("endpoints %v, want 10.244.0.1:8080 and 10.244.1.2:8080", all)
+			}
+			if all[1].NodeName != tc.wantNode || all[1].Ready != tc.wantRdy {
+				t.Errorf("10.244.1.2: node %s ready %v, want %s %v", all[1].NodeName, all[1].Ready, tc.wantNode, tc.wantRdy)
+			}
+		})
+	}
+}
+
+// What was skipped is counted every time the service is built, as when the
+// tracker parsed the objects at Snapshot time.
+func TestTrackerSkipsCountedPerBuild(t *testing.T) {
+	var reasons []string
+	tr := proxy.NewTracker("node1", nil, func(kind, reason string) { reasons = append(reasons, kind+"/"+reason) })
+	tr.OnServiceUpdate(nil, pt.Service("a", "web", "10.96.0.20", "http", 80, func(s *v1.Service) {
+		s.Spec.Ports = append(s.Spec.Ports, v1.ServicePort{Name: "zero"})
+		s.Spec.ExternalIPs = []string{"fd00::1"}
+	}))
+	tr.OnEndpointSliceUpdate(nil, pt.Slice("a", "web", "web-1", "http", 80, pt.Ready("bad", "node1"), pt.Ready("10.244.1.4", "node1")))
+	tr.Snapshot()
+	want := []string{"Service/other-ip-family", "EndpointSlice/invalid-address", "Service/invalid-port"}
+	if d := cmp.Diff(want, reasons); d != "" {
+		t.Errorf("first build (-want +got):\n%s", d)
+	}
+	reasons = nil
+	tr.Snapshot() // nothing changed: nothing built
+	tr.OnNodeUpdate(&v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node1", Labels: map[string]string{v1.LabelTopologyZone: "z"}}})
+	tr.Snapshot()
+	if d := cmp.Diff(want, reasons); d != "" {
+		t.Errorf("rebuild after a zone change (-want +got):\n%s", d)
+	}
+}
+
+// A slice that loses its service label leaves its service, and that is a
+// change to sync.
+func TestTrackerSliceLosesLabel(t *testing.T) {
+	calls := 0
+	tr := proxy.NewTracker("node1", func() { calls++ }, nil)
+	tr.OnServiceUpdate(nil, pt.Service("a", "web", "10.96.0.20", "http", 80))
+	s := pt.Slice("a", "web", "web-1", "http", 80, pt.Ready("10.244.1.4", "node1"))
+	tr.OnEndpointSliceUpdate(nil, s)
+	tr.Snapshot()
+	unlabelled := s.DeepCopy()
+	unlabelled.Labels = nil
+	before := calls
+	tr.OnEndpointSliceUpdate(s, unlabelled)
+	if calls == before {
+		t.Errorf("no change signalled")
+	}
+	snap, changes := tr.Snapshot()
+	if got := endpointsOf(snap)["a/web:http/TCP"]; got != "" || len(changes) != 1 {
+		t.Errorf("endpoints %q, changes %v; want none and one change", got, changeNames(changes))
 	}
 }
