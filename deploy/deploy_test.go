@@ -294,8 +294,8 @@ func TestManifest(t *testing.T) {
 		if err := os.WriteFile(file, []byte(cm.Data[key]), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		o, x := app.NewOptions(), app.NewExtraOptions()
-		warnings, err := o.ApplyConfigFile(file, &x, nil)
+		o := app.NewOptions()
+		warnings, err := o.ApplyConfigFile(file, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -305,8 +305,8 @@ func TestManifest(t *testing.T) {
 		if o.Mode != app.ModeIPTables {
 			t.Errorf("mode %q, want %q", o.Mode, app.ModeIPTables)
 		}
-		if x.HealthzBindAddress != "0.0.0.0:10256" {
-			t.Errorf("healthz on %q, but the probes use port 10256 on the node IP", x.HealthzBindAddress)
+		if o.HealthzBindAddress != "0.0.0.0:10256" {
+			t.Errorf("healthz on %q, but the probes use port 10256 on the node IP", o.HealthzBindAddress)
 		}
 		if o.Kubeconfig == "" {
 			t.Fatal("no clientConnection.kubeconfig: the in-cluster config would reach the API server through a ClusterIP")

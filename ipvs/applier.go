@@ -369,8 +369,3 @@ func (a *Applier) expected(plan *Plan) *State {
 	}
 	return st
 }
-
-// Draining returns how many removed real servers are kept with weight 0.
-// While it is not 0, the caller should sync now and then (the periodic
-// full sync does) so that they are deleted once drained.
-func (a *Applier) Draining() int { return len(a.draining) }

@@ -118,26 +118,6 @@ func (p *Plan) Stats() (services, destinations, addresses, entries int) {
 	return len(p.Services), destinations, len(p.Addresses), entries
 }
 
-// Set returns the set named name, or nil.
-func (p *Plan) Set(name string) *Set {
-	for _, s := range p.Sets {
-		if s.Name == name {
-			return s
-		}
-	}
-	return nil
-}
-
-// Service returns the virtual server with key k, or nil.
-func (p *Plan) Service(k ServiceKey) *VirtualServer {
-	for _, vs := range p.Services {
-		if vs.ServiceKey == k {
-			return vs
-		}
-	}
-	return nil
-}
-
 // Dump renders the plan as three sections, each introduced by a comment
 // line: `ipset save` format (for `ipset restore -exist`), `ipvsadm -Sn`
 // format (for `ipvsadm -R`, which has no comment syntax: drop the lines

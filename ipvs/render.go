@@ -328,7 +328,3 @@ var jumps = []iptables.Jump{
 	{Table: iptables.TableNAT, Chain: "OUTPUT", Args: []string{"-m", "comment", "--comment", "svcproxy-ipvs-services", "-j", ServicesChain}},
 	{Table: iptables.TableNAT, Chain: "POSTROUTING", Args: []string{"-m", "comment", "--comment", "svcproxy-ipvs-postrouting", "-j", PostroutingChain}},
 }
-
-// Jumps returns the rules in built-in chains that lead into IPVS mode's
-// chains (for cleanup and mode switches).
-func Jumps() []iptables.Jump { return slices.Clone(jumps) }

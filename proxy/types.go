@@ -44,9 +44,6 @@ func (n ServicePortName) Less(o ServicePortName) bool {
 	return n.Protocol < o.Protocol
 }
 
-// ServiceKey returns "ns/name", the key of the Service this port belongs to.
-func (n ServicePortName) ServiceKey() string { return n.Namespace + "/" + n.Name }
-
 // Endpoint is one backend address of a service port as seen from this node.
 type Endpoint struct {
 	IP          netip.Addr

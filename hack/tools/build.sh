@@ -9,6 +9,8 @@
 #   coredns         github.com/coredns     hack/tools/coredns/go.mod
 #   kubectl         k8s.io/kubectl         hack/tools/go.mod (only if asked
 #                                          for: the tests do not need it)
+#   staticcheck     honnef.co/go/tools     hack/tools/staticcheck/go.mod (the
+#                                          linter hack/test.sh runs)
 #
 # Each binary is rebuilt only when the sha256 of what produced it changes: its
 # module's go.mod, go.sum and main.go, this script and the Go version. The
@@ -38,7 +40,8 @@ module_dir() {
 	kube-apiserver | kube-proxy | kubectl) echo "${tools_dir}" ;;
 	etcd) echo "${tools_dir}/etcd" ;;
 	coredns) echo "${tools_dir}/coredns" ;;
-	*) echo "unknown tool $1 (want kube-apiserver, kube-proxy, etcd, coredns or kubectl)" >&2 && return 1 ;;
+	staticcheck) echo "${tools_dir}/staticcheck" ;;
+	*) echo "unknown tool $1 (want kube-apiserver, kube-proxy, etcd, coredns, staticcheck or kubectl)" >&2 && return 1 ;;
 	esac
 }
 

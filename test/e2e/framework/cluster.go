@@ -80,7 +80,7 @@ func (o *Options) complete() error {
 		o.Nodes = 2
 	}
 	if o.Nodes < 1 || o.Nodes > 9 {
-		return fmt.Errorf("Nodes %d: want 1 to 9", o.Nodes)
+		return fmt.Errorf("nodes %d: want 1 to 9", o.Nodes)
 	}
 	if o.Logf == nil {
 		o.Logf = func(string, ...any) {}

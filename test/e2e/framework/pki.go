@@ -19,15 +19,14 @@ import (
 
 // pki holds the files of the control plane's credentials.
 type pki struct {
-	caPEM        []byte // the CA that signed the serving certificate
-	servingCert  string // kube-apiserver's serving certificate and key
-	servingKey   string
-	saKey        string // RSA key that signs and verifies service account tokens
-	tokenFile    string // --token-auth-file
-	adminToken   string
-	adminUser    string
-	adminGroup   string
-	servingNames []string
+	caPEM       []byte // the CA that signed the serving certificate
+	servingCert string // kube-apiserver's serving certificate and key
+	servingKey  string
+	saKey       string // RSA key that signs and verifies service account tokens
+	tokenFile   string // --token-auth-file
+	adminToken  string
+	adminUser   string
+	adminGroup  string
 }
 
 // newPKI writes a fresh CA, a serving certificate for the API server valid
