@@ -22,7 +22,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/yaml"
 
-	"github.com/svcproxy/svcproxy/cmd/svcproxy/app"
+	"github.com/svcproxy/svcproxy/proxy/config"
 )
 
 var docSeparator = regexp.MustCompile(`(?m)^---[ \t]*$`)
@@ -294,7 +294,7 @@ func TestManifest(t *testing.T) {
 		if err := os.WriteFile(file, []byte(cm.Data[key]), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		o := app.NewOptions()
+		o := config.Defaults()
 		warnings, err := o.ApplyConfigFile(file, nil)
 		if err != nil {
 			t.Fatal(err)
@@ -302,8 +302,8 @@ func TestManifest(t *testing.T) {
 		if len(warnings) > 0 {
 			t.Errorf("the shipped configuration has warnings: %q", warnings)
 		}
-		if o.Mode != app.ModeIPTables {
-			t.Errorf("mode %q, want %q", o.Mode, app.ModeIPTables)
+		if o.Mode != config.ModeIPTables {
+			t.Errorf("mode %q, want %q", o.Mode, config.ModeIPTables)
 		}
 		if o.HealthzBindAddress != "0.0.0.0:10256" {
 			t.Errorf("healthz on %q, but the probes use port 10256 on the node IP", o.HealthzBindAddress)

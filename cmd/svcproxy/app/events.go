@@ -10,6 +10,7 @@ import (
 	"k8s.io/client-go/tools/events"
 	"k8s.io/klog/v2"
 
+	"github.com/svcproxy/svcproxy/proxy/config"
 	"github.com/svcproxy/svcproxy/proxy/source"
 )
 
@@ -17,7 +18,7 @@ import (
 // kube-proxy records "Starting kube-proxy.", so that `kubectl describe node`
 // shows when the proxy (re)started. Events go out in the background until
 // ctx is done; failing to send one is only logged.
-func (o *Options) recordStartEvent(ctx context.Context) {
+func recordStartEvent(ctx context.Context, o *config.Config) {
 	if o.State != "" {
 		return // no API server
 	}
@@ -43,6 +44,6 @@ func (o *Options) recordStartEvent(ctx context.Context) {
 		broadcaster.Shutdown()
 	}()
 	recorder := broadcaster.NewRecorder(scheme.Scheme, "svcproxy")
-	node := &v1.ObjectReference{Kind: "Node", Name: o.nodeName, UID: types.UID(o.nodeName)}
+	node := &v1.ObjectReference{Kind: "Node", Name: o.NodeName(), UID: types.UID(o.NodeName())}
 	recorder.Eventf(node, nil, v1.EventTypeNormal, "Starting", "StartSvcproxy", "Starting svcproxy (%s mode).", o.Mode)
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/svcproxy/svcproxy/iptables"
 	"github.com/svcproxy/svcproxy/ipvs"
 	"github.com/svcproxy/svcproxy/proxy"
+	"github.com/svcproxy/svcproxy/proxy/config"
 	"github.com/svcproxy/svcproxy/proxy/daemon"
 	"github.com/svcproxy/svcproxy/proxy/source"
 )
@@ -30,7 +31,7 @@ const (
 // Main parses args, runs svcproxy until SIGTERM/SIGINT (or once with
 // --dry-run or --cleanup) and returns the process exit code.
 func Main(args []string, stdout, stderr io.Writer) int {
-	o := NewOptions()
+	o := config.Defaults()
 	fs := newFlagSet(o)
 	fs.SetOutput(stderr)
 	if err := fs.Parse(args); err != nil {
@@ -61,7 +62,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	defer klog.Flush()
-	err := o.Run(ctx, stdout)
+	err := run(ctx, o, stdout)
 	var fe *source.FileError
 	switch {
 	case err == nil:
@@ -75,23 +76,23 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	}
 }
 
-// Run runs svcproxy with completed, validated options. With DryRun it
+// run runs svcproxy with a completed, validated configuration. With DryRun it
 // renders once and prints the ruleset to out; with Cleanup it removes
 // everything of svcproxy's from the node. Otherwise it programs the node
 // until ctx is done and leaves the rules in place when it returns.
-func (o *Options) Run(ctx context.Context, out io.Writer) error {
+func run(ctx context.Context, o *config.Config, out io.Writer) error {
 	if o.Cleanup {
-		return o.cleanup(ctx)
+		return cleanup(ctx)
 	}
-	klog.FromContext(ctx).Info("Starting svcproxy", "mode", o.Mode, "node", o.nodeName, "clusterCIDRs", o.clusterCIDRs,
-		"nodePortAddresses", o.nodePortAddresses, "masqueradeAll", o.MasqueradeAll, "masqueradeBit", o.MasqueradeBit,
+	klog.FromContext(ctx).Info("Starting svcproxy", "mode", o.Mode, "node", o.NodeName(), "clusterCIDRs", o.ClusterCIDRs(),
+		"nodePortAddresses", o.NodePortAddressPrefixes(), "masqueradeAll", o.MasqueradeAll, "masqueradeBit", o.MasqueradeBit,
 		"syncPeriod", o.SyncPeriod, "minSyncPeriod", o.MinSyncPeriod, "dryRun", o.DryRun, "state", o.State,
 		"config", o.ConfigFile, "healthzBindAddress", o.HealthzBindAddress, "metricsBindAddress", o.MetricsBindAddress,
 		"ipvsScheduler", o.IPVSScheduler, "removeKubeProxyRules", o.RemoveKubeProxyRules)
 	if o.DryRun {
-		return o.dryRun(ctx, out)
+		return dryRun(ctx, o, out)
 	}
-	cfg, err := o.daemonConfig(ctx)
+	cfg, err := daemonConfig(ctx, o)
 	if err != nil {
 		return err
 	}
@@ -102,16 +103,18 @@ func (o *Options) Run(ctx context.Context, out io.Writer) error {
 // after its first sync: the other mode's objects always (a mode switch),
 // upstream kube-proxy's with --remove-kube-proxy-rules. kube-proxy's
 // ipsets go after its chains, which reference them.
-func (o *Options) daemonConfig(ctx context.Context) (daemon.Config, error) {
+func daemonConfig(ctx context.Context, o *config.Config) (daemon.Config, error) {
 	cfg := daemon.Config{
-		NodeName:           o.nodeName,
-		Mode:               o.Mode,
-		NewSource:          o.newSource,
+		NodeName: o.NodeName(),
+		Mode:     o.Mode,
+		NewSource: func(h proxy.Handler, onAPIHealth func(error)) (daemon.Source, error) {
+			return newSource(o, h, onAPIHealth)
+		},
 		SyncPeriod:         o.SyncPeriod,
 		MinSyncPeriod:      o.MinSyncPeriod,
 		HealthzBindAddress: o.HealthzBindAddress,
 		MetricsBindAddress: o.MetricsBindAddress,
-		OnSourceSynced:     o.recordStartEvent,
+		OnSourceSynced:     func(ctx context.Context) { recordStartEvent(ctx, o) },
 	}
 	variant := iptables.DetectVariant()
 	ipt, err := iptables.NewExec(variant)
@@ -121,11 +124,11 @@ func (o *Options) daemonConfig(ctx context.Context) (daemon.Config, error) {
 	kernel := ipvs.NewKernel()
 	kubeProxy := []proxy.Leftovers{iptables.KubeProxyLeftovers(ipt, variant)}
 	switch o.Mode {
-	case ModeIPVS:
+	case config.ModeIPVS:
 		if !kernel.Available() {
 			return cfg, fmt.Errorf("--mode=ipvs: the kernel has no IPVS (modprobe ip_vs, or use --mode=iptables)")
 		}
-		opts, err := ipvs.HostOptions(kernel, o.ipvsOptions(), o.nodePortAddresses)
+		opts, err := ipvs.HostOptions(kernel, o.IPVSOptions(), o.NodePortAddressPrefixes())
 		if err != nil {
 			return cfg, err
 		}
@@ -138,7 +141,7 @@ func (o *Options) daemonConfig(ctx context.Context) (daemon.Config, error) {
 		kubeProxy = append(kubeProxy, be.KubeProxyLeftovers())
 		klog.FromContext(ctx).Info("Using IPVS", "scheduler", opts.Scheduler, "nodeAddresses", opts.NodeAddresses, "iptablesVariant", variant)
 	default:
-		cfg.Backend = iptables.NewBackend(ipt, o.iptablesOptions())
+		cfg.Backend = iptables.NewBackend(ipt, o.IPTablesOptions())
 		cfg.Leftovers = []proxy.Leftovers{ipvs.ModeLeftovers(kernel, ipt)}
 		kubeProxy = append(kubeProxy, ipvs.KubeProxyNodePortLeftovers(kernel))
 		klog.FromContext(ctx).Info("Using iptables", "variant", variant)
@@ -150,7 +153,7 @@ func (o *Options) daemonConfig(ctx context.Context) (daemon.Config, error) {
 }
 
 // newSource returns the --state file source or the API server's.
-func (o *Options) newSource(h proxy.Handler, onAPIHealth func(error)) (daemon.Source, error) {
+func newSource(o *config.Config, h proxy.Handler, onAPIHealth func(error)) (daemon.Source, error) {
 	if o.State != "" {
 		return source.NewFileSource(o.State, h, o.StatePoll), nil
 	}
@@ -163,7 +166,7 @@ func (o *Options) newSource(h proxy.Handler, onAPIHealth func(error)) (daemon.So
 	if err != nil {
 		return nil, err
 	}
-	ks := source.NewKubeSource(client, o.nodeName, h, 0)
+	ks := source.NewKubeSource(client, o.NodeName(), h, 0)
 	ks.OnAPIHealth = onAPIHealth
 	ks.HealthInterval = min(5*time.Second, o.SyncPeriod/2)
 	return ks, nil
@@ -173,14 +176,14 @@ func (o *Options) newSource(h proxy.Handler, onAPIHealth func(error)) (daemon.So
 // server once its objects are listed. In IPVS mode the node addresses are
 // the local machine's when it has IPVS, none otherwise (a --state dry run
 // on a laptop).
-func (o *Options) dryRun(ctx context.Context, out io.Writer) error {
-	tracker := proxy.NewTracker(o.nodeName, nil, nil)
+func dryRun(ctx context.Context, o *config.Config, out io.Writer) error {
+	tracker := proxy.NewTracker(o.NodeName(), nil, nil)
 	if o.State != "" {
 		if err := source.NewFileSource(o.State, tracker, o.StatePoll).Load(); err != nil {
 			return err
 		}
 	} else {
-		src, err := o.newSource(tracker, nil)
+		src, err := newSource(o, tracker, nil)
 		if err != nil {
 			return err
 		}
@@ -193,16 +196,16 @@ func (o *Options) dryRun(ctx context.Context, out io.Writer) error {
 	snap, _ := tracker.Snapshot()
 	var text string
 	switch o.Mode {
-	case ModeIPVS:
+	case config.ModeIPVS:
 		k := ipvs.NewKernel()
 		defer k.Close()
-		opts, err := ipvs.HostOptions(k, o.ipvsOptions(), o.nodePortAddresses)
+		opts, err := ipvs.HostOptions(k, o.IPVSOptions(), o.NodePortAddressPrefixes())
 		if err != nil {
 			return err
 		}
 		text = ipvs.Render(snap, opts).Dump()
 	default:
-		text = iptables.Render(snap, o.iptablesOptions()).String()
+		text = iptables.Render(snap, o.IPTablesOptions()).String()
 	}
 	_, err := io.WriteString(out, text)
 	return err
@@ -211,7 +214,7 @@ func (o *Options) dryRun(ctx context.Context, out io.Writer) error {
 // cleanup removes everything of both modes: IPVS mode's first (its
 // virtual servers, dummy link, ipsets and SVCP-IPVS- chains; nothing, and
 // no module loaded, on a host that never ran it), then iptables mode's.
-func (o *Options) cleanup(ctx context.Context) error {
+func cleanup(ctx context.Context) error {
 	variant := iptables.DetectVariant()
 	ipt, err := iptables.NewExec(variant)
 	if err != nil {

@@ -1,4 +1,4 @@
-package app
+package config
 
 import (
 	"os"
@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+	"github.com/spf13/pflag"
 )
 
 // header is the part of every inline test file that makes it a
@@ -16,21 +17,21 @@ import (
 const header = "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"
 
 func TestApplyConfigFile(t *testing.T) {
-	defaults := func() *Options { return NewOptions() }
+	defaults := func() *Config { return Defaults() }
 	tests := []struct {
 		name string
 		// file is a testdata file name, or with content the inline file.
 		file, content string
 		// flags are command-line flags parsed before the file is applied.
 		flags        []string
-		wantOptions  func(*Options)
+		wantOptions  func(*Config)
 		wantWarnings []string
 		wantErr      string
 	}{
 		{
 			name: "kubeadm default",
 			file: "kubeadm-default.yaml",
-			wantOptions: func(o *Options) {
+			wantOptions: func(o *Config) {
 				o.Kubeconfig = "/var/lib/kube-proxy/kubeconfig.conf"
 				o.ClusterCIDR = "10.244.0.0/16"
 			},
@@ -39,7 +40,7 @@ func TestApplyConfigFile(t *testing.T) {
 			name:  "kubeadm default, flags override the file",
 			file:  "kubeadm-default.yaml",
 			flags: []string{"--kubeconfig=/etc/svcproxy/kubeconfig", "--cluster-cidr=10.0.0.0/8", "--sync-period=1m", "--metrics-bind-address=0.0.0.0:9100", "--proxy-mode=ipvs"},
-			wantOptions: func(o *Options) {
+			wantOptions: func(o *Config) {
 				o.Mode = ModeIPVS
 				o.Kubeconfig = "/etc/svcproxy/kubeconfig"
 				o.ClusterCIDR = "10.0.0.0/8"
@@ -52,7 +53,7 @@ func TestApplyConfigFile(t *testing.T) {
 		{
 			name: "ipvs settings",
 			file: "ipvs.yaml",
-			wantOptions: func(o *Options) {
+			wantOptions: func(o *Config) {
 				o.Mode = ModeIPVS
 				o.Kubeconfig = "/var/lib/kube-proxy/kubeconfig.conf"
 				o.ClusterCIDR = "10.244.0.0/16"
@@ -72,7 +73,7 @@ func TestApplyConfigFile(t *testing.T) {
 			name:  "ipvs settings, scheduler and mode from flags",
 			file:  "ipvs.yaml",
 			flags: []string{"--ipvs-scheduler=sh", "--mode=iptables", "--min-sync-period=3s"},
-			wantOptions: func(o *Options) {
+			wantOptions: func(o *Config) {
 				o.Kubeconfig = "/var/lib/kube-proxy/kubeconfig.conf"
 				o.ClusterCIDR = "10.244.0.0/16"
 				o.MasqueradeAll = true
@@ -85,7 +86,7 @@ func TestApplyConfigFile(t *testing.T) {
 		{
 			name: "unknown fields of an old kubeadm cluster",
 			file: "unknown-fields.yaml",
-			wantOptions: func(o *Options) {
+			wantOptions: func(o *Config) {
 				o.Kubeconfig = "/var/lib/kube-proxy/kubeconfig.conf"
 				o.ClusterCIDR = "10.244.0.0/16"
 			},
@@ -101,7 +102,7 @@ func TestApplyConfigFile(t *testing.T) {
 			name:    "minimal file gets kube-proxy's defaults",
 			content: header,
 			flags:   []string{"--healthz-bind-address=", "--sync-period=5s", "--min-sync-period=0s", "--iptables-masquerade-bit=3"},
-			wantOptions: func(o *Options) {
+			wantOptions: func(o *Config) {
 				o.HealthzBindAddress = ""
 				o.SyncPeriod = 5 * time.Second
 				o.MinSyncPeriod = 0
@@ -111,7 +112,7 @@ func TestApplyConfigFile(t *testing.T) {
 		{
 			name:    "file values replace built-in defaults",
 			content: header + "iptables:\n  masqueradeBit: 0\n  syncPeriod: 10s\n  minSyncPeriod: 500ms\nhostnameOverride: node-7\n",
-			wantOptions: func(o *Options) {
+			wantOptions: func(o *Config) {
 				o.MasqueradeBit = 0
 				o.SyncPeriod = 10 * time.Second
 				o.MinSyncPeriod = 500 * time.Millisecond
@@ -121,7 +122,7 @@ func TestApplyConfigFile(t *testing.T) {
 		{
 			name:    "ipvs mode reads the ipvs section only",
 			content: header + "mode: IPVS\niptables:\n  syncPeriod: 10s\n  minSyncPeriod: 5s\nipvs:\n  scheduler: WRR\n",
-			wantOptions: func(o *Options) {
+			wantOptions: func(o *Config) {
 				o.Mode = ModeIPVS
 				o.MinSyncPeriod = 0
 				o.IPVSScheduler = "wrr"
@@ -130,12 +131,12 @@ func TestApplyConfigFile(t *testing.T) {
 		{
 			name:        "iptables mode ignores the ipvs section",
 			content:     header + "mode: iptables\nipvs:\n  scheduler: lc\n  syncPeriod: 10s\n  tcpTimeout: 5m\n  excludeCIDRs: [10.0.0.0/8]\n",
-			wantOptions: func(*Options) {},
+			wantOptions: func(*Config) {},
 		},
 		{
 			name:    "bind addresses without a port",
 			content: header + "healthzBindAddress: 192.168.1.10\nmetricsBindAddress: 0.0.0.0\n",
-			wantOptions: func(o *Options) {
+			wantOptions: func(o *Config) {
 				o.HealthzBindAddress = "192.168.1.10:10256"
 				o.MetricsBindAddress = "0.0.0.0:10249"
 			},
@@ -143,7 +144,7 @@ func TestApplyConfigFile(t *testing.T) {
 		{
 			name:        "nodePortAddresses keywords",
 			content:     header + "nodePortAddresses: [primary, 10.0.0.0/8, localhost, 192.168.0.0/16]\n",
-			wantOptions: func(o *Options) { o.NodePortAddresses = []string{"10.0.0.0/8", "192.168.0.0/16"} },
+			wantOptions: func(o *Config) { o.NodePortAddresses = []string{"10.0.0.0/8", "192.168.0.0/16"} },
 			wantWarnings: []string{
 				`config file: nodePortAddresses: keyword "primary" (the Node's primary IPs) is not supported; list the node network's CIDR instead. Without one, NodePorts answer on every local address except loopback`,
 				`config file: nodePortAddresses: keyword "localhost" is not supported: svcproxy never serves NodePorts on loopback addresses`,
@@ -152,13 +153,13 @@ func TestApplyConfigFile(t *testing.T) {
 		{
 			name:        "nodePortAddresses all",
 			content:     header + "nodePortAddresses: [10.0.0.0/8, all]\n",
-			wantOptions: func(*Options) {},
+			wantOptions: func(*Config) {},
 		},
 		{
 			name:        "nodePortAddresses flag wins, no keyword warning",
 			content:     header + "nodePortAddresses: [primary]\n",
 			flags:       []string{"--nodeport-addresses=10.1.0.0/16"},
-			wantOptions: func(o *Options) { o.NodePortAddresses = []string{"10.1.0.0/16"} },
+			wantOptions: func(o *Config) { o.NodePortAddresses = []string{"10.1.0.0/16"} },
 		},
 		{
 			name: "unsupported settings, one warning each",
@@ -200,7 +201,7 @@ conntrack:
 winkernel:
   enableDSR: true
 `,
-			wantOptions: func(*Options) {},
+			wantOptions: func(*Config) {},
 			wantWarnings: []string{
 				`config file: clientConnection.acceptContentTypes: not supported; "application/json" ignored`,
 				`config file: clientConnection.contentType: not supported; "application/json" ignored`,
@@ -234,24 +235,24 @@ winkernel:
 		{
 			name:        "settings at kube-proxy's defaults do not warn",
 			content:     header + "oomScoreAdj: -999\nconfigSyncPeriod: 15m\nclientConnection:\n  qps: 5\n  burst: 10\nconntrack:\n  maxPerCore: 32768\n  min: 131072\n  tcpEstablishedTimeout: 24h\n  tcpCloseWaitTimeout: 1h\niptables:\n  localhostNodePorts: false\nlogging:\n  format: text\n  flushFrequency: 5s\ndetectLocalMode: ClusterCIDR\n",
-			wantOptions: func(*Options) {},
+			wantOptions: func(*Config) {},
 		},
 		{
 			name:        "JSON",
 			content:     `{"apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration", "clusterCIDR": "10.32.0.0/12", "iptables": {"masqueradeAll": true}}`,
-			wantOptions: func(o *Options) { o.ClusterCIDR = "10.32.0.0/12"; o.MasqueradeAll = true },
+			wantOptions: func(o *Config) { o.ClusterCIDR = "10.32.0.0/12"; o.MasqueradeAll = true },
 		},
 		{
 			name:         "duplicate field: the last one wins, with a warning",
 			content:      header + "clusterCIDR: 10.0.0.0/8\nclusterCIDR: 10.244.0.0/16\n",
-			wantOptions:  func(o *Options) { o.ClusterCIDR = "10.244.0.0/16" },
+			wantOptions:  func(o *Config) { o.ClusterCIDR = "10.244.0.0/16" },
 			wantWarnings: []string{`config file: yaml: unmarshal errors: line 4: key "clusterCIDR" already set in map; the last value is used`},
 		},
 		{
 			name:         "mode svcproxy lacks, overridden by --mode",
 			content:      header + "mode: nftables\n",
 			flags:        []string{"--mode=iptables"},
-			wantOptions:  func(*Options) {},
+			wantOptions:  func(*Config) {},
 			wantWarnings: []string{`config file: mode: mode "nftables" is a kube-proxy mode that svcproxy does not implement; use "iptables" or "ipvs"; ignored, --mode is given`},
 		},
 		{name: "nftables mode", content: header + "mode: nftables\n", wantErr: `mode "nftables" is a kube-proxy mode that svcproxy does not implement`},
@@ -292,7 +293,7 @@ winkernel:
 			}
 			wantO := defaults()
 			tc.wantOptions(wantO)
-			if diff := cmp.Diff(wantO, o, cmpopts.IgnoreUnexported(Options{})); diff != "" {
+			if diff := cmp.Diff(wantO, o, cmpopts.IgnoreUnexported(Config{})); diff != "" {
 				t.Errorf("Options (-want +got):\n%s", diff)
 			}
 			if diff := cmp.Diff(tc.wantWarnings, warnings); diff != "" {
@@ -307,7 +308,7 @@ winkernel:
 func TestApplyConfigFileResultValidates(t *testing.T) {
 	for _, file := range []string{"kubeadm-default.yaml", "unknown-fields.yaml", "ipvs.yaml"} {
 		t.Run(file, func(t *testing.T) {
-			o := NewOptions()
+			o := Defaults()
 			if _, err := o.ApplyConfigFile(filepath.Join("testdata", file), nil); err != nil {
 				t.Fatal(err)
 			}
@@ -359,7 +360,7 @@ func TestServerAndSchedulerFlags(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			o := NewOptions()
+			o := Defaults()
 			fs := newFlagSet(o)
 			if err := fs.Parse(append(tc.flags, "--hostname-override=node1")); err != nil {
 				t.Fatal(err)
@@ -383,4 +384,11 @@ func TestServerAndSchedulerFlags(t *testing.T) {
 			}
 		})
 	}
+}
+
+// newFlagSet returns a flag set with the configuration's flags.
+func newFlagSet(o *Config) *pflag.FlagSet {
+	fs := pflag.NewFlagSet("svcproxy", pflag.ContinueOnError)
+	o.AddFlags(fs)
+	return fs
 }

@@ -1,11 +1,12 @@
-// Package app is svcproxy's command line: options, flags, the
-// KubeProxyConfiguration file, and the wiring that turns them into a
-// running proxy/daemon.
-package app
+// Package config is svcproxy's configuration: every setting with
+// kube-proxy's defaults, its command-line flags (kube-proxy's names where
+// the meaning is the same), the KubeProxyConfiguration file that may set
+// them, and their validation. cmd/svcproxy turns a Config into a running
+// proxy/daemon.
+package config
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"net"
 	"net/netip"
@@ -57,9 +58,9 @@ const (
 	metricsPort = 10249
 )
 
-// Options holds every setting of svcproxy. Flags keep kube-proxy's names
+// Config holds every setting of svcproxy. Flags keep kube-proxy's names
 // where the meaning is the same.
-type Options struct {
+type Config struct {
 	Mode              string
 	Kubeconfig        string
 	Master            string
@@ -94,9 +95,9 @@ type Options struct {
 	nodePortAddresses []netip.Prefix
 }
 
-// NewOptions returns Options with kube-proxy's defaults.
-func NewOptions() *Options {
-	return &Options{
+// Defaults returns a Config with kube-proxy's defaults.
+func Defaults() *Config {
+	return &Config{
 		Mode:                 ModeIPTables,
 		MasqueradeBit:        proxy.DefaultMasqueradeBit,
 		SyncPeriod:           DefaultSyncPeriod,
@@ -109,8 +110,8 @@ func NewOptions() *Options {
 	}
 }
 
-// AddFlags registers the options' flags on fs.
-func (o *Options) AddFlags(fs *pflag.FlagSet) {
+// AddFlags registers the configuration's flags on fs.
+func (o *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Mode, flagMode, o.Mode, "Data plane: 'iptables' or 'ipvs'.")
 	fs.StringVar(&o.Mode, flagProxyMode, o.Mode, "Alias of --mode, as kube-proxy names it.")
 	fs.StringVar(&o.Kubeconfig, flagKubeconfig, o.Kubeconfig, "Path to a kubeconfig file. Empty with --master empty: in-cluster configuration.")
@@ -138,7 +139,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 }
 
 // Complete fills in derived values and defaults that need the environment.
-func (o *Options) Complete() error {
+func (o *Config) Complete() error {
 	o.HealthzBindAddress = appendPortIfNeeded(o.HealthzBindAddress, healthzPort)
 	o.MetricsBindAddress = appendPortIfNeeded(o.MetricsBindAddress, metricsPort)
 	o.Mode = strings.ToLower(strings.TrimSpace(o.Mode))
@@ -157,8 +158,10 @@ func (o *Options) Complete() error {
 	return nil
 }
 
-// Validate checks the options; every problem is reported.
-func (o *Options) Validate() error {
+// Validate checks the configuration and fills in the values derived from
+// it (NodeName, ClusterCIDRs, NodePortAddresses); every problem is
+// reported.
+func (o *Config) Validate() error {
 	var errs []error
 	if err := checkMode(o.Mode); err != nil {
 		errs = append(errs, fmt.Errorf("--mode: %w", err))
@@ -216,7 +219,8 @@ func (o *Options) Validate() error {
 	return errors.Join(errs...)
 }
 
-func (o *Options) iptablesOptions() iptables.Options {
+// IPTablesOptions maps the configuration to iptables mode's options.
+func (o *Config) IPTablesOptions() iptables.Options {
 	opts := iptables.DefaultOptions()
 	opts.ClusterCIDRs = o.clusterCIDRs
 	opts.MasqueradeAll = o.MasqueradeAll
@@ -225,9 +229,9 @@ func (o *Options) iptablesOptions() iptables.Options {
 	return opts
 }
 
-// ipvsOptions maps the command line to IPVS mode's options; NodeAddresses
+// IPVSOptions maps the configuration to IPVS mode's options; NodeAddresses
 // are ipvs.HostOptions' to fill (they need the kernel).
-func (o *Options) ipvsOptions() ipvs.Options {
+func (o *Config) IPVSOptions() ipvs.Options {
 	opts := ipvs.DefaultOptions()
 	opts.Scheduler = o.IPVSScheduler
 	opts.ClusterCIDRs = o.clusterCIDRs
@@ -236,15 +240,15 @@ func (o *Options) ipvsOptions() ipvs.Options {
 	return opts
 }
 
-// newFlagSet returns the complete flag set, klog's flags included.
-func newFlagSet(o *Options) *pflag.FlagSet {
-	fs := pflag.NewFlagSet("svcproxy", pflag.ContinueOnError)
-	o.AddFlags(fs)
-	gofs := flag.NewFlagSet("klog", flag.ContinueOnError)
-	klog.InitFlags(gofs)
-	fs.AddGoFlagSet(gofs)
-	return fs
-}
+// NodeName is this node's name, set by Complete.
+func (o *Config) NodeName() string { return o.nodeName }
+
+// ClusterCIDRs are the parsed --cluster-cidr prefixes, set by Validate.
+func (o *Config) ClusterCIDRs() []netip.Prefix { return o.clusterCIDRs }
+
+// NodePortAddressPrefixes are the parsed --nodeport-addresses, set by
+// Validate.
+func (o *Config) NodePortAddressPrefixes() []netip.Prefix { return o.nodePortAddresses }
 
 func validateHostPort(s string) error {
 	host, port, err := net.SplitHostPort(s)

@@ -1,4 +1,4 @@
-package app
+package config
 
 import (
 	"bytes"
@@ -32,7 +32,7 @@ import (
 // exist) are errors.
 //
 // changed is usually the FlagSet's Changed; nil means no flag was given.
-func (o *Options) ApplyConfigFile(path string, changed func(flag string) bool) (warnings []string, err error) {
+func (o *Config) ApplyConfigFile(path string, changed func(flag string) bool) (warnings []string, err error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("--config: %w", err)
@@ -105,7 +105,7 @@ const (
 )
 
 // applyConfig maps cfg onto o; see ApplyConfigFile.
-func (o *Options) applyConfig(cfg *kubeproxyconfig.KubeProxyConfiguration, changed func(string) bool) ([]string, error) {
+func (o *Config) applyConfig(cfg *kubeproxyconfig.KubeProxyConfiguration, changed func(string) bool) ([]string, error) {
 	var warnings []string
 	warn := func(field, format string, args ...any) {
 		warnings = append(warnings, fmt.Sprintf("config file: %s: ", field)+fmt.Sprintf(format, args...))
