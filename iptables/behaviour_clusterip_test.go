@@ -1,8 +1,12 @@
 package iptables_test
 
 import (
+	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
 )
 
 // Cluster IPs: 10.96.0.x. See the address plan in behaviour_setup_test.go.
@@ -130,7 +134,94 @@ func affinityScenario() scenario {
 					t.Errorf("path to %v does not record the client in a recent list:\n%s", p.DNAT, p)
 				}
 			}
+			checkAffinityHits(t, e, "10.96.0.50:80", all)
 		},
+	}
+}
+
+// checkAffinityHits connects for real (the connection's recent --set is
+// kept by the Fake) and checks ClientIP affinity: the next connection from
+// the same client goes to the endpoint the first one's DNAT chose, and
+// only there, whatever the random split would say; other clients are
+// still balanced over every endpoint; after the timeout (600 s) the client
+// is balanced again, so the next round starts afresh.
+func checkAffinityHits(t *testing.T, e *env, svc string, eps []string) {
+	t.Helper()
+	firsts := map[string]bool{}
+	// Picks spread over [0, 1): each endpoint comes first once.
+	for i := range eps {
+		pick := (float64(i) + 0.5) / float64(len(eps))
+		first := e.connect(t, podHere, svc, "", pick)
+		firsts[first] = true
+		for _, again := range []float64{0, 0.5, 0.999} {
+			if got := e.connect(t, podHere, svc, "", again); got != first {
+				t.Errorf("pick %.2f: first connection went to %s, a later one (pick %.3f) to %s", pick, first, again, got)
+			}
+		}
+		if diff := cmp.Diff(reach(noMasq, first), e.trace(t, podHere, svc, "")); diff != "" {
+			t.Errorf("after a connection to %s, the client's next connections (-want +got):\n%s", first, diff)
+		}
+		// The client stays in its list, but in no other endpoint's.
+		for _, other := range []client{podThere, node} {
+			want := reach(other == node, eps...)
+			if diff := cmp.Diff(want, e.trace(t, other, svc, "")); diff != "" {
+				t.Errorf("%s is load-balanced while %s is sticky (-want +got):\n%s", other.name, podHere.name, diff)
+			}
+			e.checkBalanced(t, packet(other, svc, "tcp"))
+		}
+		// Within the timeout a hit refreshes the entry (--update): 599 s
+		// after the last connection, it still holds.
+		e.fake.AdvanceClock(599 * time.Second)
+		if diff := cmp.Diff(reach(noMasq, first), e.trace(t, podHere, svc, "")); diff != "" {
+			t.Errorf("599 s later (-want +got):\n%s", diff)
+		}
+		e.fake.AdvanceClock(2 * time.Second)
+		if diff := cmp.Diff(reach(noMasq, eps...), e.trace(t, podHere, svc, "")); diff != "" {
+			t.Errorf("601 s later, affinity must have expired (-want +got):\n%s", diff)
+		}
+	}
+	if len(firsts) != len(eps) {
+		t.Errorf("first connections went to %v only, want each of %v once", firsts, eps)
+	}
+}
+
+// TestBehaviourSessionAffinityAcrossSyncs: the xt_recent lists live as
+// long as a rule uses them. A full resync, and a partial one after an
+// endpoint change, keep the client with its endpoint; the list of an
+// endpoint that is gone goes with its rules, and its clients are balanced
+// over the others.
+func TestBehaviourSessionAffinityAcrossSyncs(t *testing.T) {
+	sticky := service("sticky", "10.96.0.50", 80, affinity(600))
+	eps := []ep{ready("10.244.1.50", thisNode), ready("10.244.2.50", otherNode), ready("10.244.2.51", otherNode)}
+	e := newEnv(t, sticky, slice(sticky, eps...))
+	first := e.connect(t, podHere, "10.96.0.50:80", "", 0.5)
+	sticks := func(step string) {
+		t.Helper()
+		if diff := cmp.Diff(reach(noMasq, first), e.trace(t, podHere, "10.96.0.50:80", "")); diff != "" {
+			t.Errorf("%s: the client lost its endpoint (-want +got):\n%s", step, diff)
+		}
+	}
+	sticks("first connection")
+	e.sync(true)
+	sticks("after a full resync")
+	var rest []ep
+	for _, x := range eps {
+		if x.ip+":8080" != first {
+			rest = append(rest, x)
+		}
+	}
+	e.add(slice(sticky, append(slices.Clone(eps), ready("10.244.2.52", otherNode))...))
+	e.sync(false)
+	sticks("after another endpoint came")
+	lists := len(e.fake.RecentLists())
+	e.add(slice(sticky, rest...))
+	e.sync(false)
+	if got := len(e.fake.RecentLists()); got != 2 || lists != 4 {
+		t.Errorf("recent lists: %d with 4 endpoints, %d with 2; want one per endpoint", lists, got)
+	}
+	want := reach(noMasq, rest[0].ip+":8080", rest[1].ip+":8080")
+	if diff := cmp.Diff(want, e.trace(t, podHere, "10.96.0.50:80", "")); diff != "" {
+		t.Errorf("after its endpoint went, the client (-want +got):\n%s", diff)
 	}
 }
 

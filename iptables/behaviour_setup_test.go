@@ -334,6 +334,25 @@ func (e *env) trace(t testing.TB, c client, dst, proto string) []string {
 	return got
 }
 
+// connect makes one connection from c to dst really happen (see
+// iptablestest.Fake.Connect: pick in [0, 1) chooses among the random
+// branches, and the connection's effects on the xt_recent lists stay) and
+// returns the endpoint it was DNATed to, "" if none.
+func (e *env) connect(t testing.TB, c client, dst, proto string, pick float64) string {
+	t.Helper()
+	if proto == "" {
+		proto = "tcp"
+	}
+	p, err := e.fake.Connect(packet(c, dst, proto), pick)
+	if err != nil {
+		t.Fatalf("Connect %s -> %s: %v", c.name, dst, err)
+	}
+	if !p.DNAT.IsValid() {
+		return ""
+	}
+	return p.DNAT.String()
+}
+
 // flow is one connection and what may become of it.
 type flow struct {
 	name  string

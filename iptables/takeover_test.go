@@ -7,6 +7,7 @@ import (
 
 	"github.com/svcproxy/svcproxy/iptables"
 	iptablestest "github.com/svcproxy/svcproxy/iptables/testing"
+	ipvstest "github.com/svcproxy/svcproxy/ipvs/testing"
 	pt "github.com/svcproxy/svcproxy/proxy/proxytest"
 )
 
@@ -224,10 +225,31 @@ COMMIT
 COMMIT
 `
 
+// kubeProxySets are the ipsets kubeProxyIPVSState uses.
+const kubeProxySets = `create KUBE-LOAD-BALANCER hash:ip,port
+create KUBE-CLUSTER-IP hash:ip,port
+create KUBE-IPVS-IPS hash:ip
+create KUBE-HEALTH-CHECK-NODE-PORT bitmap:port
+create KUBE-NODE-PORT-TCP bitmap:port
+create KUBE-LOOP-BACK hash:ip,port,ip
+`
+
 func TestRemoveKubeProxyIPVSMode(t *testing.T) {
+	// The iptables rules and the ipsets they match live in one fake
+	// kernel: a set cannot go while a rule uses it.
+	sets := ipvstest.NewFake()
 	fake := iptablestest.NewFake()
+	if err := sets.UseIPTables(fake); err != nil {
+		t.Fatal(err)
+	}
+	if err := sets.RestoreSets([]byte(kubeProxySets)); err != nil {
+		t.Fatal(err)
+	}
 	if err := fake.Restore([]byte(kubeProxyIPVSState)); err != nil {
 		t.Fatal(err)
+	}
+	if err := sets.RestoreSets([]byte("destroy KUBE-CLUSTER-IP\n")); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("destroying a set kube-proxy's rules use: got %v, want a refusal", err)
 	}
 	removed, err := iptables.RemoveKubeProxy(fake)
 	if err != nil {
@@ -248,5 +270,14 @@ func TestRemoveKubeProxyIPVSMode(t *testing.T) {
 	// filter: 6 jumps, 6 chains; nat: 3 jumps, 5 chains.
 	if want := 6 + 6 + 3 + 5; removed != want {
 		t.Errorf("removed = %d, want %d", removed, want)
+	}
+	// No rule uses kube-proxy's sets any more: IPVS mode's takeover can
+	// destroy them.
+	var destroy strings.Builder
+	for _, l := range strings.Split(strings.TrimSpace(kubeProxySets), "\n") {
+		destroy.WriteString("destroy " + strings.Fields(l)[1] + "\n")
+	}
+	if err := sets.RestoreSets([]byte(destroy.String())); err != nil {
+		t.Errorf("destroying kube-proxy's sets after RemoveKubeProxy: %v", err)
 	}
 }

@@ -57,6 +57,11 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	e := &env{t: t, k: ipvstest.NewFake(), ipt: iptablestest.NewFake(), clock: clocktesting.NewFakePassiveClock(time.Unix(1e9, 0)), opts: options()}
+	// One fake kernel: the iptables rules match the ipsets, which cannot
+	// be destroyed while a rule uses them.
+	if err := e.k.UseIPTables(e.ipt); err != nil {
+		t.Fatal(err)
+	}
 	e.a = ipvs.NewApplier(e.k, e.ipt, e.opts, e.clock)
 	return e
 }
@@ -400,9 +405,12 @@ func TestCleanup(t *testing.T) {
 // TestCleanupWithoutIPVS: on a host that never ran IPVS mode (no ip_vs
 // loaded), Cleanup succeeds without touching IPVS.
 func TestCleanupWithoutIPVS(t *testing.T) {
-	k := ipvstest.NewFake()
+	k, ipt := ipvstest.NewFake(), iptablestest.NewFake()
 	k.NoIPVS = true
-	if err := ipvs.Cleanup(k, iptablestest.NewFake(), options()); err != nil {
+	if err := k.UseIPTables(ipt); err != nil {
+		t.Fatal(err)
+	}
+	if err := ipvs.Cleanup(k, ipt, options()); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -86,7 +86,11 @@ func BenchmarkApplierSync(b *testing.B) {
 			_, slices := pt.Generate(n, 5)
 			opts := options()
 			opts.GracefulTimeout = 0
-			a := ipvs.NewApplier(ipvstest.NewFake(), iptablestest.NewFake(), opts, nil)
+			k, ipt := ipvstest.NewFake(), iptablestest.NewFake()
+			if err := k.UseIPTables(ipt); err != nil {
+				b.Fatal(err)
+			}
+			a := ipvs.NewApplier(k, ipt, opts, nil)
 			snap, _ := tr.Snapshot()
 			if _, err := a.Sync(context.Background(), ipvs.Render(snap, opts), true); err != nil {
 				b.Fatal(err)

@@ -33,8 +33,11 @@ func FuzzApply(f *testing.F) {
 		opts.ClusterCIDRs = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}
 		opts.NodeAddresses = []netip.Addr{netip.MustParseAddr("192.168.0.1"), netip.MustParseAddr("192.168.1.1")}
 		opts.GracefulTimeout = 0
-		k := ipvstest.NewFake()
-		a := ipvs.NewApplier(k, iptablestest.NewFake(), opts, nil)
+		k, ipt := ipvstest.NewFake(), iptablestest.NewFake()
+		if err := k.UseIPTables(ipt); err != nil {
+			t.Fatal(err)
+		}
+		a := ipvs.NewApplier(k, ipt, opts, nil)
 		plan := ipvs.Render(pt.RandomSnapshot(data), opts)
 		if _, err := a.Sync(context.Background(), plan, false); err != nil {
 			t.Fatalf("first sync: %v\nplan:\n%s", err, plan.Dump())

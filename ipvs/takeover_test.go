@@ -9,6 +9,7 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 
+	iptablestest "github.com/svcproxy/svcproxy/iptables/testing"
 	"github.com/svcproxy/svcproxy/ipvs"
 	ipvstest "github.com/svcproxy/svcproxy/ipvs/testing"
 )
@@ -135,6 +136,35 @@ func TestRemoveKubeProxySetInUse(t *testing.T) {
 	}
 	if !slices.Contains(k.Calls(), "RestoreSets destroy KUBE-LOOP-BACK") {
 		t.Errorf("no per-set retry: %q", k.Calls())
+	}
+}
+
+// A set another program's iptables rule still uses cannot be destroyed
+// (the fake kernel refuses, as the real one does): it stays and is
+// reported, every other set goes, and the count says what went.
+func TestRemoveKubeProxySetUsedByARule(t *testing.T) {
+	k := kubeProxyLeftovers(t)
+	ipt := iptablestest.NewFake()
+	if err := k.UseIPTables(ipt); err != nil {
+		t.Fatal(err)
+	}
+	if err := ipt.Restore([]byte("*nat\n:OTHER - [0:0]\n-A OTHER -m set --match-set KUBE-LOOP-BACK dst,dst,src -j ACCEPT\nCOMMIT\n")); err != nil {
+		t.Fatal(err)
+	}
+	k.ResetCalls()
+	n, err := ipvs.RemoveKubeProxy(k, nil)
+	if err == nil || !strings.Contains(err.Error(), "KUBE-LOOP-BACK") || !strings.Contains(err.Error(), "in use") {
+		t.Errorf("error %v, want one reporting KUBE-LOOP-BACK in use", err)
+	}
+	if strings.Count(err.Error(), "destroying") != 1 {
+		t.Errorf("error %v: want exactly one set reported", err)
+	}
+	if n != 5 {
+		t.Errorf("removed %d, want 5 (2 virtual servers, kube-ipvs0, 2 sets); calls %q", n, k.Calls())
+	}
+	sets, _ := k.ListSets()
+	if got, want := names(sets), []string{"KUBE-LOOP-BACK", "OTHER", "SVCP-IPVS-IPS"}; !slices.Equal(got, want) {
+		t.Errorf("sets left %v, want %v", got, want)
 	}
 }
 

@@ -7,7 +7,14 @@
 // The model covers the filter and nat tables, iptables-restore --noflush
 // input and the matches and targets svcproxy renders. It is deliberately
 // strict: whatever the real iptables-restore (legacy or nft) would refuse, it
-// refuses too, so that a test passing against it says something.
+// refuses too, so that a test passing against it says something. Where the
+// real tool silently accepts something that is almost certainly a mistake
+// (an unterminated quote, a comment it would truncate, "010.0.0.1" read as
+// 8.0.0.1), the fake refuses it as well. fake_real_test.go (build tag
+// integration) checks both against the real iptables-restore.
+//
+// The fake also keeps the kernel state rules depend on: the xt_recent lists
+// (see Connect) and, through UseSets, the ipsets that "-m set" rules name.
 package iptablestest
 
 import (
@@ -17,6 +24,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/svcproxy/svcproxy/iptables"
 )
@@ -29,6 +37,24 @@ type Fake struct {
 	tables   map[string]*table
 	restores [][]byte
 	failAt   int // 1-based Restore call that fails; 0: none
+	sets     Sets
+	recent   map[string]*recentTable // xt_recent lists by name
+	now      time.Time               // the clock xt_recent sees
+}
+
+// Sets is the kernel's ipset registry as iptables rules see it. The Fake
+// asks it whether a set exists when a rule names one
+// ("-m set --match-set NAME dst"), as iptables does, and after every change
+// tells it which sets the rules use, as the kernel keeps a reference on a
+// set for every rule using it: a set in use cannot be destroyed.
+// ipvstest.Fake implements it.
+type Sets interface {
+	// HasSet reports whether set name exists.
+	HasSet(name string) bool
+	// ReferenceSets atomically checks that every set in refs exists and
+	// makes refs (set name -> rules using it) the references held by these
+	// rules, replacing the previous ones; on error nothing changes.
+	ReferenceSets(refs map[string]int) error
 }
 
 var _ iptables.Interface = (*Fake)(nil)
@@ -48,7 +74,7 @@ var ErrInjected = errors.New("iptablestest: injected Restore failure")
 // NewFake returns a Fake whose filter and nat tables hold only their empty
 // built-in chains, with policy ACCEPT.
 func NewFake() *Fake {
-	f := &Fake{tables: map[string]*table{}}
+	f := &Fake{tables: map[string]*table{}, recent: map[string]*recentTable{}, now: time.Unix(1e9, 0)}
 	for _, name := range tableOrder {
 		t := &table{chains: map[string]*chain{}}
 		for _, c := range builtinChains[name] {
@@ -72,6 +98,20 @@ func cloneTables(in map[string]*table) map[string]*table {
 	return out
 }
 
+// UseSets connects the Fake to an ipset model: from now on a rule may name
+// a set that s has, and s learns which sets the rules use. Without it no
+// set exists and every "-m set" rule is refused. It fails if the current
+// rules name a set s does not have.
+func (f *Fake) UseSets(s Sets) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := s.ReferenceSets(setRefs(f.tables)); err != nil {
+		return err
+	}
+	f.sets = s
+	return nil
+}
+
 // Restore implements iptables.Interface. It parses data as
 // iptables-restore --noflush input and applies it atomically: on error the
 // tables are left exactly as they were and the error names the line.
@@ -82,7 +122,12 @@ func cloneTables(in map[string]*table) map[string]*table {
 // comments and blank lines. Like iptables, it refuses a jump or goto to a
 // chain that does not exist (or a goto to a non-chain target), a rule in a
 // missing chain, deleting a built-in, missing, non-empty or still referenced
-// chain, an unknown table, a table left without COMMIT and unbalanced quotes.
+// chain, an unknown table, a table left without COMMIT, unknown modules,
+// options and targets, malformed or out-of-range arguments, missing
+// required options (parseArgs), a set that does not exist, and at COMMIT
+// what the kernel refuses of a table as a whole (validateTable): a loop of
+// chains, nesting deeper than MaxDepth and a target reachable from a
+// built-in chain it is not valid in (DNAT from POSTROUTING, say).
 //
 // The whole call is atomic, as iptables.Interface promises. The real
 // iptables-restore (nft and legacy alike, checked with 1.8.9) commits each
@@ -97,14 +142,74 @@ func (f *Fake) Restore(data []byte) error {
 		return ErrInjected
 	}
 	work := cloneTables(f.tables)
-	if err := restore(work, string(data)); err != nil {
+	if err := restore(work, string(data), f.hasSet); err != nil {
 		return err
 	}
+	return f.commit(work)
+}
+
+// hasSet reports whether the set model has set name. f.mu is held.
+func (f *Fake) hasSet(name string) bool { return f.sets != nil && f.sets.HasSet(name) }
+
+// commit makes work the tables: the set model takes the new references
+// (or refuses them), and xt_recent lists no rule uses any more go, as the
+// kernel frees them with their last rule. f.mu is held.
+func (f *Fake) commit(work map[string]*table) error {
+	if f.sets != nil {
+		if err := f.sets.ReferenceSets(setRefs(work)); err != nil {
+			return fmt.Errorf("iptables-restore: %w", err)
+		}
+	}
 	f.tables = work
+	used := recentRefs(work)
+	for name := range f.recent {
+		if !used[name] {
+			delete(f.recent, name)
+		}
+	}
+	for name := range used {
+		if f.recent[name] == nil {
+			f.recent[name] = &recentTable{}
+		}
+	}
 	return nil
 }
 
-func restore(tables map[string]*table, data string) error {
+// setRefs counts the rules using each set.
+func setRefs(tables map[string]*table) map[string]int {
+	refs := map[string]int{}
+	for _, t := range tables {
+		for _, c := range t.chains {
+			for _, r := range c.rules {
+				for _, m := range r.matches {
+					if o, ok := m.get("--match-set"); ok && m.module == "set" {
+						refs[o.arg()]++
+					}
+				}
+			}
+		}
+	}
+	return refs
+}
+
+// recentRefs returns the names of the xt_recent lists rules use.
+func recentRefs(tables map[string]*table) map[string]bool {
+	used := map[string]bool{}
+	for _, t := range tables {
+		for _, c := range t.chains {
+			for _, r := range c.rules {
+				for _, m := range r.matches {
+					if m.module == "recent" {
+						used[recentListName(&m)] = true
+					}
+				}
+			}
+		}
+	}
+	return used
+}
+
+func restore(tables map[string]*table, data string, hasSet func(string) bool) error {
 	var t *table
 	tname := ""
 	lines := strings.Split(data, "\n")
@@ -112,7 +217,7 @@ func restore(tables map[string]*table, data string) error {
 		lines = lines[:len(lines)-1]
 	}
 	for i, line := range lines {
-		if err := restoreLine(tables, &t, &tname, line); err != nil {
+		if err := restoreLine(tables, &t, &tname, line, hasSet); err != nil {
 			return fmt.Errorf("iptables-restore: line %d failed: %q: %w", i+1, line, err)
 		}
 	}
@@ -122,7 +227,7 @@ func restore(tables map[string]*table, data string) error {
 	return nil
 }
 
-func restoreLine(tables map[string]*table, tp **table, tname *string, line string) error {
+func restoreLine(tables map[string]*table, tp **table, tname *string, line string, hasSet func(string) bool) error {
 	line = strings.TrimSpace(line)
 	t := *tp
 	switch {
@@ -142,6 +247,9 @@ func restoreLine(tables map[string]*table, tp **table, tname *string, line strin
 	case line == "COMMIT":
 		if t == nil {
 			return errors.New("COMMIT outside a table")
+		}
+		if err := validateTable(*tname, t); err != nil {
+			return err
 		}
 		*tp = nil
 		return nil
@@ -208,7 +316,7 @@ func restoreLine(tables map[string]*table, tp **table, tname *string, line strin
 				}
 			}
 		}
-		r, err := newRule(t, *tname, ruleText(line, skip), rest)
+		r, err := newRule(t, *tname, ruleText(line, skip), rest, hasSet)
 		if err != nil {
 			return err
 		}
@@ -246,7 +354,7 @@ func validChainName(name string) error {
 	case strings.HasPrefix(name, "-") || strings.HasPrefix(name, "!"):
 		return fmt.Errorf("invalid chain name %q", name)
 	}
-	if _, ok := standardTargets[name]; ok {
+	if _, ok := targets[name]; ok {
 		return fmt.Errorf("chain name %q is a target", name)
 	}
 	return nil
@@ -267,26 +375,25 @@ func ruleText(line string, n int) string {
 }
 
 // newRule parses and validates a rule for table tname.
-func newRule(t *table, tname, text string, args []string) (*rule, error) {
+func newRule(t *table, tname, text string, args []string, hasSet func(string) bool) (*rule, error) {
 	r, err := parseArgs(text, args)
 	if err != nil {
 		return nil, err
 	}
+	for _, m := range r.matches {
+		if o, ok := m.get("--match-set"); ok && m.module == "set" && !hasSet(o.arg()) {
+			return nil, fmt.Errorf("Set %s doesn't exist.", o.arg())
+		}
+	}
 	if r.target == "" {
 		return r, nil
 	}
-	if only, ok := standardTargets[r.target]; ok {
+	if spec, ok := targets[r.target]; ok {
 		if r.isGoto {
 			return nil, fmt.Errorf("goto %q: not a chain", r.target)
 		}
-		if only != "" && only != tname {
+		if spec.table != "" && spec.table != tname {
 			return nil, fmt.Errorf("target %s is not valid in table %s", r.target, tname)
-		}
-		if r.target == "DNAT" {
-			to, _ := r.targetOpt("--to-destination")
-			if strings.Contains(to, ":") && r.proto() != "tcp" && r.proto() != "udp" && r.proto() != "sctp" {
-				return nil, errors.New("DNAT with a port needs -p tcp, udp or sctp")
-			}
 		}
 		return r, nil
 	}
@@ -298,6 +405,75 @@ func newRule(t *table, tname, text string, args []string) (*rule, error) {
 		return nil, fmt.Errorf("jump to built-in chain %q", r.target)
 	}
 	return r, nil
+}
+
+// validateTable checks what the kernel checks of a table as a whole when
+// it is committed, for the chains a built-in chain reaches (both nft and
+// legacy take a loop between chains nothing reaches): no loop, nesting at
+// most MaxDepth (nf_tables' jump stack; legacy has no such limit), and
+// every target valid in every built-in chain it is reachable from.
+func validateTable(tname string, t *table) error {
+	const (
+		unseen = iota
+		visiting
+		done
+	)
+	state := map[string]int{}
+	height := map[string]int{}
+	var visit func(name string) error
+	visit = func(name string) error {
+		switch state[name] {
+		case visiting:
+			return fmt.Errorf("chain %q reaches itself: a loop (Too many levels of symbolic links)", name)
+		case done:
+			return nil
+		}
+		state[name] = visiting
+		h := 0
+		for _, r := range t.chains[name].rules {
+			if c := t.chains[r.target]; c != nil && c.policy == "" {
+				if err := visit(r.target); err != nil {
+					return err
+				}
+				h = max(h, height[r.target]+1)
+			}
+		}
+		state[name], height[name] = done, h
+		return nil
+	}
+	for _, name := range builtinChains[tname] {
+		if err := visit(name); err != nil {
+			return err
+		}
+	}
+	for _, b := range builtinChains[tname] {
+		if height[b] > MaxDepth {
+			return fmt.Errorf("chains nested %d deep from %s: deeper than %d (nf_tables refuses it)", height[b], b, MaxDepth)
+		}
+		seen := map[string]bool{}
+		var walk func(name string) error
+		walk = func(name string) error {
+			if seen[name] {
+				return nil
+			}
+			seen[name] = true
+			for i, r := range t.chains[name].rules {
+				if spec, ok := targets[r.target]; ok && spec.hooks != nil && !slices.Contains(spec.hooks, b) {
+					return fmt.Errorf("%s#%d: target %s is reachable from %s; it is only valid from %s", name, i+1, r.target, b, strings.Join(spec.hooks, ", "))
+				}
+				if c := t.chains[r.target]; c != nil && c.policy == "" {
+					if err := walk(r.target); err != nil {
+						return err
+					}
+				}
+			}
+			return nil
+		}
+		if err := walk(b); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // referrers returns "CHAIN rule-number" of every rule of t jumping to name.
@@ -332,12 +508,17 @@ func (f *Fake) EnsureJump(j iptables.Jump) error {
 			return nil
 		}
 	}
-	r, err := newRule(t, j.Table, quoteArgs(j.Args), slices.Clone(j.Args))
+	r, err := newRule(t, j.Table, quoteArgs(j.Args), slices.Clone(j.Args), f.hasSet)
 	if err != nil {
 		return fmt.Errorf("EnsureJump %s/%s: %w", j.Table, j.Chain, err)
 	}
-	c.rules = slices.Insert(c.rules, 0, r)
-	return nil
+	work := cloneTables(f.tables)
+	wc := work[j.Table].chains[j.Chain]
+	wc.rules = slices.Insert(wc.rules, 0, r)
+	if err := validateTable(j.Table, work[j.Table]); err != nil {
+		return fmt.Errorf("EnsureJump %s/%s: %w", j.Table, j.Chain, err)
+	}
+	return f.commit(work)
 }
 
 // DeleteJump implements iptables.Interface: every copy of j goes.
@@ -348,12 +529,13 @@ func (f *Fake) DeleteJump(j iptables.Jump) error {
 	if t == nil {
 		return fmt.Errorf("DeleteJump: unknown table %q", j.Table)
 	}
-	c := t.chains[j.Chain]
-	if c == nil {
+	if t.chains[j.Chain] == nil {
 		return nil
 	}
+	work := cloneTables(f.tables)
+	c := work[j.Table].chains[j.Chain]
 	c.rules = slices.DeleteFunc(c.rules, func(r *rule) bool { return slices.Equal(r.args, j.Args) })
-	return nil
+	return f.commit(work)
 }
 
 // ListChains implements iptables.Interface: the built-in chains of table in

@@ -54,8 +54,10 @@ func TestRestoreRejects(t *testing.T) {
 		{"delete a non-empty chain", []string{"*nat", "-X A", "COMMIT"}, "not empty"},
 		{"DNAT in filter", []string{"*filter", "-A INPUT -p tcp -j DNAT --to-destination 10.0.0.1:80", "COMMIT"}, "not valid in table filter"},
 		{"REJECT in nat", []string{"*nat", "-A A -j REJECT", "COMMIT"}, "not valid in table nat"},
-		{"DNAT to a port without -p", []string{"*nat", "-A A -j DNAT --to-destination 10.0.0.1:80", "COMMIT"}, "needs -p"},
-		{"--dport without -p", []string{"*nat", "-A A --dport 80 -j ACCEPT", "COMMIT"}, "needs -p"},
+		{"DNAT to a port without -p", []string{"*nat", "-A A -j DNAT --to-destination 10.0.0.1:80", "COMMIT"}, "Need TCP, UDP, SCTP or DCCP"},
+		{"--dport without -p", []string{"*nat", "-A A --dport 80 -j ACCEPT", "COMMIT"}, `unknown option "--dport"`},
+		{"DNAT reachable from POSTROUTING", []string{"*nat", "-A POSTROUTING -j B", "COMMIT"}, "only valid from PREROUTING, OUTPUT"},
+		{"loop reachable from a built-in chain", []string{"*nat", "-A B -j A", "-A OUTPUT -j A", "COMMIT"}, `chain "A" reaches itself`},
 		{"two targets", []string{"*nat", "-A A -j ACCEPT -j DROP", "COMMIT"}, "more than one target"},
 		{"policy on a user chain", []string{"*nat", ":C ACCEPT [0:0]", "COMMIT"}, "cannot have a policy"},
 		{"chain name too long", []string{"*nat", ":SVCP-0123456789012345678901234 - [0:0]", "COMMIT"}, "28 characters"},
@@ -90,7 +92,7 @@ func TestRestoreSemantics(t *testing.T) {
 		":C - [0:0]",
 		"-X EMPTY",
 		"-A A -j C",
-		"-A A -m comment --comment 'single quoted' -j RETURN",
+		`-A A -m comment --comment "with \"quotes\" and \\" -j RETURN`,
 		"-I A -m comment --comment \"first\" -j LOG",
 		"-I A 2 -m comment --comment \"second\"",
 		"-X B", // flushed above, no longer referenced
@@ -121,7 +123,7 @@ func TestRestoreSemantics(t *testing.T) {
 		`-A A -m comment --comment "first" -j LOG`,
 		`-A A -m comment --comment "second"`,
 		"-A A -j C",
-		"-A A -m comment --comment 'single quoted' -j RETURN",
+		`-A A -m comment --comment "with \"quotes\" and \\" -j RETURN`,
 		"COMMIT",
 	}, "\n") + "\n"
 	if diff := cmp.Diff(want, f.Dump()); diff != "" {
@@ -221,11 +223,15 @@ func TestTokenize(t *testing.T) {
 		wantErr bool
 	}{
 		{in: `-A X  -m comment --comment "a b" -j Y`, want: []string{"-A", "X", "-m", "comment", "--comment", "a b", "-j", "Y"}},
-		{in: `--comment 'it"s'`, want: []string{"--comment", `it"s`}},
+		{in: `--comment 'it"s'`, wantErr: true}, // single quotes are characters: the double quote opens
+		{in: `--comment 'a b'`, want: []string{"--comment", "'a", "b'"}},
 		{in: `--comment "say \"hi\""`, want: []string{"--comment", `say "hi"`}},
+		{in: `--comment "a\b\\c"`, want: []string{"--comment", `ab\c`}}, // a backslash escapes any character in quotes
+		{in: `--comment a\b`, want: []string{"--comment", `a\b`}},       // and none outside
 		{in: `--comment ""`, want: []string{"--comment", ""}},
+		{in: `--comment a"b c"d`, want: []string{"--comment", "ab c", "d"}}, // a closing quote ends the word
 		{in: `--comment "open`, wantErr: true},
-		{in: `--comment 'open`, wantErr: true},
+		{in: `--comment "` + strings.Repeat("x", 1024) + `"`, wantErr: true}, // iptables-restore's buffer
 	} {
 		got, err := tokenize(tc.in)
 		if (err != nil) != tc.wantErr {

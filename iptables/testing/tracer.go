@@ -8,14 +8,17 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // MaxDepth is the deepest nesting of chain transitions (jumps and gotos
 // alike, counted from the built-in chain) a path may reach. nf_tables
 // validates every chain graph against its jump stack of 16
-// (NFT_JUMP_STACK_SIZE) and refuses deeper ones, gotos included, so rules
-// that need more would fail to load on iptables-nft.
-const MaxDepth = 16
+// (NFT_JUMP_STACK_SIZE): the base chain is level 0 and a chain at level 16
+// is refused ("RULE_APPEND failed (Too many links)"), gotos included, so
+// 15 nested transitions is the most iptables-nft loads (checked with
+// iptables 1.8.9 on Linux 6.x by fake_real_test.go).
+const MaxDepth = 15
 
 // Verdicts of an Outcome.
 const (
@@ -90,6 +93,8 @@ type Path struct {
 	// add up to 1.
 	Probability float64
 	Steps       []string
+
+	recent []recentOp // the path's recent matches, for Connect
 }
 
 // String returns the outcome, the probability if below 1, and the steps,
@@ -109,8 +114,9 @@ func (p Path) String() string {
 // nat OUTPUT, filter OUTPUT and nat POSTROUTING (then filter INPUT and nat
 // INPUT if its destination is local); other traffic through nat PREROUTING,
 // then filter INPUT and nat INPUT if the destination after DNAT is local,
-// else filter FORWARD and nat POSTROUTING. xt_recent lists are empty:
-// --rcheck and --update never match, --set always does.
+// else filter FORWARD and nat POSTROUTING. Recent matches see the Fake's
+// xt_recent lists (empty until a Connect fills them) and what earlier
+// rules on the same path did to them; Trace changes nothing.
 //
 // An error means the rules cannot be traced or would not load: an
 // unsupported match or target, a target used from a hook the kernel does not
@@ -131,13 +137,18 @@ func (f *Fake) Trace(p Packet) ([]Outcome, error) {
 // Explain is Trace returning every path with the rules it went through,
 // sorted by outcome.
 func (f *Fake) Explain(p Packet) ([]Path, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.explain(p)
+}
+
+// explain is Explain with f.mu held.
+func (f *Fake) explain(p Packet) ([]Path, error) {
 	tr, err := newTracer(p)
 	if err != nil {
 		return nil, err
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	tr.tables = f.tables
+	tr.tables, tr.recent, tr.now = f.tables, f.recent, f.now
 	var paths []Path
 	st := state{src: p.SrcIP, dst: p.DstIP, proto: p.Proto, dport: p.DstPort, mark: p.Mark, prob: 1}
 	if err := tr.traverse(0, st, &paths); err != nil {
@@ -149,6 +160,8 @@ func (f *Fake) Explain(p Packet) ([]Path, error) {
 
 type tracer struct {
 	tables   map[string]*table
+	recent   map[string]*recentTable
+	now      time.Time
 	local    map[netip.Addr]bool
 	srcLocal bool
 }
@@ -188,6 +201,7 @@ type state struct {
 	masq     bool
 	prob     float64 // of this path, given the random matches on it
 	steps    []string
+	recent   []recentOp // recent matches evaluated on this path, in order
 }
 
 // step records a step; the slice is clipped so that forked states never
@@ -233,7 +247,7 @@ func (tr *tracer) hookAt(i int, st state) (hookRef, bool) {
 func (tr *tracer) traverse(i int, st state, out *[]Path) error {
 	h, ok := tr.hookAt(i, st)
 	if !ok {
-		*out = append(*out, Path{Outcome{Accept, st.dnat, st.masq}, st.prob, st.steps})
+		*out = append(*out, Path{Outcome{Accept, st.dnat, st.masq}, st.prob, st.steps, st.recent})
 		return nil
 	}
 	var results []result
@@ -242,7 +256,7 @@ func (tr *tracer) traverse(i int, st state, out *[]Path) error {
 	}
 	for _, r := range results {
 		if r.verdict != Accept {
-			*out = append(*out, Path{Outcome{r.verdict, r.st.dnat, r.st.masq}, r.st.prob, r.st.steps})
+			*out = append(*out, Path{Outcome{r.verdict, r.st.dnat, r.st.masq}, r.st.prob, r.st.steps, r.st.recent})
 			continue
 		}
 		if err := tr.traverse(i+1, r.st, out); err != nil {
@@ -286,22 +300,24 @@ func (tr *tracer) walk(h hookRef, chain string, idx, depth int, stack []frame, s
 			continue
 		}
 		r := c.rules[idx]
-		p, err := tr.matches(r, &st)
+		misses, hit, err := tr.matches(r, st)
 		if err != nil {
 			return fmt.Errorf("%s/%s rule %d %q: %w", h.table, chain, idx+1, r.text, err)
 		}
-		if p == 0 {
+		if hit == nil && len(misses) == 1 {
+			st = misses[0]
 			idx++
 			continue
 		}
-		if p < 1 {
-			miss := st
-			miss.prob *= 1 - p
+		for _, miss := range misses {
 			if err := tr.walk(h, chain, idx+1, depth, stack, miss, out); err != nil {
 				return err
 			}
-			st.prob *= p
 		}
+		if hit == nil {
+			return nil
+		}
+		st = *hit
 		st.step("%s/%s %s", h.table, chain, r.text)
 		where := func(err error) error {
 			return fmt.Errorf("%s/%s rule %d %q (from %s): %w", h.table, chain, idx+1, r.text, h.chain, err)
@@ -345,7 +361,7 @@ func (tr *tracer) walk(h hookRef, chain string, idx, depth int, stack []frame, s
 			*out = append(*out, result{st, Accept})
 			return nil
 		default:
-			if _, ok := standardTargets[r.target]; ok {
+			if _, ok := targets[r.target]; ok {
 				return where(fmt.Errorf("target %s is not supported by the tracer", r.target))
 			}
 			if t.chains[r.target] == nil {
@@ -370,22 +386,62 @@ func holds(b, neg bool) float64 {
 	return 0
 }
 
-// matches evaluates every match of r (all of them, so that an unsupported
-// one is an error even behind one that fails) and returns the probability
-// that the rule matches: 0 or 1 unless it has random matches.
-func (tr *tracer) matches(r *rule, st *state) (float64, error) {
-	p := 1.0
-	for _, m := range r.matches {
-		for _, o := range m.opts {
-			v, err := tr.option(m.module, o, st)
-			if err != nil {
-				return 0, fmt.Errorf("-m %s %s: %w", cmp.Or(m.module, "(generic)"), o.name, err)
+// matches evaluates the matches of r in order for a packet in state st,
+// as the kernel does: up to the first that fails, so that a recent match
+// behind a failing one changes nothing. It returns the states in which the
+// rule does not match (one per way of failing, each with its probability)
+// and the state in which it does, nil if it cannot. Every match is
+// checked, so that an unsupported one is an error even behind one that
+// fails.
+func (tr *tracer) matches(r *rule, st state) (misses []state, hit *state, err error) {
+	alive := true
+	for i := range r.matches {
+		m := &r.matches[i]
+		if !alive {
+			scratch := st
+			if _, err := tr.match(m, &scratch); err != nil {
+				return nil, nil, err
 			}
-			p *= v
+			continue
 		}
-		if m.module != "" && len(m.opts) == 0 {
-			return 0, fmt.Errorf("-m %s without options", m.module)
+		p, err := tr.match(m, &st)
+		if err != nil {
+			return nil, nil, err
 		}
+		switch {
+		case p == 0:
+			misses = append(misses, st)
+			alive = false
+		case p < 1:
+			miss := st
+			miss.prob *= 1 - p
+			misses = append(misses, miss)
+			st.prob *= p
+		}
+	}
+	if alive {
+		hit = &st
+	}
+	return misses, hit, nil
+}
+
+// match evaluates one match and returns the probability that it holds: 0
+// or 1 unless it is random.
+func (tr *tracer) match(m *match, st *state) (float64, error) {
+	if m.module == "recent" {
+		p, err := tr.recentMatch(m, st)
+		if err != nil {
+			return 0, fmt.Errorf("-m recent: %w", err)
+		}
+		return p, nil
+	}
+	p := 1.0
+	for _, o := range m.opts {
+		v, err := tr.option(m.module, o, st)
+		if err != nil {
+			return 0, fmt.Errorf("-m %s %s: %w", cmp.Or(m.module, "(generic)"), o.name, err)
+		}
+		p *= v
 	}
 	return p, nil
 }
@@ -394,7 +450,7 @@ func (tr *tracer) matches(r *rule, st *state) (float64, error) {
 func (tr *tracer) option(module string, o opt, st *state) (float64, error) {
 	switch module + " " + o.name {
 	case " -p":
-		p := strings.ToLower(o.arg())
+		p := o.arg() // canonical: "tcp" also for "-p 6"
 		return holds(p == "all" || p == st.proto, o.neg), nil
 	case " -s", " -d":
 		pfx, err := parsePrefix(o.arg())
@@ -406,7 +462,7 @@ func (tr *tracer) option(module string, o opt, st *state) (float64, error) {
 			a = st.dst
 		}
 		return holds(pfx.Contains(a), o.neg), nil
-	case "tcp --dport", "udp --dport", "sctp --dport", "tcp --destination-port", "udp --destination-port", "sctp --destination-port":
+	case "tcp --dport", "udp --dport", "sctp --dport":
 		lo, hi, err := parsePortRange(o.arg())
 		if err != nil {
 			return 0, err
@@ -432,7 +488,7 @@ func (tr *tracer) option(module string, o opt, st *state) (float64, error) {
 		// The traced packet opens a new connection; once DNATed, its
 		// conntrack entry also has the DNAT status.
 		match := false
-		for _, s := range strings.Split(o.arg(), ",") {
+		for _, s := range strings.Split(strings.ToUpper(o.arg()), ",") {
 			match = match || s == "NEW" || (s == "DNAT" && st.dnat.IsValid())
 		}
 		return holds(match, o.neg), nil
@@ -442,34 +498,21 @@ func (tr *tracer) option(module string, o opt, st *state) (float64, error) {
 		}
 		return 1, nil
 	case "statistic --probability":
-		p, err := strconv.ParseFloat(o.arg(), 64)
-		if err != nil || p < 0 || p > 1 {
-			return 0, fmt.Errorf("bad probability %q", o.arg())
+		p, err := parseProbability(o.arg())
+		if err != nil {
+			return 0, err
 		}
 		if o.neg {
 			return 1 - p, nil
 		}
 		return p, nil
-	case "recent --set":
-		return holds(true, o.neg), nil
-	case "recent --rcheck", "recent --update", "recent --remove":
-		// The lists are empty: nothing to find.
-		return holds(false, o.neg), nil
-	case "recent --name", "recent --seconds", "recent --reap", "recent --rsource", "recent --rdest", "recent --hitcount", "recent --mask":
-		return 1, nil
 	}
 	return 0, errors.New("not modelled by the tracer")
 }
 
+// parsePrefix parses the argument of -s or -d, refusing host bits.
 func parsePrefix(s string) (netip.Prefix, error) {
-	if !strings.Contains(s, "/") {
-		a, err := netip.ParseAddr(s)
-		if err != nil {
-			return netip.Prefix{}, err
-		}
-		return netip.PrefixFrom(a, a.BitLen()), nil
-	}
-	p, err := netip.ParsePrefix(s)
+	p, err := parseAddrMask(s)
 	if err != nil {
 		return netip.Prefix{}, err
 	}
@@ -478,31 +521,6 @@ func parsePrefix(s string) (netip.Prefix, error) {
 		return netip.Prefix{}, fmt.Errorf("prefix %s has host bits set", s)
 	}
 	return p, nil
-}
-
-func parsePortRange(s string) (lo, hi int, err error) {
-	a, b, isRange := strings.Cut(s, ":")
-	if lo, err = parsePort(a); err != nil {
-		return 0, 0, err
-	}
-	if !isRange {
-		return lo, lo, nil
-	}
-	if hi, err = parsePort(b); err != nil {
-		return 0, 0, err
-	}
-	if lo > hi {
-		return 0, 0, fmt.Errorf("port range %q is inverted", s)
-	}
-	return lo, hi, nil
-}
-
-func parsePort(s string) (int, error) {
-	n, err := strconv.Atoi(s)
-	if err != nil || n < 0 || n > 65535 {
-		return 0, fmt.Errorf("bad port %q", s)
-	}
-	return n, nil
 }
 
 // parseMark parses "value[/mask]"; the mask defaults to all ones.

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -177,6 +178,35 @@ func TestTrace(t *testing.T) {
 }
 
 func TestTraceErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		rules   []string
+		pkt     Packet
+		wantErr string
+	}{
+		{"unmodelled match behind one that fails", []string{"*filter", "-A FORWARD -p udp -i eth0 -j DROP", "COMMIT"}, pkt("10.244.1.5", "10.96.0.1:80"), "-i: not modelled"},
+		{"unmodelled module", []string{"*filter", "-A FORWARD -m set --match-set S dst -j DROP", "COMMIT"}, pkt("10.244.1.5", "10.96.0.1:80"), "-m set"},
+		{"unmodelled recent option", []string{"*filter", "-A FORWARD -m recent --rcheck --rttl -j DROP", "COMMIT"}, pkt("10.244.1.5", "10.96.0.1:80"), "--rttl: not modelled"},
+		{"prefix with host bits", []string{"*filter", "-A FORWARD -d 10.96.0.1/16 -j DROP", "COMMIT"}, pkt("10.244.1.5", "10.96.0.1:80"), "host bits"},
+		{"DNAT to port 0", []string{"*nat", "-A PREROUTING -p tcp -j DNAT --to-destination 10.0.0.1:0", "COMMIT"}, pkt("10.244.1.5", "10.96.0.1:80"), "port 0"},
+		{"SrcLocal disagrees with LocalAddrs", []string{"*filter", "COMMIT"}, func() Packet { p := pkt("10.244.1.5", "10.96.0.1:80"); p.SrcLocal = true; return p }(), "SrcLocal"},
+		{"bad protocol", []string{"*filter", "COMMIT"}, func() Packet { p := pkt("10.244.1.5", "10.96.0.1:80"); p.Proto = "icmp"; return p }(), "protocol"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := fakeWithSets(t)
+			mustRestore(t, f, tc.rules...)
+			_, err := f.Trace(tc.pkt)
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("Trace: got error %v, want one containing %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+// TestTraceDepth: the tracer follows exactly MaxDepth nested chains, and
+// Restore refuses one more (nf_tables would), so no traced ruleset nests
+// deeper than the kernel allows.
+func TestTraceDepth(t *testing.T) {
 	// chains returns PREROUTING -> C1 -> ... -> Cn: n nested transitions.
 	chains := func(n int) []string {
 		r := []string{"*nat"}
@@ -187,39 +217,16 @@ func TestTraceErrors(t *testing.T) {
 		for i := 1; i < n; i++ {
 			r = append(r, fmt.Sprintf("-A C%d -g C%d", i, i+1))
 		}
+		r = append(r, fmt.Sprintf("-A C%d -p tcp -j DNAT --to-destination 10.0.0.1:1", n))
 		return append(r, "COMMIT")
 	}
-	okDepth, tooDeep := chains(MaxDepth), chains(MaxDepth+1)
-	loop := []string{"*nat", ":L - [0:0]", "-A PREROUTING -j L", "-A L -j L", "COMMIT"}
-
-	for _, tc := range []struct {
-		name    string
-		rules   []string
-		pkt     Packet
-		wantErr string
-	}{
-		{"nesting of exactly MaxDepth is fine", okDepth, pkt("10.244.1.5", "10.96.0.1:80"), ""},
-		{"nesting beyond MaxDepth", tooDeep, pkt("10.244.1.5", "10.96.0.1:80"), "deeper than 16"},
-		{"a loop", loop, pkt("10.244.1.5", "10.96.0.1:80"), "deeper than 16"},
-		{"DNAT in POSTROUTING", []string{"*nat", ":A - [0:0]", "-A POSTROUTING -j A", "-A A -p tcp -j DNAT --to-destination 10.0.0.1:1", "COMMIT"}, pkt("10.244.1.5", "10.96.0.1:80"), "only valid in nat PREROUTING and OUTPUT"},
-		{"MASQUERADE in PREROUTING", []string{"*nat", "-A PREROUTING -j MASQUERADE", "COMMIT"}, pkt("10.244.1.5", "10.96.0.1:80"), "only valid in nat POSTROUTING"},
-		{"unmodelled match behind one that fails", []string{"*filter", "-A FORWARD -p udp -i eth0 -j DROP", "COMMIT"}, pkt("10.244.1.5", "10.96.0.1:80"), "-i: not modelled"},
-		{"unmodelled module", []string{"*filter", "-A FORWARD -m set --match-set x dst -j DROP", "COMMIT"}, pkt("10.244.1.5", "10.96.0.1:80"), "-m set"},
-		{"prefix with host bits", []string{"*filter", "-A FORWARD -d 10.96.0.1/16 -j DROP", "COMMIT"}, pkt("10.244.1.5", "10.96.0.1:80"), "host bits"},
-		{"SrcLocal disagrees with LocalAddrs", []string{"*filter", "COMMIT"}, func() Packet { p := pkt("10.244.1.5", "10.96.0.1:80"); p.SrcLocal = true; return p }(), "SrcLocal"},
-		{"bad protocol", []string{"*filter", "COMMIT"}, func() Packet { p := pkt("10.244.1.5", "10.96.0.1:80"); p.Proto = "icmp"; return p }(), "protocol"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			f := NewFake()
-			mustRestore(t, f, tc.rules...)
-			_, err := f.Trace(tc.pkt)
-			switch {
-			case tc.wantErr == "" && err != nil:
-				t.Errorf("Trace: %v", err)
-			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
-				t.Errorf("Trace: got error %v, want one containing %q", err, tc.wantErr)
-			}
-		})
+	f := NewFake()
+	mustRestore(t, f, chains(MaxDepth)...)
+	if got := outcomes(t, f, pkt("10.244.1.5", "10.96.0.1:80")); got != "ACCEPT 10.0.0.1:1" {
+		t.Errorf("at MaxDepth: got %q", got)
+	}
+	if err := NewFake().Restore(lines(chains(MaxDepth + 1)...)); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("deeper than %d", MaxDepth)) {
+		t.Errorf("Restore of MaxDepth+1 nested chains: got %v, want a refusal", err)
 	}
 }
 
@@ -285,5 +292,152 @@ func TestExplainProbabilities(t *testing.T) {
 	}
 	if sum < 1-1e-9 || sum > 1+1e-9 {
 		t.Errorf("probabilities add up to %v", sum)
+	}
+}
+
+// TestRecentLists: the xt_recent model. A --set records the source in its
+// list only on a connection that happens (Connect), never on a Trace;
+// --rcheck and --update match a source seen within --seconds, --update
+// refreshing it; --remove forgets it; --rdest and --mask change the
+// address looked up; lists go with the last rule using them.
+func TestRecentLists(t *testing.T) {
+	f := NewFake()
+	mustRestore(t, f, "*nat", ":CHECK - [0:0]", ":SET - [0:0]",
+		"-A PREROUTING -j CHECK",
+		"-A PREROUTING -j SET",
+		"-A CHECK -m recent --name L1 --rcheck --seconds 10 -p tcp -j DNAT --to-destination 10.0.0.1:1",
+		"-A CHECK -m recent --name HITS --rcheck --hitcount 2 -p tcp -j DNAT --to-destination 10.0.0.4:4",
+		"-A CHECK -m recent --name L2 --update --seconds 10 --reap -p tcp -j DNAT --to-destination 10.0.0.2:2",
+		"-A CHECK -m recent --name DST --rdest --mask 255.255.255.0 --rcheck -p tcp -j DNAT --to-destination 10.0.0.3:3",
+		// Kernel order: the recent match after a failing one does nothing.
+		"-A SET -p udp -m recent --name L1 --set",
+		"-A SET -m statistic --mode random --probability 0.5 -m recent --name L1 --set -p tcp -j DNAT --to-destination 10.0.0.9:9",
+		"-A SET -m recent --name L2 --set -m recent --name HITS --set -p tcp -j DNAT --to-destination 10.0.0.8:8",
+		"COMMIT")
+	a := pkt("10.244.1.5", "10.96.0.1:80")
+	if got := outcomes(t, f, a); got != "ACCEPT 10.0.0.8:8, ACCEPT 10.0.0.9:9" {
+		t.Fatalf("empty lists: %q", got)
+	}
+	if got := outcomes(t, f, a); got != "ACCEPT 10.0.0.8:8, ACCEPT 10.0.0.9:9" {
+		t.Fatalf("a Trace changed the lists: %q", got)
+	}
+	if got, _ := f.RecentEntries("L1"); len(got) != 0 {
+		t.Fatalf("L1 after Traces: %v", got)
+	}
+	// Explain's paths, in order: 10.0.0.8 (p=0.5), then 10.0.0.9 (0.5).
+	if p, err := f.Connect(a, 0.75); err != nil || p.DNAT.String() != "10.0.0.9:9" {
+		t.Fatalf("Connect(0.75) = %v, %v", p, err)
+	}
+	if got, _ := f.RecentEntries("L1"); len(got) != 1 || got[0] != a.SrcIP {
+		t.Fatalf("L1 after a connection: %v, want [%v]", got, a.SrcIP)
+	}
+	if got := outcomes(t, f, a); got != "ACCEPT 10.0.0.1:1" {
+		t.Errorf("source in L1: %q", got)
+	}
+	if got := outcomes(t, f, pkt("10.244.1.6", "10.96.0.1:80")); got != "ACCEPT 10.0.0.8:8, ACCEPT 10.0.0.9:9" {
+		t.Errorf("another source: %q", got)
+	}
+	f.AdvanceClock(11 * time.Second)
+	if got := outcomes(t, f, a); got != "ACCEPT 10.0.0.8:8, ACCEPT 10.0.0.9:9" {
+		t.Errorf("L1 entry older than --seconds: %q", got)
+	}
+
+	// The other branch sets L2 and HITS; --update keeps refreshing L2.
+	if p, err := f.Connect(a, 0.25); err != nil || p.DNAT.String() != "10.0.0.8:8" {
+		t.Fatalf("Connect(0.25) = %v, %v", p, err)
+	}
+	for i := range 3 {
+		f.AdvanceClock(8 * time.Second)
+		if p, err := f.Connect(a, 0); err != nil || p.DNAT.String() != "10.0.0.2:2" {
+			t.Fatalf("connection %d, 8 s after the previous: %v, %v (want --update to keep the entry fresh)", i, p, err)
+		}
+	}
+
+	// --hitcount 2: HITS has one stamp for a; a second --set makes two.
+	f.AdvanceClock(11 * time.Second) // L1 and L2 are stale now
+	if got := outcomes(t, f, a); got != "ACCEPT 10.0.0.8:8, ACCEPT 10.0.0.9:9" {
+		t.Fatalf("one hit: %q", got)
+	}
+	if _, err := f.Connect(a, 0.25); err != nil {
+		t.Fatal(err)
+	}
+	if got := outcomes(t, f, a); got != "ACCEPT 10.0.0.4:4" {
+		t.Errorf("two hits: %q", got)
+	}
+
+	// --rdest with a mask: DST holds destinations by /24.
+	mustRestore(t, f, "*nat", ":MARKDST - [0:0]", "-A OUTPUT -j MARKDST",
+		"-A MARKDST -m recent --name DST --rdest --mask 255.255.255.0 --set", "COMMIT")
+	if _, err := f.Connect(pkt("192.168.0.1", "10.96.7.7:80"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := f.RecentEntries("DST"); len(got) != 1 || got[0].String() != "10.96.7.0" {
+		t.Errorf("DST: %v, want [10.96.7.0]", got)
+	}
+	if got := outcomes(t, f, pkt("203.0.113.1", "10.96.7.200:80")); got != "ACCEPT 10.0.0.3:3" {
+		t.Errorf("destination in DST's /24: %q", got)
+	}
+
+	// --remove.
+	mustRestore(t, f, "*nat", "-I CHECK -m recent --name DST --rdest --mask 255.255.255.0 --remove", "COMMIT")
+	if _, err := f.Connect(pkt("203.0.113.1", "10.96.7.200:80"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := f.RecentEntries("DST"); len(got) != 0 {
+		t.Errorf("DST after --remove: %v", got)
+	}
+
+	// A list goes with its last rule; one no rule uses does not exist.
+	if diff := cmp.Diff([]string{"DST", "HITS", "L1", "L2"}, f.RecentLists()); diff != "" {
+		t.Errorf("lists (-want +got):\n%s", diff)
+	}
+	mustRestore(t, f, "*nat", "-F CHECK", "COMMIT")
+	if diff := cmp.Diff([]string{"DST", "HITS", "L1", "L2"}, f.RecentLists()); diff != "" {
+		t.Errorf("lists still used by SET and MARKDST (-want +got):\n%s", diff)
+	}
+	mustRestore(t, f, "*nat", "-F SET", "-F MARKDST", "COMMIT")
+	if got := f.RecentLists(); len(got) != 0 {
+		t.Errorf("lists without rules: %v", got)
+	}
+	if _, ok := f.RecentEntries("L1"); ok {
+		t.Error("L1 exists without a rule")
+	}
+}
+
+// TestRecentListCapacity: a list keeps the last 100 addresses, like the
+// kernel's default ip_list_tot.
+func TestRecentListCapacity(t *testing.T) {
+	f := NewFake()
+	mustRestore(t, f, "*nat", "-A PREROUTING -m recent --name L --set", "COMMIT")
+	for i := range 101 {
+		if _, err := f.Connect(pkt(fmt.Sprintf("10.1.%d.%d", i/250, i%250+1), "10.96.0.1:80"), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, _ := f.RecentEntries("L")
+	if len(got) != 100 || got[0].String() != "10.1.0.2" {
+		t.Errorf("%d entries, oldest %v; want 100, the first address dropped", len(got), got[0])
+	}
+}
+
+func TestConnectPick(t *testing.T) {
+	f := NewFake()
+	mustRestore(t, f, "*nat",
+		"-A PREROUTING -m statistic --mode random --probability 0.25 -p tcp -j DNAT --to-destination 10.0.0.1:1",
+		"-A PREROUTING -p tcp -j DNAT --to-destination 10.0.0.2:2",
+		"COMMIT")
+	for _, tc := range []struct {
+		pick float64
+		want string
+	}{{0, "10.0.0.1:1"}, {0.2499, "10.0.0.1:1"}, {0.25, "10.0.0.2:2"}, {0.9999, "10.0.0.2:2"}} {
+		p, err := f.Connect(pkt("10.244.1.5", "10.96.0.1:80"), tc.pick)
+		if err != nil || p.DNAT.String() != tc.want {
+			t.Errorf("Connect(%v) = %v, %v; want %s", tc.pick, p.DNAT, err, tc.want)
+		}
+	}
+	for _, bad := range []float64{-0.1, 1} {
+		if _, err := f.Connect(pkt("10.244.1.5", "10.96.0.1:80"), bad); err == nil {
+			t.Errorf("Connect(%v) succeeded", bad)
+		}
 	}
 }

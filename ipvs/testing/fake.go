@@ -2,8 +2,10 @@
 // virtual servers with their real servers, links with their addresses,
 // ipsets with their entries and sysctls, and refuses what the kernel
 // refuses (a real server for a missing virtual server, a duplicate, an
-// unknown scheduler, an ipset entry that does not fit its set's type), so
-// that a test passing against it says something.
+// unknown scheduler, an ipset entry that does not fit its set's type, and,
+// wired to an iptablestest.Fake with UseIPTables, a rule naming a missing
+// set or destroying a set a rule uses), so that a test passing against it
+// says something.
 package ipvstest
 
 import (
@@ -17,6 +19,7 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 
+	iptablestest "github.com/svcproxy/svcproxy/iptables/testing"
 	"github.com/svcproxy/svcproxy/ipvs"
 )
 
@@ -31,6 +34,7 @@ type Fake struct {
 	services map[ipvs.ServiceKey]*service
 	links    map[string]*link
 	sets     map[string]*set
+	setRefs  map[string]int // iptables rules using each set (ReferenceSets)
 	sysctls  map[string]string
 	calls    []string
 	fail     map[string]error
@@ -82,6 +86,14 @@ func NewFake() *Fake {
 		fail:     map[string]error{},
 	}
 }
+
+// UseIPTables wires ipt to f the way the kernel wires iptables to ipsets:
+// ipt then refuses a rule naming a set f does not have, and f refuses to
+// destroy a set a rule of ipt uses. Call it before either holds state that
+// depends on the other; it fails if ipt's rules already name a missing set.
+func (f *Fake) UseIPTables(ipt *iptablestest.Fake) error { return ipt.UseSets(f) }
+
+var _ iptablestest.Sets = (*Fake)(nil)
 
 // FailNext makes the next call of method (e.g. "AddDestination") return
 // err without doing anything.

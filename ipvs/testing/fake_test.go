@@ -8,6 +8,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 	v1 "k8s.io/api/core/v1"
 
+	"github.com/svcproxy/svcproxy/iptables"
+	iptablestest "github.com/svcproxy/svcproxy/iptables/testing"
 	"github.com/svcproxy/svcproxy/ipvs"
 )
 
@@ -15,6 +17,20 @@ var (
 	key = ipvs.ServiceKey{Address: netip.MustParseAddr("10.96.0.1"), Protocol: v1.ProtocolTCP, Port: 443}
 	rs  = &ipvs.RealServer{Address: netip.MustParseAddr("10.244.1.10"), Port: 6443, Weight: 1}
 )
+
+// wired returns an iptables fake wired to f, after restoring sets (ipset
+// restore lines) into f.
+func wired(t *testing.T, f *Fake, sets ...string) *iptablestest.Fake {
+	t.Helper()
+	ipt := iptablestest.NewFake()
+	if err := f.UseIPTables(ipt); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.RestoreSets([]byte(strings.Join(sets, "\n") + "\n")); err != nil {
+		t.Fatal(err)
+	}
+	return ipt
+}
 
 // TestFakeRefuses: what the kernel refuses, the fake refuses, with the
 // error kinds callers rely on.
@@ -63,6 +79,22 @@ func TestFakeRefuses(t *testing.T) {
 			return f.RestoreSets([]byte("create S hash:ip\ncreate S hash:net\n"))
 		}, nil},
 		{"unknown sysctl", func(f *Fake) error { return f.SetSysctl("net/ipv4/nope", "1") }, nil},
+		{"destroying a set an iptables rule uses", func(f *Fake) error {
+			ipt := wired(t, f, "create S hash:ip")
+			if err := ipt.Restore([]byte("*filter\n-A INPUT -m set --match-set S src -j ACCEPT\nCOMMIT\n")); err != nil {
+				return nil // not the error under test: fail below
+			}
+			return f.RestoreSets([]byte("destroy S\n"))
+		}, func(err error) bool { return strings.Contains(err.Error(), "in use") }},
+		{"an iptables rule naming a missing set", func(f *Fake) error {
+			ipt := wired(t, f)
+			return ipt.Restore([]byte("*filter\n-A INPUT -m set --match-set NOPE src -j ACCEPT\nCOMMIT\n"))
+		}, func(err error) bool { return strings.Contains(err.Error(), "Set NOPE doesn't exist") }},
+		{"an iptables jump naming a missing set", func(f *Fake) error {
+			ipt := wired(t, f)
+			return ipt.EnsureJump(iptables.Jump{Table: "filter", Chain: "INPUT", Args: []string{"-m", "set", "--match-set", "NOPE", "src", "-j", "ACCEPT"}})
+		}, func(err error) bool { return strings.Contains(err.Error(), "Set NOPE doesn't exist") }},
+		{"references to a missing set", func(f *Fake) error { return f.ReferenceSets(map[string]int{"NOPE": 1}) }, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.do(NewFake())
@@ -128,5 +160,59 @@ func TestFakeServices(t *testing.T) {
 	}
 	if svcs, _ := f.ListServices(); len(svcs) != 0 {
 		t.Errorf("left after delete: %v", svcs)
+	}
+}
+
+// TestFakeSetsInUse: a set is held by the iptables rules that match it, as
+// in the kernel. Flushing it is fine, destroying it fails until the last
+// rule using it is gone, whichever way it goes; a failed destroy leaves
+// the set and the lines before it applied, as ipset does.
+func TestFakeSetsInUse(t *testing.T) {
+	f := NewFake()
+	ipt := wired(t, f, "create A hash:ip", "create B hash:ip,port", "add A 10.0.0.1")
+	if err := ipt.Restore([]byte("*nat\n:X - [0:0]\n-A X -m set --match-set A src -m set ! --match-set B dst,dst -j ACCEPT\nCOMMIT\n")); err != nil {
+		t.Fatal(err)
+	}
+	jump := iptables.Jump{Table: "filter", Chain: "INPUT", Args: []string{"-m", "set", "--match-set", "A", "dst", "-j", "ACCEPT"}}
+	if err := ipt.EnsureJump(jump); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.SetReferences("A"); got != 2 {
+		t.Errorf("references to A: %d, want 2", got)
+	}
+	if err := f.RestoreSets([]byte("flush A\n")); err != nil {
+		t.Errorf("flushing a set in use: %v", err)
+	}
+	err := f.RestoreSets([]byte("create C hash:ip\ndestroy B\ndestroy C\n"))
+	if err == nil || !strings.Contains(err.Error(), "line 2") || !strings.Contains(err.Error(), "in use") {
+		t.Errorf("destroying B in use: got %v, want an error naming line 2", err)
+	}
+	if _, ok := f.SetEntries("C"); !ok {
+		t.Error("the line before the failing one was not applied")
+	}
+	if _, ok := f.SetEntries("B"); !ok {
+		t.Error("B was destroyed while in use")
+	}
+
+	// The chain goes: B is free, A is still held by the jump.
+	if err := ipt.Restore([]byte("*nat\n-F X\n-X X\nCOMMIT\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.RestoreSets([]byte("destroy B\n")); err != nil {
+		t.Errorf("destroying B once unused: %v", err)
+	}
+	if err := f.RestoreSets([]byte("destroy A\n")); err == nil {
+		t.Error("destroyed A while the jump uses it")
+	}
+	if err := ipt.DeleteJump(jump); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.RestoreSets([]byte("destroy A\ndestroy A\n")); err != nil {
+		t.Errorf("destroying A once unused, then again (-exist): %v", err)
+	}
+
+	// A rule cannot come back for a set that is gone.
+	if err := ipt.Restore([]byte("*nat\n:X - [0:0]\n-A X -m set --match-set A src -j ACCEPT\nCOMMIT\n")); err == nil {
+		t.Error("a rule naming a destroyed set was taken")
 	}
 }

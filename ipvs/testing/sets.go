@@ -3,6 +3,7 @@ package ipvstest
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -68,6 +69,8 @@ func (f *Fake) SetEntries(name string) ([]string, bool) {
 // applies line by line and stops at the first bad one, whose number the
 // error names; earlier lines stay applied, as with ipset. Entries are
 // checked against the set's type and stored as `ipset save` prints them.
+// Like the kernel, it refuses to destroy a set an iptables rule uses (see
+// UseIPTables); like -exist, it takes destroying a missing set as done.
 func (f *Fake) RestoreSets(data []byte) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -144,12 +147,55 @@ func (f *Fake) restoreLine(line string) error {
 		return nil
 	case "destroy", "-X":
 		if s == nil {
-			return fmt.Errorf("the set with the given name does not exist: %s", name)
+			// -exist makes destroying a missing set a no-op (checked
+			// with ipset v7.17), unlike add, del and flush.
+			return nil
+		}
+		if n := f.setRefs[name]; n > 0 {
+			return fmt.Errorf("Set cannot be destroyed: it is in use by a kernel component (%s: %d iptables rules)", name, n)
 		}
 		delete(f.sets, name)
 		return nil
 	}
 	return fmt.Errorf("syntax error: unknown command %s", cmd)
+}
+
+// HasSet implements iptablestest.Sets: whether set name exists.
+func (f *Fake) HasSet(name string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	_, ok := f.sets[name]
+	return ok
+}
+
+// ReferenceSets implements iptablestest.Sets: the iptables fake wired to
+// this one (iptablestest.Fake.UseSets) reports how many of its rules use
+// each set after every change. A set in use cannot be destroyed, as the
+// kernel keeps a reference for every rule matching it. It refuses, and
+// changes nothing, when a set in refs does not exist.
+func (f *Fake) ReferenceSets(refs map[string]int) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var missing []string
+	for name, n := range refs {
+		if _, ok := f.sets[name]; !ok && n > 0 {
+			missing = append(missing, name)
+		}
+	}
+	if len(missing) > 0 {
+		slices.Sort(missing)
+		return fmt.Errorf("Set %s doesn't exist", strings.Join(missing, ", "))
+	}
+	f.setRefs = maps.Clone(refs)
+	return nil
+}
+
+// SetReferences returns how many iptables rules use set name, as the
+// wired iptables fake last reported.
+func (f *Fake) SetReferences(name string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.setRefs[name]
 }
 
 // canonicalEntry checks an entry against a set type and returns it as
