@@ -14,9 +14,11 @@ import (
 type SyncFunc func(ctx context.Context, full bool) error
 
 // Runner calls a SyncFunc no more often than minInterval (batching bursts of
-// changes), at least every maxInterval (a full resync that repairs drift),
-// and after a failure again with exponential back-off, starting at
-// minInterval and capped at maxInterval; the retry is a full sync.
+// changes), with a full resync (which repairs drift) at most maxInterval
+// after the last full one whatever the churn, and after a failure again
+// with exponential back-off, starting at minInterval and capped at
+// maxInterval; the retry is a full sync. RequestFull asks for a full sync
+// early (drift was detected).
 type Runner struct {
 	fn          SyncFunc
 	minInterval time.Duration
@@ -25,7 +27,9 @@ type Runner struct {
 
 	mu      sync.Mutex
 	pending bool
-	kick    chan struct{}
+	// fullWanted is set by RequestFull: the next sync is full.
+	fullWanted bool
+	kick       chan struct{}
 }
 
 // NewRunner returns a Runner; call Run to start it. A nil clock means the
@@ -55,14 +59,26 @@ func (r *Runner) Request() {
 	}
 }
 
-func (r *Runner) takePending(clear bool) bool {
+// RequestFull asks for a full sync soon, with the same pacing as Request:
+// something outside svcproxy changed the kernel (drift), and every rule is
+// to be rewritten.
+func (r *Runner) RequestFull() {
+	r.mu.Lock()
+	r.fullWanted = true
+	r.mu.Unlock()
+	r.Request()
+}
+
+// takePending reports whether a sync and whether a full one was asked for;
+// clear resets both.
+func (r *Runner) takePending(clear bool) (pending, full bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	p := r.pending
+	p, f := r.pending, r.fullWanted
 	if clear {
-		r.pending = false
+		r.pending, r.fullWanted = false, false
 	}
-	return p
+	return p, f
 }
 
 // Run syncs at once (a full sync), then loops until ctx is done.
@@ -70,8 +86,11 @@ func (r *Runner) Run(ctx context.Context) {
 	logger := klog.FromContext(ctx)
 	full := true
 	var backoff time.Duration
+	var lastFull time.Time // start of the last successful full sync
 	for {
-		r.takePending(true)
+		if _, f := r.takePending(true); f {
+			full = true
+		}
 		lastRun := r.clock.Now()
 		var retryAt time.Time
 		if err := r.fn(ctx, full); err != nil {
@@ -80,15 +99,20 @@ func (r *Runner) Run(ctx context.Context) {
 			full = true
 			logger.Error(err, "Sync failed; retrying with a full sync", "retryIn", backoff)
 		} else {
+			if full {
+				lastFull = lastRun
+			}
 			backoff = 0
 			full = false
 		}
-		periodicAt := lastRun.Add(r.maxInterval)
+		// Counted from the last full sync, so that a steady stream of
+		// changes (each a partial sync) cannot put it off.
+		periodicAt := lastFull.Add(r.maxInterval)
 		for {
 			due := periodicAt
 			if !retryAt.IsZero() {
 				due = retryAt // a retry is full and picks up pending changes too
-			} else if r.takePending(false) {
+			} else if pending, _ := r.takePending(false); pending {
 				if soon := lastRun.Add(r.minInterval); soon.Before(due) {
 					due = soon
 				}

@@ -147,3 +147,33 @@ func TestRunnerBackoffIsCapped(t *testing.T) {
 		h.expectSync(true)
 	}
 }
+
+// Partial syncs for a steady stream of changes do not put off the periodic
+// full sync: it comes maxInterval after the last full one.
+func TestRunnerPeriodicFullSyncUnderChurn(t *testing.T) {
+	h := newRunnerHarness(t, time.Second, 30*time.Second)
+	h.expectSync(true)
+	for i := 1; i < 6; i++ { // a change every 5 s: partial syncs at 5..25 s
+		h.step(5 * time.Second)
+		h.r.Request()
+		h.expectSync(false)
+	}
+	h.step(5 * time.Second) // 30 s after the full sync
+	h.expectSync(true)
+}
+
+func TestRunnerRequestFull(t *testing.T) {
+	h := newRunnerHarness(t, time.Second, 30*time.Second)
+	h.expectSync(true)
+	h.step(2 * time.Second)
+	h.r.RequestFull()
+	h.expectSync(true)
+	// Within min-sync-period it waits like any request.
+	h.r.RequestFull()
+	h.expectNoSync()
+	h.step(time.Second)
+	h.expectSync(true)
+	h.step(2 * time.Second)
+	h.r.Request()
+	h.expectSync(false)
+}
