@@ -14,6 +14,8 @@ type Backend struct {
 	renderer *Renderer
 	syncer   *Syncer
 	ipt      Interface
+	// applied is the last plan synced successfully; nil before.
+	applied *Plan
 }
 
 var _ proxy.Backend = (*Backend)(nil)
@@ -27,7 +29,20 @@ func NewBackend(ipt Interface, opts Options) *Backend {
 func (b *Backend) Sync(_ context.Context, snap *proxy.Snapshot, full bool) (proxy.SyncResult, error) {
 	plan := b.renderer.Render(snap)
 	res, err := b.syncer.Sync(plan, full)
+	if err != nil {
+		b.applied = nil
+	} else {
+		b.applied = plan
+	}
 	return result(plan, res, full), err
+}
+
+// CheckDrift implements proxy.DriftChecker (see CheckDrift).
+func (b *Backend) CheckDrift(context.Context) (string, error) {
+	if b.applied == nil {
+		return "", nil
+	}
+	return CheckDrift(b.ipt, b.applied, RootChains)
 }
 
 // result sums up a sync of plan for the daemon's logs and metrics.

@@ -21,6 +21,8 @@ type Backend struct {
 	// plan is the last plan synced: its virtual servers are ours when
 	// kube-proxy's leftovers are removed.
 	plan *Plan
+	// applied is the last plan synced successfully; nil before.
+	applied *Plan
 }
 
 var _ proxy.Backend = (*Backend)(nil)
@@ -51,10 +53,39 @@ func (b *Backend) Sync(ctx context.Context, snap *proxy.Snapshot, full bool) (pr
 	plan := Render(snap, b.opts)
 	res, err := b.applier.Sync(ctx, plan, full)
 	b.plan = plan
+	b.applied = nil
+	if err == nil {
+		b.applied = plan
+	}
 	if res.Draining > 0 || res.Drained > 0 {
 		klog.FromContext(ctx).V(2).Info("Draining removed real servers", "draining", res.Draining, "deleted", res.Drained)
 	}
 	return iptables.Result(plan.IPTables, res.IPTables, res.Full), err
+}
+
+// CheckDrift implements proxy.DriftChecker: the jumps into IPVS mode's
+// chains and their rule counts (iptables.CheckDrift), and the service
+// addresses on the dummy link (without them IPVS never sees the packets).
+// Virtual servers are not listed: a full sync repairs those every sync
+// period.
+func (b *Backend) CheckDrift(context.Context) (string, error) {
+	plan := b.applied
+	if plan == nil {
+		return "", nil
+	}
+	if why, err := iptables.CheckDrift(b.ipt, plan.IPTables, []string{ServicesChain, PostroutingChain, FilterChain, ForwardChain}); why != "" || err != nil {
+		return why, err
+	}
+	addrs, err := b.k.ListAddresses(plan.Interface)
+	switch {
+	case IsNotFound(err):
+		return fmt.Sprintf("link %s is missing", plan.Interface), nil
+	case err != nil:
+		return "", err
+	case len(addrs) != len(plan.Addresses):
+		return fmt.Sprintf("link %s has %d addresses, want %d", plan.Interface, len(addrs), len(plan.Addresses)), nil
+	}
+	return "", nil
 }
 
 // Cleanup implements proxy.Backend: everything of IPVS mode goes (see

@@ -44,3 +44,31 @@ func TestBackendDeletesStaleIPVSChainsOnly(t *testing.T) {
 		t.Errorf("iptables mode's %s was deleted by IPVS mode: %v", iptables.ServicesChain, chains)
 	}
 }
+
+func TestBackendCheckDrift(t *testing.T) {
+	k, ipt := ipvstest.NewFake(), iptablestest.NewFake()
+	if err := ipt.UseSets(k); err != nil {
+		t.Fatal(err)
+	}
+	be := ipvs.NewBackend(k, ipt, options())
+	ctx := context.Background()
+	snap := snapshot(t, pt.Service("ns", "web", "10.96.0.20", "http", 80), pt.Slice("ns", "web", "web-1", "http", 80, pt.Ready("10.244.1.5", "node2")))
+	if _, err := be.Sync(ctx, snap, true); err != nil {
+		t.Fatal(err)
+	}
+	if why, err := be.CheckDrift(ctx); why != "" || err != nil {
+		t.Fatalf("after a sync: %q, %v; want no drift", why, err)
+	}
+	if err := k.DeleteLink(ipvs.DummyInterface); err != nil {
+		t.Fatal(err)
+	}
+	if why, err := be.CheckDrift(ctx); err != nil || why != "link svcproxy-ipvs0 is missing" {
+		t.Fatalf("after the link went: %q, %v; want it missing", why, err)
+	}
+	if _, err := be.Sync(ctx, snap, true); err != nil {
+		t.Fatal(err)
+	}
+	if why, err := be.CheckDrift(ctx); why != "" || err != nil {
+		t.Errorf("after a full sync: %q, %v; want no drift", why, err)
+	}
+}

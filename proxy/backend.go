@@ -22,6 +22,17 @@ type Backend interface {
 	Cleanup(ctx context.Context) error
 }
 
+// DriftChecker is a Backend that can tell cheaply, between syncs, whether
+// what its last successful Sync programmed is still in the kernel: a
+// firewall reload, another agent or an operator may flush a table or
+// delete a jump. The daemon calls it every few seconds (never during a
+// Sync) and asks for a full sync when it reports drift.
+type DriftChecker interface {
+	// CheckDrift returns why the rules are judged drifted, "" when they
+	// are in place. An error is a failure to look, not drift.
+	CheckDrift(ctx context.Context) (reason string, err error)
+}
+
 // Leftovers removes what another data plane left on the node: another mode
 // of svcproxy after a mode switch, or upstream kube-proxy (live takeover).
 // The daemon runs them after its first successful sync, so that our rules

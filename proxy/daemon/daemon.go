@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -56,7 +57,17 @@ type Config struct {
 	// OnSourceSynced, if set, is called once the source delivered its
 	// first complete view (the Starting event on the Node).
 	OnSourceSynced func(ctx context.Context)
+	// DriftInterval is how often a Backend that is a proxy.DriftChecker
+	// is asked whether its rules are still in place; 0 means
+	// DefaultDriftInterval, negative never.
+	DriftInterval time.Duration
 }
+
+// DefaultDriftInterval is how often the rules are checked for drift: often
+// enough that a flushed table is repaired within a few seconds (a full
+// sync follows at once, paced only by the min sync period), rarely enough
+// that the few iptables -S calls of a check cost nothing noticeable.
+const DefaultDriftInterval = 2 * time.Second
 
 // Daemon runs one svcproxy: it programs the node until its context ends.
 type Daemon struct {
@@ -76,6 +87,8 @@ type Daemon struct {
 	// leftovers not yet removed; they go after each successful sync until
 	// each succeeded once (kube-proxy's rules only once ours are in).
 	leftovers []proxy.Leftovers
+	// backendMu keeps drift checks out of a running sync.
+	backendMu sync.Mutex
 }
 
 // New builds a Daemon; Run starts it.
@@ -148,6 +161,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 		d.cfg.OnSourceSynced(ctx)
 	}
 	go d.runner.Run(ctx)
+	if dc, ok := d.cfg.Backend.(proxy.DriftChecker); ok && d.cfg.DriftInterval >= 0 {
+		go d.watchDrift(ctx, dc)
+	}
 	select {
 	case <-ctx.Done():
 		logger.Info("Stopping; rules stay in place")
@@ -179,8 +195,42 @@ func StartSource(ctx context.Context, src Source) (<-chan error, error) {
 	}
 }
 
+// watchDrift asks dc every DriftInterval whether the rules are still in
+// place, and for a full sync when they are not. /healthz counts the rules
+// as out of date until that sync is in.
+func (d *Daemon) watchDrift(ctx context.Context, dc proxy.DriftChecker) {
+	logger := klog.FromContext(ctx)
+	interval := d.cfg.DriftInterval
+	if interval == 0 {
+		interval = DefaultDriftInterval
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		d.backendMu.Lock()
+		why, err := dc.CheckDrift(ctx)
+		d.backendMu.Unlock()
+		switch {
+		case err != nil:
+			logger.V(2).Info("Could not check the rules for drift", "err", err)
+		case why != "":
+			logger.Info("Rules changed outside svcproxy; repairing with a full sync", "drift", why)
+			d.metrics.DriftDetected()
+			d.health.QueuedUpdate()
+			d.runner.RequestFull()
+		}
+	}
+}
+
 // sync is one run of the pipeline; the runner serialises the calls.
 func (d *Daemon) sync(ctx context.Context, full bool) error {
+	d.backendMu.Lock()
+	defer d.backendMu.Unlock()
 	logger := klog.FromContext(ctx)
 	start := time.Now()
 	d.triggers = append(d.triggers, d.recorder.TakeTriggerTimes()...)

@@ -355,3 +355,64 @@ func TestSourceThatFailsBeforeSyncingStopsRun(t *testing.T) {
 type failingSource struct{}
 
 func (failingSource) Run(context.Context, func()) error { return errors.New("informers: forbidden") }
+
+// driftingBackend is a fakeBackend whose rules an outside agent can remove:
+// drifted stays true until the next full sync puts them back.
+type driftingBackend struct {
+	fakeBackend
+	dmu     sync.Mutex
+	drifted bool
+	checks  int
+}
+
+func (b *driftingBackend) Sync(ctx context.Context, snap *proxy.Snapshot, full bool) (proxy.SyncResult, error) {
+	res, err := b.fakeBackend.Sync(ctx, snap, full)
+	if err == nil && full {
+		b.dmu.Lock()
+		b.drifted = false
+		b.dmu.Unlock()
+	}
+	return res, err
+}
+
+func (b *driftingBackend) CheckDrift(context.Context) (string, error) {
+	b.dmu.Lock()
+	defer b.dmu.Unlock()
+	b.checks++
+	if b.drifted {
+		return "nat table flushed", nil
+	}
+	return "", nil
+}
+
+func (b *driftingBackend) flush() {
+	b.dmu.Lock()
+	defer b.dmu.Unlock()
+	b.drifted = true
+}
+
+func (b *driftingBackend) isDrifted() (bool, int) {
+	b.dmu.Lock()
+	defer b.dmu.Unlock()
+	return b.drifted, b.checks
+}
+
+func TestDriftIsRepairedByAFullSync(t *testing.T) {
+	svc, slice := udpService("10.244.2.5")
+	be := &driftingBackend{}
+	src := &fakeSource{initial: []any{svc, slice}}
+	d := start(t, Config{Backend: be, NewSource: sourceFor(src), Conntrack: &fakeConntrack{}, DriftInterval: 5 * time.Millisecond})
+	eventually(t, "the first sync", func() bool { _, st := be.snapshot(); return st != nil })
+	eventually(t, "a clean check", func() bool { _, n := be.isDrifted(); return n > 0 })
+	calls, _ := be.snapshot()
+
+	be.flush()
+	eventually(t, "the repair", func() bool { drifted, _ := be.isDrifted(); return !drifted })
+	after, _ := be.snapshot()
+	if len(after) <= len(calls) || !after[len(after)-1] {
+		t.Errorf("calls (full?) before %v, after %v: want a full sync after the drift", calls, after)
+	}
+	if got := testutil.ToFloat64(d.metrics.DriftDetectedTotal.WithLabelValues(metrics.IPFamily)); got < 1 {
+		t.Errorf("drift detections %v, want at least 1", got)
+	}
+}

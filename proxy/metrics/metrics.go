@@ -68,6 +68,7 @@ type Metrics struct {
 	IPTablesRulesLastSync             *prometheus.GaugeVec
 	IPTablesRestoreFailuresTotal      *prometheus.CounterVec
 	SyncFailuresTotal                 *prometheus.CounterVec
+	DriftDetectedTotal                *prometheus.CounterVec
 	EndpointChangesTotal              prometheus.Counter
 	ServiceChangesTotal               prometheus.Counter
 	NoLocalEndpointsTotal             *prometheus.GaugeVec
@@ -135,6 +136,11 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name:      "sync_proxy_rules_failures_total",
 			Help:      "Syncs that failed, whatever the cause (iptables-restore, netlink, ipset); each is retried as a full sync.",
 		}, []string{"ip_family"}),
+		DriftDetectedTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "svcproxy",
+			Name:      "drift_detected_total",
+			Help:      "Times svcproxy found its rules changed from outside (a flushed table, a deleted jump) and asked for a full sync.",
+		}, []string{"ip_family"}),
 		EndpointChangesTotal: prometheus.NewCounter(prometheus.CounterOpts{
 			Subsystem: subsystem,
 			Name:      "sync_proxy_rules_endpoint_changes_total",
@@ -177,6 +183,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		m.IPTablesRulesLastSync,
 		m.IPTablesRestoreFailuresTotal,
 		m.SyncFailuresTotal,
+		m.DriftDetectedTotal,
 		m.EndpointChangesTotal,
 		m.ServiceChangesTotal,
 		m.NoLocalEndpointsTotal,
@@ -225,6 +232,11 @@ func (m *Metrics) SyncFailed(restore bool) {
 	if restore {
 		m.IPTablesRestoreFailuresTotal.WithLabelValues(IPFamily).Inc()
 	}
+}
+
+// DriftDetected counts one detection of rules changed from outside.
+func (m *Metrics) DriftDetected() {
+	m.DriftDetectedTotal.WithLabelValues(IPFamily).Inc()
 }
 
 // Skipped counts a skipped object; it is a proxy.SkipFunc.

@@ -39,6 +39,7 @@ var upstream = []struct {
 	{"kubeproxy_proxy_livez_total", "COUNTER", "[ALPHA] Cumulative proxy livez HTTP status", []string{"code"}},
 	{"svcproxy_skipped_objects_total", "COUNTER", "", []string{"kind", "reason"}},
 	{"svcproxy_sync_proxy_rules_failures_total", "COUNTER", "", []string{"ip_family"}},
+	{"svcproxy_drift_detected_total", "COUNTER", "", []string{"ip_family"}},
 }
 
 // touchAll gives every metric a value so that Gather reports it.
@@ -51,6 +52,7 @@ func touchAll(m *Metrics) {
 	m.SetIPTablesRules(TableNAT, 10, 2)
 	m.SetIPTablesRules(TableFilter, 3, 3)
 	m.SyncFailed(true)
+	m.DriftDetected()
 	m.EndpointChangesTotal.Inc()
 	m.ServiceChangesTotal.Inc()
 	m.SetNoLocalEndpoints(proxy.NewSnapshot("node1", "", nil))
