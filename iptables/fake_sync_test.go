@@ -14,6 +14,7 @@ import (
 	"github.com/svcproxy/svcproxy/iptables"
 	iptablestest "github.com/svcproxy/svcproxy/iptables/testing"
 	"github.com/svcproxy/svcproxy/proxy"
+	pt "github.com/svcproxy/svcproxy/proxy/proxytest"
 )
 
 // Syncer against the stateful Fake: what each sync sends, and that the
@@ -230,5 +231,24 @@ func TestSyncerFailureMidTableKeepsTrackOfCreatedChains(t *testing.T) {
 	}
 	if slices.Contains(e.fake.Chains("nat"), svcB) {
 		t.Error(fmt.Sprintf("Syncer leaks %s: chains created by the successful batches of a failed sync are not added to Syncer.known, so they are never deleted", svcB))
+	}
+}
+
+// TestScenariosLoad programs every shared scenario (testdata/scenarios,
+// whose rendering TestGoldenScenarios pins) into the strict fake kernel
+// through the Syncer, and restores the plan's text (what the golden file
+// holds, what --dry-run prints) as is into another: both must take it.
+func TestScenariosLoad(t *testing.T) {
+	for _, sc := range pt.Scenarios(t, "../testdata/scenarios", "iptables") {
+		t.Run(sc.Name, func(t *testing.T) {
+			plan := iptables.Render(sc.Snapshot(t), testOpts())
+			fake := iptablestest.NewFake()
+			if _, err := iptables.NewSyncer(fake, 0).Sync(plan, true); err != nil {
+				t.Fatalf("Sync: %v", err)
+			}
+			if err := iptablestest.NewFake().Restore([]byte(plan.String())); err != nil {
+				t.Errorf("the rendered text does not restore: %v", err)
+			}
+		})
 	}
 }

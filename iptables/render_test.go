@@ -3,7 +3,6 @@ package iptables
 import (
 	"flag"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,10 +12,9 @@ import (
 
 	"github.com/svcproxy/svcproxy/proxy"
 	pt "github.com/svcproxy/svcproxy/proxy/proxytest"
-	"github.com/svcproxy/svcproxy/proxy/source"
 )
 
-var update = flag.Bool("update", false, "rewrite testdata/*.golden")
+var update = flag.Bool("update", false, "rewrite the golden files (testdata/*.golden, ../testdata/scenarios/*.iptables.golden) instead of comparing: never in CI")
 
 func testOptions() Options {
 	o := DefaultOptions()
@@ -32,30 +30,23 @@ func snapshotOf(t testing.TB, objs ...any) *proxy.Snapshot {
 // TestGoldenExample renders the bundled example cluster: the README's first
 // command prints exactly this.
 func TestGoldenExample(t *testing.T) {
-	st, err := source.LoadFile("../examples/cluster.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var objs []any
-	for _, s := range st.Services {
-		objs = append(objs, s)
-	}
-	for _, s := range st.EndpointSlices {
-		objs = append(objs, s)
-	}
-	got := Render(snapshotOf(t, objs...), testOptions()).String()
-	golden := filepath.Join("testdata", "example.golden")
-	if *update {
-		if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(golden)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if d := cmp.Diff(string(want), got); d != "" {
-		t.Errorf("ruleset differs from %s (-want +got); run go test ./iptables -run TestGoldenExample -update if intended:\n%s", golden, d)
+	got := Render(pt.LoadStateSnapshot(t, "../examples/cluster.yaml", "node1"), testOptions()).String()
+	pt.Golden(t, filepath.Join("testdata", "example.golden"), got, *update)
+}
+
+// scenarioDir holds the scenarios both modes render (proxytest.Scenario).
+const scenarioDir = "../testdata/scenarios"
+
+// TestGoldenScenarios renders every shared scenario and compares the
+// iptables-restore input with <scenario>.iptables.golden; IPVS mode renders
+// the same files. TestScenariosLoad (fake_sync_test.go) programs them into
+// the fake kernel.
+func TestGoldenScenarios(t *testing.T) {
+	for _, sc := range pt.Scenarios(t, scenarioDir, "iptables") {
+		t.Run(sc.Name, func(t *testing.T) {
+			got := Render(sc.Snapshot(t), testOptions()).String()
+			pt.Golden(t, sc.Golden("iptables"), got, *update)
+		})
 	}
 }
 

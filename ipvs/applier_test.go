@@ -414,3 +414,37 @@ func TestCleanupWithoutIPVS(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestScenariosApply programs every shared scenario (testdata/scenarios,
+// whose rendering TestGoldenScenarios pins) into the wired fake kernel,
+// which refuses what the kernel refuses, then checks that the kernel holds
+// exactly the plan, that a second full sync changes nothing, and that
+// Cleanup leaves nothing of ours, sets included.
+func TestScenariosApply(t *testing.T) {
+	for _, sc := range pt.Scenarios(t, "../testdata/scenarios", "ipvs") {
+		t.Run(sc.Name, func(t *testing.T) {
+			e := newEnv(t)
+			plan := ipvs.Render(sc.Snapshot(t), e.opts)
+			if _, err := e.a.Sync(context.Background(), plan, true); err != nil {
+				t.Fatalf("Sync: %v", err)
+			}
+			e.inSync(plan)
+			e.k.ResetCalls()
+			if _, err := e.a.Sync(context.Background(), plan, true); err != nil {
+				t.Fatalf("second Sync: %v", err)
+			}
+			if calls := e.k.Calls(); len(calls) != 0 {
+				t.Errorf("a second full sync of the same plan changed the kernel: %q", calls)
+			}
+			if err := ipvs.Cleanup(e.k, e.ipt, e.opts); err != nil {
+				t.Fatalf("Cleanup: %v", err)
+			}
+			sets, _ := e.k.ListSets()
+			for _, s := range sets {
+				if ipvs.IsOwnedSet(s.Name) {
+					t.Errorf("set %s left after Cleanup", s.Name)
+				}
+			}
+		})
+	}
+}

@@ -3,7 +3,6 @@ package ipvs
 import (
 	"flag"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -16,10 +15,9 @@ import (
 
 	"github.com/svcproxy/svcproxy/proxy"
 	pt "github.com/svcproxy/svcproxy/proxy/proxytest"
-	"github.com/svcproxy/svcproxy/proxy/source"
 )
 
-var update = flag.Bool("update", false, "rewrite testdata/*.golden")
+var update = flag.Bool("update", false, "rewrite the golden files (testdata/*.golden, ../testdata/scenarios/*.ipvs.golden) instead of comparing: never in CI")
 
 // Test address plan, shared by every test of this package:
 //
@@ -43,39 +41,29 @@ func snapshotOf(t testing.TB, objs ...any) *proxy.Snapshot {
 
 func exampleSnapshot(t testing.TB) *proxy.Snapshot {
 	t.Helper()
-	st, err := source.LoadFile("../examples/cluster.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var objs []any
-	for _, s := range st.Services {
-		objs = append(objs, s)
-	}
-	for _, s := range st.EndpointSlices {
-		objs = append(objs, s)
-	}
-	return snapshotOf(t, objs...)
+	return pt.LoadStateSnapshot(t, "../examples/cluster.yaml", "node1")
 }
 
 // TestGoldenExample renders the bundled example cluster: --dry-run
 // --mode=ipvs prints exactly this.
 func TestGoldenExample(t *testing.T) {
 	got := Render(exampleSnapshot(t), testOptions()).Dump()
-	golden := filepath.Join("testdata", "example.golden")
-	if *update {
-		if err := os.MkdirAll("testdata", 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(golden)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if d := cmp.Diff(string(want), got); d != "" {
-		t.Errorf("dump differs from %s (-want +got); run go test ./ipvs -run TestGoldenExample -update if intended:\n%s", golden, d)
+	pt.Golden(t, filepath.Join("testdata", "example.golden"), got, *update)
+}
+
+// scenarioDir holds the scenarios both modes render (proxytest.Scenario).
+const scenarioDir = "../testdata/scenarios"
+
+// TestGoldenScenarios renders every shared scenario and compares the
+// plan's Dump with <scenario>.ipvs.golden; iptables mode renders the same
+// files. TestScenariosApply (applier_test.go) programs them into the fake
+// kernel.
+func TestGoldenScenarios(t *testing.T) {
+	for _, sc := range pt.Scenarios(t, scenarioDir, "ipvs") {
+		t.Run(sc.Name, func(t *testing.T) {
+			got := Render(sc.Snapshot(t), testOptions()).Dump()
+			pt.Golden(t, sc.Golden("ipvs"), got, *update)
+		})
 	}
 }
 
