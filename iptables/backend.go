@@ -48,7 +48,7 @@ func (b *Backend) CheckDrift(context.Context) (string, error) {
 // result sums up a sync of plan for the daemon's logs and metrics.
 func result(plan *Plan, res SyncResult, full bool) proxy.SyncResult {
 	out := proxy.SyncResult{Full: res.Full || full, ChainsWritten: res.ChainsWritten, ChainsDeleted: res.ChainsDeleted,
-		Restores: res.Restores, Rules: map[string]int{}, RulesWritten: res.RulesWritten}
+		Restores: res.Restores, Rules: map[string]int{}, RulesWritten: res.RulesWritten, StaleErr: res.StaleErr}
 	for _, t := range plan.Tables() {
 		out.Chains += len(t.Chains)
 		for _, c := range t.Chains {

@@ -1,6 +1,8 @@
 package iptables
 
 import (
+	"errors"
+	"fmt"
 	"slices"
 )
 
@@ -37,6 +39,11 @@ type SyncResult struct {
 	Restores      int
 	// RulesWritten counts the rules of the chains written, per table.
 	RulesWritten map[string]int
+	// StaleErr says why chains that the plan no longer has could not be
+	// deleted (a rule of another program still jumps to one). It does
+	// not fail the sync: everything else was applied, and those chains
+	// are tried again at the next sync.
+	StaleErr error
 }
 
 // NewSyncer returns a Syncer for iptables mode's chains (IsOwnedChain);
@@ -59,8 +66,10 @@ func NewOwnedSyncer(ipt Interface, batchChains int, owned func(string) bool) *Sy
 // Sync programs plan. With full, every chain is rewritten and the jumps from
 // the built-in chains are ensured; otherwise only chains that differ from
 // the last applied plan are written. Chains of ours not in plan are deleted
-// last, after the chains that referenced them were rewritten. On error the
-// next sync is forced to be full.
+// last, after the chains that referenced them were rewritten, in restores
+// of their own: one that cannot be deleted (a foreign reference) is
+// reported in SyncResult.StaleErr, tried again at the next sync, and holds
+// back nothing else. On error the next sync is forced to be full.
 func (s *Syncer) Sync(plan *Plan, full bool) (SyncResult, error) {
 	if s.known == nil {
 		known := map[string]map[string]bool{}
@@ -135,10 +144,12 @@ func (s *Syncer) Sync(plan *Plan, full bool) (SyncResult, error) {
 			union = append(union, &Chain{Name: c.Name, Rules: rules})
 		}
 		if len(union) > 0 {
-			if err := s.ipt.Restore(s.batches(TableFilter, union, nil)[0]); err != nil {
-				return res, err
+			for _, b := range s.batches(TableFilter, union) {
+				if err := s.ipt.Restore(b); err != nil {
+					return res, err
+				}
+				res.Restores++
 			}
-			res.Restores++
 		}
 	}
 	for _, table := range []string{TableNAT, TableFilter} {
@@ -148,20 +159,22 @@ func (s *Syncer) Sync(plan *Plan, full bool) (SyncResult, error) {
 		for _, c := range w.changed {
 			s.known[table][c.Name] = true
 		}
-		for _, b := range s.batches(table, w.changed, w.stale) {
+		for _, b := range s.batches(table, w.changed) {
 			if err := s.ipt.Restore(b); err != nil {
 				return res, err
 			}
 			res.Restores++
 		}
-		for _, n := range w.stale {
-			delete(s.known[table], n)
-		}
 		res.ChainsWritten += len(w.changed)
 		for _, c := range w.changed {
 			res.RulesWritten[table] += len(c.Rules)
 		}
-		res.ChainsDeleted += len(w.stale)
+		// Stale chains go on their own, after the chains that jumped to
+		// them were rewritten: a failure there holds back nothing else.
+		deleted, restores, err := s.removeStale(table, w.stale)
+		res.ChainsDeleted += deleted
+		res.Restores += restores
+		res.StaleErr = errors.Join(res.StaleErr, err)
 	}
 	if full {
 		// Jumps last: everything they lead to exists now.
@@ -175,39 +188,53 @@ func (s *Syncer) Sync(plan *Plan, full bool) (SyncResult, error) {
 	return res, nil
 }
 
+// removeStale flushes and deletes stale chains of table in one restore.
+// If that fails (most likely a rule of another program jumps to one of
+// them), it tries each chain on its own, so that one blocked chain keeps
+// only itself. Chains that could not go stay known, to be tried again at
+// the next sync.
+func (s *Syncer) removeStale(table string, stale []string) (deleted, restores int, err error) {
+	if len(stale) == 0 {
+		return 0, 0, nil
+	}
+	restores++
+	if err := s.ipt.Restore(removeChainsText(table, stale)); err == nil {
+		for _, n := range stale {
+			delete(s.known[table], n)
+		}
+		return len(stale), restores, nil
+	}
+	var errs []error
+	for _, n := range stale {
+		restores++
+		if err := s.ipt.Restore(removeChainsText(table, []string{n})); err != nil {
+			errs = append(errs, fmt.Errorf("deleting stale chain %s/%s: %w", table, n, err))
+			continue
+		}
+		delete(s.known[table], n)
+		deleted++
+	}
+	return deleted, restores, errors.Join(errs...)
+}
+
 // batches cuts the chains (in plan order, so that referenced chains come
-// first) into iptables-restore inputs of at most batchChains chains each;
-// the stale chains are flushed and deleted in the last one.
-func (s *Syncer) batches(table string, chains []*Chain, stale []string) [][]byte {
+// first) into iptables-restore inputs of at most batchChains chains each.
+func (s *Syncer) batches(table string, chains []*Chain) [][]byte {
 	var out [][]byte
-	for start := 0; start < len(chains) || (start == 0 && len(stale) > 0); start += s.batchChains {
+	for start := 0; start < len(chains); start += s.batchChains {
 		end := min(start+s.batchChains, len(chains))
-		last := end == len(chains)
 		var w Writer
 		w.Table(table)
 		for _, c := range chains[start:end] {
 			w.Chain(c.Name)
-		}
-		if last {
-			for _, n := range stale {
-				w.Chain(n)
-			}
 		}
 		for _, c := range chains[start:end] {
 			for _, r := range c.Rules {
 				w.Append(c.Name, r)
 			}
 		}
-		if last {
-			for _, n := range stale {
-				w.DeleteChain(n)
-			}
-		}
 		w.Commit()
 		out = append(out, w.Bytes())
-		if last {
-			break
-		}
 	}
 	return out
 }

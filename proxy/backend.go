@@ -72,6 +72,11 @@ type SyncResult struct {
 	// Rules and RulesWritten count, per iptables table, the rules of the
 	// whole ruleset and those written by this sync.
 	Rules, RulesWritten map[string]int
+	// StaleErr is a failure to delete objects the snapshot no longer
+	// needs (chains another program still references). It does not fail
+	// the sync: everything else is in place, and the deletion is tried
+	// again at the next one. The daemon logs and counts it.
+	StaleErr error
 }
 
 // TotalRules sums the rules of every table.

@@ -243,6 +243,10 @@ func (d *Daemon) sync(ctx context.Context, full bool) error {
 		d.metrics.SyncFailed(proxy.IsRestoreError(err))
 		return err
 	}
+	if res.StaleErr != nil {
+		logger.Error(res.StaleErr, "Could not delete rules no longer needed; the rest of the sync is in place, retrying at the next sync")
+		d.metrics.StaleDeletionFailed()
+	}
 	if filters := conntrack.StaleFilters(d.pending); len(filters) > 0 {
 		n, err := d.cfg.Conntrack.Delete(filters)
 		if err != nil {

@@ -69,6 +69,7 @@ type Metrics struct {
 	IPTablesRestoreFailuresTotal      *prometheus.CounterVec
 	SyncFailuresTotal                 *prometheus.CounterVec
 	DriftDetectedTotal                *prometheus.CounterVec
+	StaleDeletionFailuresTotal        *prometheus.CounterVec
 	EndpointChangesTotal              prometheus.Counter
 	ServiceChangesTotal               prometheus.Counter
 	NoLocalEndpointsTotal             *prometheus.GaugeVec
@@ -141,6 +142,11 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name:      "drift_detected_total",
 			Help:      "Times svcproxy found its rules changed from outside (a flushed table, a deleted jump) and asked for a full sync.",
 		}, []string{"ip_family"}),
+		StaleDeletionFailuresTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "svcproxy",
+			Name:      "stale_deletion_failures_total",
+			Help:      "Syncs whose deletion of chains no longer needed failed (another program still references one); the rest of the sync was applied and the deletion is retried.",
+		}, []string{"ip_family"}),
 		EndpointChangesTotal: prometheus.NewCounter(prometheus.CounterOpts{
 			Subsystem: subsystem,
 			Name:      "sync_proxy_rules_endpoint_changes_total",
@@ -184,6 +190,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		m.IPTablesRestoreFailuresTotal,
 		m.SyncFailuresTotal,
 		m.DriftDetectedTotal,
+		m.StaleDeletionFailuresTotal,
 		m.EndpointChangesTotal,
 		m.ServiceChangesTotal,
 		m.NoLocalEndpointsTotal,
@@ -237,6 +244,11 @@ func (m *Metrics) SyncFailed(restore bool) {
 // DriftDetected counts one detection of rules changed from outside.
 func (m *Metrics) DriftDetected() {
 	m.DriftDetectedTotal.WithLabelValues(IPFamily).Inc()
+}
+
+// StaleDeletionFailed counts one sync whose stale-object deletion failed.
+func (m *Metrics) StaleDeletionFailed() {
+	m.StaleDeletionFailuresTotal.WithLabelValues(IPFamily).Inc()
 }
 
 // Skipped counts a skipped object; it is a proxy.SkipFunc.

@@ -40,6 +40,7 @@ var upstream = []struct {
 	{"svcproxy_skipped_objects_total", "COUNTER", "", []string{"kind", "reason"}},
 	{"svcproxy_sync_proxy_rules_failures_total", "COUNTER", "", []string{"ip_family"}},
 	{"svcproxy_drift_detected_total", "COUNTER", "", []string{"ip_family"}},
+	{"svcproxy_stale_deletion_failures_total", "COUNTER", "", []string{"ip_family"}},
 }
 
 // touchAll gives every metric a value so that Gather reports it.
@@ -53,6 +54,7 @@ func touchAll(m *Metrics) {
 	m.SetIPTablesRules(TableFilter, 3, 3)
 	m.SyncFailed(true)
 	m.DriftDetected()
+	m.StaleDeletionFailed()
 	m.EndpointChangesTotal.Inc()
 	m.ServiceChangesTotal.Inc()
 	m.SetNoLocalEndpoints(proxy.NewSnapshot("node1", "", nil))
