@@ -86,12 +86,24 @@ type Config struct {
 // ProxyServer tracks whether the rules keep up with the changes and serves
 // /healthz and /livez. It is safe for concurrent use.
 //
-// The proxy is healthy unless a change (QueuedUpdate) has waited Timeout or
-// longer without a successful sync (Updated) since. Creating the server
-// counts as a queued change: if no sync succeeds within Timeout of New, the
-// proxy is unhealthy. /livez reports exactly that; /healthz also fails when
-// the node is not eligible (being deleted, or tainted for deletion by the
-// Cluster Autoscaler), so that load balancers drain it.
+// The two answer different questions:
+//
+//   - /livez (the liveness probe: "restart me") fails only when svcproxy
+//     itself is stuck: a change it has seen (QueuedUpdate) has waited
+//     Timeout or longer for a successful sync (Updated), after a sync has
+//     succeeded once. That is a wedged sync loop, or rules it can no longer
+//     program. Nothing about the API server counts: during an outage no
+//     change arrives, and the changes already seen are synced as usual, so
+//     /livez stays 200 and a restart (which could not reach the API server
+//     either) is never asked for. Before the first successful sync /livez
+//     is 200 too: svcproxy may be waiting for its first complete view of
+//     the API server.
+//   - /healthz (readiness, load balancers) fails when /livez does, and also
+//     when no sync succeeded within Timeout of New (creating the server
+//     counts as a queued change), when the source (the API server) has
+//     failed for Timeout or longer (SetSourceError), and when the node is
+//     not eligible (being deleted, or tainted for deletion by the Cluster
+//     Autoscaler), so that load balancers drain it.
 type ProxyServer struct {
 	addr     string
 	timeout  time.Duration
@@ -99,9 +111,14 @@ type ProxyServer struct {
 	listener Listener
 	counter  ResponseCounter
 
-	mu            sync.RWMutex
-	lastUpdated   time.Time
-	oldestPending time.Time // zero when no change waits
+	mu          sync.RWMutex
+	lastUpdated time.Time // zero until the first successful sync
+	// oldestPending is the oldest change not synced yet, zero when none
+	// waits; New counts as one (for /healthz only: see oldestQueued).
+	oldestPending time.Time
+	// oldestQueued is the oldest change QueuedUpdate reported since the
+	// last successful sync, zero when none waits: what /livez judges.
+	oldestQueued  time.Time
 	nodeEligible  bool
 	sourceErrorAt time.Time // zero while the source is fine
 }
@@ -140,8 +157,12 @@ func NewProxyServer(cfg Config) *ProxyServer {
 func (s *ProxyServer) QueuedUpdate() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	now := s.clock.Now()
 	if s.oldestPending.IsZero() {
-		s.oldestPending = s.clock.Now()
+		s.oldestPending = now
+	}
+	if s.oldestQueued.IsZero() {
+		s.oldestQueued = now
 	}
 }
 
@@ -150,15 +171,16 @@ func (s *ProxyServer) QueuedUpdate() {
 func (s *ProxyServer) Updated() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.oldestPending = time.Time{}
+	s.oldestPending, s.oldestQueued = time.Time{}, time.Time{}
 	s.lastUpdated = s.clock.Now()
 }
 
 // SetSourceError records whether the source of Services and EndpointSlices
 // currently fails (err != nil), for example because the API server cannot
 // be reached. It is an svcproxy addition to kube-proxy's semantics: a source
-// failing for Timeout or longer makes the proxy unhealthy, because changes
-// that should be queued cannot even be seen. nil clears it.
+// failing for Timeout or longer makes /healthz fail, because changes that
+// should be queued cannot even be seen. It never fails /livez: restarting
+// svcproxy does not bring the API server back. nil clears it.
 func (s *ProxyServer) SetSourceError(err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -198,13 +220,35 @@ func (s *ProxyServer) NodeEligible() bool {
 	return s.nodeEligible
 }
 
-// Health returns the proxy's health, ignoring the node's eligibility.
+// Health returns the proxy's health as /healthz judges it, ignoring the
+// node's eligibility: not healthy when Live is not, when no sync succeeded
+// within Timeout of New, or when the source has failed for Timeout or
+// longer.
 func (s *ProxyServer) Health() Health {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	now := s.clock.Now()
-	healthy := (s.oldestPending.IsZero() || now.Sub(s.oldestPending) < s.timeout) &&
+	healthy := s.liveLocked(now) &&
+		(s.oldestPending.IsZero() || now.Sub(s.oldestPending) < s.timeout) &&
 		(s.sourceErrorAt.IsZero() || now.Sub(s.sourceErrorAt) < s.timeout)
+	return s.healthLocked(now, healthy)
+}
+
+// Liveness returns the proxy's health as /livez judges it: not healthy only
+// when a change has waited Timeout or longer for a sync after a sync has
+// succeeded once (see ProxyServer).
+func (s *ProxyServer) Liveness() Health {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	now := s.clock.Now()
+	return s.healthLocked(now, s.liveLocked(now))
+}
+
+func (s *ProxyServer) liveLocked(now time.Time) bool {
+	return s.lastUpdated.IsZero() || s.oldestQueued.IsZero() || now.Sub(s.oldestQueued) < s.timeout
+}
+
+func (s *ProxyServer) healthLocked(now time.Time, healthy bool) Health {
 	return Health{
 		LastUpdated: s.lastUpdated,
 		CurrentTime: now,
@@ -213,8 +257,12 @@ func (s *ProxyServer) Health() Health {
 	}
 }
 
-// IsHealthy reports Health().Healthy.
+// IsHealthy reports Health().Healthy: what the health-check node ports
+// consult.
 func (s *ProxyServer) IsHealthy() bool { return s.Health().Healthy }
+
+// IsLive reports Liveness().Healthy.
+func (s *ProxyServer) IsLive() bool { return s.Liveness().Healthy }
 
 // Handler returns the HTTP handler serving /healthz and /livez.
 func (s *ProxyServer) Handler() http.Handler {
@@ -235,7 +283,7 @@ func (s *ProxyServer) serveHealthz(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (s *ProxyServer) serveLivez(w http.ResponseWriter, _ *http.Request) {
-	h := s.Health()
+	h := s.Liveness()
 	code := s.write(w, h, h.Healthy)
 	if s.counter != nil {
 		s.counter.LivezResponse(code)

@@ -59,9 +59,16 @@ func TestProxyHealth(t *testing.T) {
 			wantHealthz: 200, wantLivez: 200,
 		},
 		{
+			// Not ready, but alive: svcproxy may be waiting for the API
+			// server's first complete view, which a restart cannot speed up.
 			name:        "no sync within the timeout of start",
 			steps:       []step{wait(timeout)},
-			wantHealthz: 503, wantLivez: 503,
+			wantHealthz: 503, wantLivez: 200,
+		},
+		{
+			name:        "changes waiting before the first sync",
+			steps:       []step{queued(), wait(timeout)},
+			wantHealthz: 503, wantLivez: 200,
 		},
 		{
 			name:        "first sync just in time",
@@ -125,10 +132,36 @@ func TestProxyHealth(t *testing.T) {
 			wantHealthz: 200, wantLivez: 200,
 		},
 		{
+			// An API server outage: /healthz reports it, /livez does not
+			// ask for a restart, which would not bring the API server back.
 			name: "source failing for the timeout, syncs succeeding",
 			steps: []step{updated(), sourceErr(errors.New("connection refused")), wait(timeout / 2),
 				updated(), sourceErr(errors.New("still refused")), wait(timeout / 2)},
-			wantHealthz: 503, wantLivez: 503, wantLastUpdated: t0.Add(timeout / 2),
+			wantHealthz: 503, wantLivez: 200, wantLastUpdated: t0.Add(timeout / 2),
+		},
+		{
+			name:        "source failing for hours, no sync since",
+			steps:       []step{updated(), sourceErr(errors.New("connection refused")), wait(24 * time.Hour)},
+			wantHealthz: 503, wantLivez: 200, wantLastUpdated: t0,
+		},
+		{
+			name:        "source failing before the first sync",
+			steps:       []step{sourceErr(errors.New("connection refused")), queued(), wait(timeout)},
+			wantHealthz: 503, wantLivez: 200,
+		},
+		{
+			// A change seen before the outage that no sync ever
+			// programmed: the proxy itself is stuck.
+			name: "source failing and a change waiting the timeout",
+			steps: []step{updated(), queued(), wait(time.Second), sourceErr(errors.New("connection refused")),
+				wait(timeout - time.Second)},
+			wantHealthz: 503, wantLivez: 503, wantLastUpdated: t0,
+		},
+		{
+			name: "sync failing after it had succeeded, node being deleted",
+			steps: []step{updated(), node(deleting("node1")), wait(time.Minute), queued(),
+				wait(timeout)},
+			wantHealthz: 503, wantLivez: 503, wantLastUpdated: t0,
 		},
 		{
 			name:        "source back",
