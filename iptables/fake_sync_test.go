@@ -2,7 +2,6 @@ package iptables_test
 
 import (
 	"errors"
-	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -230,7 +229,7 @@ func TestSyncerFailureMidTableKeepsTrackOfCreatedChains(t *testing.T) {
 		t.Fatalf("Sync: %v", err)
 	}
 	if slices.Contains(e.fake.Chains("nat"), svcB) {
-		t.Error(fmt.Sprintf("Syncer leaks %s: chains created by the successful batches of a failed sync are not added to Syncer.known, so they are never deleted", svcB))
+		t.Errorf("Syncer leaks %s: chains created by the successful batches of a failed sync are not added to Syncer.known, so they are never deleted", svcB)
 	}
 }
 

@@ -723,15 +723,6 @@ var longNames = map[string]string{
 	"--in-interface": "-i", "--out-interface": "-o", "--match": "-m", "--jump": "-j", "--goto": "-g",
 }
 
-// parseRule tokenizes and parses rule text (what follows "-A CHAIN ").
-func parseRule(text string) (*rule, error) {
-	args, err := tokenize(text)
-	if err != nil {
-		return nil, err
-	}
-	return parseArgs(text, args)
-}
-
 // parseArgs parses and checks a rule the way iptables does before anything
 // reaches the kernel, plus what the kernel checks of a single rule: known
 // modules and targets, known options with well-formed arguments, required
