@@ -87,7 +87,7 @@ func KubeProxyLeftovers(ipt Interface, variant Variant) proxy.Leftovers {
 		// of kube-proxy's rules there either, and is not retried.
 		if ip6, err6 := NewExec6(variant); err6 != nil {
 			klog.FromContext(ctx).V(2).Info("No ip6tables: not looking for kube-proxy's IPv6 rules", "err", err6)
-		} else if n6, err6 := RemoveKubeProxy(ip6); err6 != nil {
+		} else if n6, err6 := RemoveKubeProxy(NewCachedLister(ip6)); err6 != nil {
 			klog.FromContext(ctx).Error(err6, "Removing kube-proxy's ip6tables rules failed")
 		} else {
 			n += n6

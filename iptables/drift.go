@@ -17,6 +17,9 @@ var RootChains = []string{ServicesChain, DispatchChain, NodePortsChain, Postrout
 // periodic full sync. It returns why it judges the rules drifted ("" when
 // they are in place); an error is a failure to look.
 func CheckDrift(ipt Interface, plan *Plan, roots []string) (string, error) {
+	if c, ok := ipt.(*CachedLister); ok {
+		ipt = c.Raw() // the kernel as it is now
+	}
 	builtin := map[[2]string][]string{}
 	for _, j := range plan.Jumps {
 		k := [2]string{j.Table, j.Chain}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"sync"
 
 	"k8s.io/klog/v2"
 
@@ -19,8 +20,9 @@ type Backend struct {
 	ipt     iptables.Interface
 	applier *Applier
 	// plan is the last plan synced: its virtual servers are ours when
-	// kube-proxy's leftovers are removed.
-	plan *Plan
+	// kube-proxy's leftovers are removed (in the background: planMu).
+	planMu sync.Mutex
+	plan   *Plan
 	// applied is the last plan synced successfully; nil before.
 	applied *Plan
 }
@@ -52,7 +54,9 @@ func HostOptions(k *Kernel, opts Options, nodePortAddresses []netip.Prefix) (Opt
 func (b *Backend) Sync(ctx context.Context, snap *proxy.Snapshot, full bool) (proxy.SyncResult, error) {
 	plan := Render(snap, b.opts)
 	res, err := b.applier.Sync(ctx, plan, full)
+	b.planMu.Lock()
 	b.plan = plan
+	b.planMu.Unlock()
 	b.applied = nil
 	if err == nil {
 		b.applied = plan
@@ -100,9 +104,11 @@ func (b *Backend) Cleanup(context.Context) error { return Cleanup(b.k, b.ipt, b.
 func (b *Backend) KubeProxyLeftovers() proxy.Leftovers {
 	return proxy.LeftoversFunc{What: "kube-proxy's IPVS-mode objects", Func: func(context.Context) (int, error) {
 		var svcs []*VirtualServer
+		b.planMu.Lock()
 		if b.plan != nil {
 			svcs = b.plan.Services
 		}
+		b.planMu.Unlock()
 		ours := func(k ServiceKey) bool {
 			_, found := slices.BinarySearchFunc(svcs, k, func(vs *VirtualServer, k ServiceKey) int { return vs.Compare(k) })
 			return found
