@@ -14,7 +14,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/svcproxy/svcproxy/proxy/httpserve"
 	"net/http"
 	"sync"
 	"time"
@@ -22,6 +21,8 @@ import (
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
+
+	"github.com/svcproxy/svcproxy/proxy/httpserve"
 )
 
 // DefaultBindAddress is kube-proxy's default --healthz-bind-address.

@@ -2,18 +2,21 @@ package healthz
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"github.com/svcproxy/svcproxy/proxy/httpserve"
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 
 	"k8s.io/klog/v2"
 
 	"github.com/svcproxy/svcproxy/proxy"
+	"github.com/svcproxy/svcproxy/proxy/httpserve"
 )
 
 // HealthChecker reports whether the proxy as a whole is healthy;
@@ -24,10 +27,17 @@ type HealthChecker interface {
 
 // ServiceConfig configures a ServiceServer.
 type ServiceConfig struct {
-	// Addresses are the local addresses the health-check node ports listen
-	// on, usually those --nodeport-addresses selects. Empty means every
-	// IPv4 address (0.0.0.0).
-	Addresses []netip.Addr
+	// NodePortAddresses are the --nodeport-addresses prefixes. As in
+	// kube-proxy, a health-check node port listens on each local IPv4
+	// address within them (loopback addresses excepted, as for NodePorts),
+	// taken when the port is opened; empty means every address
+	// (0.0.0.0). A port for which no local address matches is not opened:
+	// that is reported like a listen error, and tried again on the next
+	// SyncServices.
+	NodePortAddresses []netip.Prefix
+	// InterfaceAddresses lists the local addresses NodePortAddresses are
+	// matched against; nil means HostAddresses.
+	InterfaceAddresses func() ([]netip.Addr, error)
 	// Listener opens the sockets; nil means NetListener.
 	Listener Listener
 	// Proxy, if not nil, is consulted on every request: while the proxy is
@@ -49,6 +59,11 @@ type ServiceServer struct {
 
 	mu       sync.RWMutex
 	services map[serviceKey]*hcInstance
+
+	// serving counts the running Serve goroutines (tests wait for them).
+	serving sync.WaitGroup
+	// serveError reports a server that stopped by itself; klog by default.
+	serveError func(err error, k serviceKey, addr string)
 }
 
 type serviceKey struct{ namespace, name string }
@@ -60,6 +75,9 @@ type hcInstance struct {
 	servers   []*http.Server
 	listeners []net.Listener
 	endpoints int // ready local endpoints (distinct IPs); guarded by ServiceServer.mu
+	// closed is set before close closes anything: a Serve that returns
+	// after it was closed on purpose, whatever its error.
+	closed atomic.Bool
 }
 
 // NewServiceServer returns a ServiceServer with no port open.
@@ -67,7 +85,78 @@ func NewServiceServer(cfg ServiceConfig) *ServiceServer {
 	if cfg.Listener == nil {
 		cfg.Listener = NetListener{}
 	}
-	return &ServiceServer{cfg: cfg, services: map[serviceKey]*hcInstance{}}
+	if cfg.InterfaceAddresses == nil {
+		cfg.InterfaceAddresses = HostAddresses
+	}
+	return &ServiceServer{
+		cfg:      cfg,
+		services: map[serviceKey]*hcInstance{},
+		serveError: func(err error, k serviceKey, addr string) {
+			klog.ErrorS(err, "Health check server stopped", "service", k, "address", addr)
+		},
+	}
+}
+
+// ipvsInterfaces hold IPVS mode's service addresses (svcproxy's and
+// upstream kube-proxy's dummy links), not the node's.
+var ipvsInterfaces = []string{"svcproxy-ipvs0", "kube-ipvs0"}
+
+// HostAddresses returns the IPv4 addresses of the host's interfaces (in the
+// caller's network namespace), but those of IPVS mode's dummy links.
+func HostAddresses() ([]netip.Addr, error) {
+	ifaces, err := net.Interfaces()
+	if err != nil {
+		return nil, fmt.Errorf("listing interfaces: %w", err)
+	}
+	var out []netip.Addr
+	for _, ifc := range ifaces {
+		if slices.Contains(ipvsInterfaces, ifc.Name) {
+			continue
+		}
+		addrs, err := ifc.Addrs()
+		if err != nil {
+			return nil, fmt.Errorf("listing the addresses of %s: %w", ifc.Name, err)
+		}
+		for _, a := range addrs {
+			ipn, ok := a.(*net.IPNet)
+			if !ok {
+				continue
+			}
+			if ip, ok := netip.AddrFromSlice(ipn.IP); ok && ip.Unmap().Is4() {
+				out = append(out, ip.Unmap())
+			}
+		}
+	}
+	return out, nil
+}
+
+// listenAddresses returns the addresses a health-check port listens on:
+// 0.0.0.0 without NodePortAddresses, otherwise the local addresses within
+// them, sorted, without loopback addresses and duplicates.
+func (s *ServiceServer) listenAddresses() ([]netip.Addr, error) {
+	prefixes := s.cfg.NodePortAddresses
+	if len(prefixes) == 0 {
+		return []netip.Addr{netip.IPv4Unspecified()}, nil
+	}
+	local, err := s.cfg.InterfaceAddresses()
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Addr
+	for _, a := range local {
+		a = a.Unmap()
+		if !a.Is4() || a.IsLoopback() || slices.Contains(out, a) {
+			continue
+		}
+		if slices.ContainsFunc(prefixes, func(p netip.Prefix) bool { return p.Contains(a) }) {
+			out = append(out, a)
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no local IPv4 address within --nodeport-addresses %v", prefixes)
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return out, nil
 }
 
 // want is what one service needs: its health-check port and local endpoint
@@ -124,13 +213,18 @@ func (s *ServiceServer) SyncServices(snap *proxy.Snapshot) {
 		keys = append(keys, k)
 	}
 	sort.Slice(keys, func(i, j int) bool { return keys[i].String() < keys[j].String() })
+	var addrs []netip.Addr // listed once per call, when a port is to be opened
+	var addrsErr error
 	for _, k := range keys {
 		w := want[k]
 		if inst := s.services[k]; inst != nil {
 			inst.endpoints = w.endpoints
 			continue
 		}
-		inst, err := s.open(k, w.port)
+		if addrs == nil && addrsErr == nil {
+			addrs, addrsErr = s.listenAddresses()
+		}
+		inst, err := s.open(k, w.port, addrs, addrsErr)
 		if err != nil {
 			klog.ErrorS(err, "Failed to open health check port", "service", k, "port", w.port)
 			if s.cfg.OnListenError != nil {
@@ -138,17 +232,17 @@ func (s *ServiceServer) SyncServices(snap *proxy.Snapshot) {
 			}
 			continue
 		}
-		klog.V(2).InfoS("Opened health check port", "service", k, "port", w.port)
+		klog.V(2).InfoS("Opened health check port", "service", k, "port", w.port, "addresses", addrs)
 		inst.endpoints = w.endpoints
 		s.services[k] = inst
 	}
 }
 
-// open listens on port on every configured address and starts serving.
-func (s *ServiceServer) open(k serviceKey, port int32) (*hcInstance, error) {
-	addrs := s.cfg.Addresses
-	if len(addrs) == 0 {
-		addrs = []netip.Addr{netip.IPv4Unspecified()}
+// open listens on port on each of addrs (addrsErr: why there are none) and
+// starts serving.
+func (s *ServiceServer) open(k serviceKey, port int32, addrs []netip.Addr, addrsErr error) (*hcInstance, error) {
+	if addrsErr != nil {
+		return nil, addrsErr
 	}
 	inst := &hcInstance{port: port}
 	handler := hcHandler{key: k, s: s}
@@ -162,16 +256,23 @@ func (s *ServiceServer) open(k serviceKey, port int32) (*hcInstance, error) {
 		srv := httpserve.NewServer(handler)
 		inst.servers = append(inst.servers, srv)
 		inst.listeners = append(inst.listeners, l)
+		s.serving.Add(1)
 		go func() {
-			if err := srv.Serve(l); err != nil && err != http.ErrServerClosed {
-				klog.ErrorS(err, "Health check server stopped", "service", k, "address", addr)
+			defer s.serving.Done()
+			err := srv.Serve(l)
+			// After close, Serve's error is that of the listener closed
+			// under it (net.ErrClosed), or ErrServerClosed: both normal.
+			if err == nil || errors.Is(err, http.ErrServerClosed) || inst.closed.Load() {
+				return
 			}
+			s.serveError(err, k, addr)
 		}()
 	}
 	return inst, nil
 }
 
 func (inst *hcInstance) close() {
+	inst.closed.Store(true)
 	// Close, not Shutdown: a health check is one short request. The
 	// listeners are closed here too because srv.Close does not know a
 	// listener its Serve goroutine has not started on yet, and the port

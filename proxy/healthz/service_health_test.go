@@ -1,13 +1,17 @@
 package healthz
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
 	"strconv"
+	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	v1 "k8s.io/api/core/v1"
@@ -46,7 +50,7 @@ func TestServiceServerSyncServices(t *testing.T) {
 	tests := []struct {
 		name      string
 		snaps     []*proxy.Snapshot
-		addresses []netip.Addr
+		prefixes  []netip.Prefix
 		wantOpen  []string
 		wantPorts map[string]int32
 	}{
@@ -66,14 +70,28 @@ func TestServiceServerSyncServices(t *testing.T) {
 			wantPorts: map[string]int32{"ns/local": 30100},
 		},
 		{
-			name: "one listener per configured address",
+			name: "one listener per local address within --nodeport-addresses",
 			snaps: []*proxy.Snapshot{snapshot(
 				lbPort("ns", "a", "", 30100),
 				lbPort("ns", "b", "", 30101),
 			)},
-			addresses: []netip.Addr{netip.MustParseAddr("192.168.1.10"), netip.MustParseAddr("10.0.0.10")},
-			wantOpen:  []string{"10.0.0.10:30100", "10.0.0.10:30101", "192.168.1.10:30100", "192.168.1.10:30101"},
+			prefixes:  prefixes("192.168.1.0/24", "10.0.0.0/8"),
+			wantOpen:  []string{"10.0.0.10:30100", "10.0.0.10:30101", "10.1.0.10:30100", "10.1.0.10:30101", "192.168.1.10:30100", "192.168.1.10:30101"},
 			wantPorts: map[string]int32{"ns/a": 30100, "ns/b": 30101},
+		},
+		{
+			name:      "one prefix",
+			snaps:     []*proxy.Snapshot{snapshot(lbPort("ns", "a", "", 30100))},
+			prefixes:  prefixes("192.168.1.10/32"),
+			wantOpen:  []string{"192.168.1.10:30100"},
+			wantPorts: map[string]int32{"ns/a": 30100},
+		},
+		{
+			name:      "loopback addresses never, as for NodePorts",
+			snaps:     []*proxy.Snapshot{snapshot(lbPort("ns", "a", "", 30100))},
+			prefixes:  prefixes("0.0.0.0/0"),
+			wantOpen:  []string{"10.0.0.10:30100", "10.1.0.10:30100", "172.18.0.1:30100", "192.168.1.10:30100"},
+			wantPorts: map[string]int32{"ns/a": 30100},
 		},
 		{
 			name: "service gone",
@@ -114,7 +132,7 @@ func TestServiceServerSyncServices(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			fl := newFakeListener()
-			s := NewServiceServer(ServiceConfig{Addresses: tc.addresses, Listener: fl})
+			s := NewServiceServer(ServiceConfig{NodePortAddresses: tc.prefixes, InterfaceAddresses: nodeAddresses, Listener: fl})
 			defer s.Close()
 			for _, snap := range tc.snaps {
 				s.SyncServices(snap)
@@ -251,8 +269,9 @@ func TestServiceServerPartialListenFailureClosesTheRest(t *testing.T) {
 	fl := newFakeListener()
 	fl.fail["10.0.0.10:30100"] = errors.New("cannot assign requested address")
 	s := NewServiceServer(ServiceConfig{
-		Listener:  fl,
-		Addresses: []netip.Addr{netip.MustParseAddr("192.168.1.10"), netip.MustParseAddr("10.0.0.10")},
+		Listener:           fl,
+		NodePortAddresses:  prefixes("192.168.1.0/24", "10.0.0.0/16"),
+		InterfaceAddresses: nodeAddresses,
 	})
 	defer s.Close()
 	s.SyncServices(snapshot(lbPort("shop", "web", "", 30100)))
@@ -261,30 +280,191 @@ func TestServiceServerPartialListenFailureClosesTheRest(t *testing.T) {
 	}
 }
 
-// TestServiceServerRealSocket runs one health-check port on the loopback
-// interface with the real NetListener.
+// TestServiceServerRealSocket runs one health-check port with the real
+// NetListener and HostAddresses, bound by --nodeport-addresses to one of the
+// machine's non-loopback addresses: it answers there and not on loopback.
 func TestServiceServerRealSocket(t *testing.T) {
-	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	host, err := HostAddresses()
 	if err != nil {
-		t.Skipf("no IPv4 loopback: %v", err)
+		t.Fatal(err)
+	}
+	var addr netip.Addr
+	for _, a := range host {
+		if !a.IsLoopback() {
+			addr = a
+			break
+		}
+	}
+	if !addr.IsValid() {
+		t.Skipf("no non-loopback IPv4 address among %v", host)
+	}
+	l, err := net.Listen("tcp4", net.JoinHostPort(addr.String(), "0"))
+	if err != nil {
+		t.Fatal(err)
 	}
 	port := int32(l.Addr().(*net.TCPAddr).Port)
 	l.Close()
 
-	s := NewServiceServer(ServiceConfig{Addresses: []netip.Addr{netip.MustParseAddr("127.0.0.1")}})
+	s := NewServiceServer(ServiceConfig{NodePortAddresses: []netip.Prefix{netip.PrefixFrom(addr, 32)}})
 	defer s.Close()
 	s.SyncServices(snapshot(lbPort("shop", "web", "", port, ep("10.244.1.1", true, true))))
 	if _, ok := s.Ports()["shop/web"]; !ok {
 		t.Fatalf("port %d not opened (taken by someone else meanwhile?)", port)
 	}
-	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
+	url := fmt.Sprintf("http://%s/", net.JoinHostPort(addr.String(), strconv.Itoa(int(port))))
 	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
 	got := get(t, c, url, "X-Load-Balancing-Endpoint-Weight")
 	if got.code != http.StatusOK || got.headers["X-Load-Balancing-Endpoint-Weight"] != "1" {
 		t.Errorf("got %d weight %q: %s", got.code, got.headers["X-Load-Balancing-Endpoint-Weight"], got.body)
+	}
+	if _, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d/", port)); err == nil {
+		t.Errorf("port %d answers on 127.0.0.1, outside --nodeport-addresses %s/32", port, addr)
 	}
 	s.SyncServices(snapshot())
 	if _, err := c.Get(url); err == nil {
 		t.Errorf("port %d still answers after the service went away", port)
 	}
 }
+
+// nodeAddresses is a node's interface addresses, as HostAddresses lists
+// them: loopback, the node network (twice, on two links), a second network,
+// a bridge and an address in a prefix of its own.
+func nodeAddresses() ([]netip.Addr, error) {
+	return addrs("127.0.0.1", "192.168.1.10", "10.0.0.10", "10.1.0.10", "192.168.1.10", "172.18.0.1", "127.0.0.53"), nil
+}
+
+func addrs(ss ...string) []netip.Addr {
+	var out []netip.Addr
+	for _, s := range ss {
+		out = append(out, netip.MustParseAddr(s))
+	}
+	return out
+}
+
+func prefixes(ss ...string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range ss {
+		out = append(out, netip.MustParsePrefix(s))
+	}
+	return out
+}
+
+// TestServiceServerNoMatchingAddress: with no local address within
+// --nodeport-addresses the port is not opened, that is reported, and it is
+// opened once an address appears. The addresses are listed at most once per
+// SyncServices, and only when a port is to be opened.
+func TestServiceServerNoMatchingAddress(t *testing.T) {
+	fl := newFakeListener()
+	local := addrs("127.0.0.1", "10.0.0.10")
+	var listed int
+	var listErr error
+	var reported []string
+	s := NewServiceServer(ServiceConfig{
+		Listener:          fl,
+		NodePortAddresses: prefixes("192.168.1.0/24", "127.0.0.0/8"),
+		InterfaceAddresses: func() ([]netip.Addr, error) {
+			listed++
+			return local, listErr
+		},
+		OnListenError: func(ns, name string, port int32, err error) {
+			reported = append(reported, fmt.Sprintf("%s/%s:%d: %v", ns, name, port, err))
+		},
+	})
+	defer s.Close()
+	snap := snapshot(lbPort("shop", "web", "", 30100), lbPort("shop", "api", "", 30101))
+	s.SyncServices(snap)
+	if diff := cmp.Diff([]string{
+		"shop/api:30101: no local IPv4 address within --nodeport-addresses [192.168.1.0/24 127.0.0.0/8]",
+		"shop/web:30100: no local IPv4 address within --nodeport-addresses [192.168.1.0/24 127.0.0.0/8]",
+	}, reported); diff != "" {
+		t.Errorf("reported (-want +got):\n%s", diff)
+	}
+	if open := fl.addresses(); len(open) != 0 || len(s.Ports()) != 0 {
+		t.Errorf("open: %v, Ports %v", open, s.Ports())
+	}
+	if listed != 1 {
+		t.Errorf("addresses listed %d times in one SyncServices, want 1", listed)
+	}
+
+	listErr = errors.New("netlink: permission denied")
+	reported = nil
+	s.SyncServices(snap)
+	if len(reported) != 2 || !strings.Contains(reported[0], "netlink: permission denied") {
+		t.Errorf("listing error reported as %q", reported)
+	}
+
+	listErr = nil
+	local = append(local, netip.MustParseAddr("192.168.1.10"))
+	reported = nil
+	s.SyncServices(snap)
+	if diff := cmp.Diff([]string{"192.168.1.10:30100", "192.168.1.10:30101"}, fl.addresses()); diff != "" {
+		t.Errorf("open once an address appeared (-want +got):\n%s", diff)
+	}
+	if len(reported) != 0 {
+		t.Errorf("reported %q", reported)
+	}
+	listed = 0
+	s.SyncServices(snap)
+	if listed != 0 {
+		t.Errorf("addresses listed %d times with every port open, want 0", listed)
+	}
+}
+
+// TestServiceServerCloseIsQuiet: closing a health-check port (its service
+// went away, its port changed, or Close) is normal and logs no error, however
+// the Serve goroutine sees it; a server that stops by itself is reported.
+func TestServiceServerCloseIsQuiet(t *testing.T) {
+	fl := newFakeListener()
+	var mu sync.Mutex
+	var errs []string
+	s := NewServiceServer(ServiceConfig{Listener: fl, NodePortAddresses: prefixes("10.0.0.0/8"), InterfaceAddresses: nodeAddresses})
+	s.serveError = func(err error, k serviceKey, addr string) {
+		mu.Lock()
+		defer mu.Unlock()
+		errs = append(errs, fmt.Sprintf("%s %s: %v", k, addr, err))
+	}
+	for i := range 200 {
+		s.SyncServices(snapshot(lbPort("shop", "web", "", 30100+int32(i%2), ep("10.244.1.1", true, true))))
+		if i%10 == 0 {
+			// with a connection being served
+			if got := get(t, fl.client(), fmt.Sprintf("http://10.0.0.10:%d/", 30100+i%2)); got.code != http.StatusOK {
+				t.Fatalf("%d: %+v", i, got)
+			}
+		}
+		if i%3 == 0 {
+			s.SyncServices(snapshot())
+		}
+	}
+	s.Close()
+	s.serving.Wait()
+	if len(errs) != 0 {
+		t.Errorf("closing health-check ports reported %d errors, first %q", len(errs), errs[0])
+	}
+
+	s = NewServiceServer(ServiceConfig{Listener: brokenListener{}})
+	done := make(chan string, 1)
+	s.serveError = func(err error, k serviceKey, addr string) { done <- fmt.Sprintf("%s %s: %v", k, addr, err) }
+	defer s.Close()
+	s.SyncServices(snapshot(lbPort("shop", "web", "", 30100)))
+	select {
+	case got := <-done:
+		if want := "shop/web 0.0.0.0:30100: accept: broken"; got != want {
+			t.Errorf("reported %q, want %q", got, want)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a server whose Accept failed was not reported")
+	}
+}
+
+// brokenListener's listeners fail every Accept.
+type brokenListener struct{}
+
+func (brokenListener) Listen(_ context.Context, _, address string) (net.Listener, error) {
+	return brokenConnListener{fakeAddr(address)}, nil
+}
+
+type brokenConnListener struct{ addr net.Addr }
+
+func (l brokenConnListener) Accept() (net.Conn, error) { return nil, errors.New("accept: broken") }
+func (l brokenConnListener) Close() error              { return nil }
+func (l brokenConnListener) Addr() net.Addr            { return l.addr }

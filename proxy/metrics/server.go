@@ -3,7 +3,6 @@ package metrics
 import (
 	"context"
 	"fmt"
-	"github.com/svcproxy/svcproxy/proxy/httpserve"
 	"io"
 	"net"
 	"net/http"
@@ -11,6 +10,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"k8s.io/klog/v2"
+
+	"github.com/svcproxy/svcproxy/proxy/httpserve"
 )
 
 // NewRegistry returns a registry holding the Go runtime and process
