@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"runtime/debug"
 	"sync"
 	"time"
@@ -50,6 +51,10 @@ type Config struct {
 	// HealthzBindAddress and MetricsBindAddress are host:port; "" turns a
 	// server off.
 	HealthzBindAddress, MetricsBindAddress string
+	// NodePortAddresses are the --nodeport-addresses prefixes: the
+	// health-check node ports listen on the local addresses within them;
+	// empty means on every address.
+	NodePortAddresses []netip.Prefix
 	// Conntrack deletes stale flows; nil means the kernel's (netlink).
 	Conntrack conntrack.Interface
 	// Registry holds the metrics; nil means a new one.
@@ -125,7 +130,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	defer cancel()
 
 	d.services = healthz.NewServiceServer(healthz.ServiceConfig{
-		Proxy: d.health,
+		NodePortAddresses: d.cfg.NodePortAddresses,
+		Proxy:             d.health,
 		OnListenError: func(ns, name string, port int32, err error) {
 			logger.Error(err, "Cannot open the health-check node port", "service", ns+"/"+name, "port", port)
 		},

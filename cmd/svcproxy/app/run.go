@@ -114,6 +114,7 @@ func daemonConfig(ctx context.Context, o *config.Config) (daemon.Config, error) 
 		MinSyncPeriod:      o.MinSyncPeriod,
 		HealthzBindAddress: o.HealthzBindAddress,
 		MetricsBindAddress: o.MetricsBindAddress,
+		NodePortAddresses:  o.NodePortAddressPrefixes(),
 		OnSourceSynced:     func(ctx context.Context) { recordStartEvent(ctx, o) },
 	}
 	variant := iptables.DetectVariant()
