@@ -200,6 +200,31 @@ func TestManifest(t *testing.T) {
 		if diff := cmp.Diff([]corev1.Capability{"NET_ADMIN", "NET_RAW"}, add); diff != "" {
 			t.Errorf("capabilities.add (-want +got):\n%s", diff)
 		}
+		// test/e2e/framework runs svcproxy with the added capabilities
+		// only, which is what a container gets after dropping ALL.
+		if diff := cmp.Diff([]corev1.Capability{"ALL"}, sc.Capabilities.Drop); diff != "" {
+			t.Errorf("capabilities.drop (-want +got):\n%s", diff)
+		}
+		if !ptrOr(sc.ReadOnlyRootFilesystem, false) {
+			t.Error("readOnlyRootFilesystem is not set")
+		}
+		if ptrOr(sc.AllowPrivilegeEscalation, true) {
+			t.Error("allowPrivilegeEscalation is not false")
+		}
+		// Root, as the e2e suite runs it (the image has no USER): the
+		// xtables lock is root's.
+		for name, uid := range map[string]*int64{"container": sc.RunAsUser, "pod": podSecurity(spec).RunAsUser} {
+			if uid != nil && *uid != 0 {
+				t.Errorf("%s runAsUser %d: the e2e suite proves uid 0", name, *uid)
+			}
+		}
+		profile := podSecurity(spec).SeccompProfile
+		if sc.SeccompProfile != nil {
+			profile = sc.SeccompProfile
+		}
+		if profile == nil || profile.Type != corev1.SeccompProfileTypeRuntimeDefault {
+			t.Errorf("seccompProfile %+v, want RuntimeDefault", profile)
+		}
 	})
 
 	t.Run("host mounts", func(t *testing.T) {
@@ -208,11 +233,28 @@ func TestManifest(t *testing.T) {
 			vols[v.Name] = v
 		}
 		mounts := map[string]corev1.VolumeMount{}
+		mounted := map[string]bool{}
 		for _, vm := range c.VolumeMounts {
 			mounts[vm.MountPath] = vm
+			mounted[vm.Name] = true
 			if _, ok := vols[vm.Name]; !ok {
 				t.Errorf("mount %s of undefined volume %q", vm.MountPath, vm.Name)
 			}
+		}
+		// The host paths svcproxy uses, and nothing else: iptables' lock,
+		// shared with the host's other iptables users. (No /lib/modules:
+		// modules are loaded by the host's kernel, not from the container.)
+		var hostPaths []string
+		for _, v := range spec.Volumes {
+			if !mounted[v.Name] {
+				t.Errorf("volume %q is not mounted", v.Name)
+			}
+			if v.HostPath != nil {
+				hostPaths = append(hostPaths, v.HostPath.Path)
+			}
+		}
+		if diff := cmp.Diff([]string{"/run/xtables.lock"}, hostPaths); diff != "" {
+			t.Errorf("hostPath volumes (-want +got):\n%s", diff)
 		}
 		for _, want := range []struct {
 			path     string
@@ -220,7 +262,6 @@ func TestManifest(t *testing.T) {
 			readOnly bool
 		}{
 			{"/run/xtables.lock", corev1.HostPathFileOrCreate, false},
-			{"/lib/modules", "", true},
 		} {
 			vm, ok := mounts[want.path]
 			if !ok {
@@ -360,6 +401,14 @@ func matches(selector, labels map[string]string) bool {
 		}
 	}
 	return true
+}
+
+// podSecurity returns the pod's security context, empty if it has none.
+func podSecurity(spec corev1.PodSpec) *corev1.PodSecurityContext {
+	if spec.SecurityContext == nil {
+		return &corev1.PodSecurityContext{}
+	}
+	return spec.SecurityContext
 }
 
 func ptrOr[T any](p *T, def T) T {
