@@ -1,28 +1,57 @@
-package conntrack
+package conntrack_test
 
 import (
+	"errors"
 	"net/netip"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 	v1 "k8s.io/api/core/v1"
 
 	"github.com/svcproxy/svcproxy/proxy"
+	"github.com/svcproxy/svcproxy/proxy/conntrack"
+	conntracktest "github.com/svcproxy/svcproxy/proxy/conntrack/testing"
 )
 
-func port(proto v1.Protocol, nodePort int32, eps ...string) *proxy.ServicePort {
+var addrCmp = cmp.Options{
+	cmp.Comparer(func(a, b netip.Addr) bool { return a == b }),
+	cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b }),
+}
+
+// dns is kube-system/dns: 10.96.0.10:53 over proto, with a node port when
+// nodePort is not 0, ExternalIP 192.0.2.10 and LoadBalancer IP
+// 198.51.100.10 when external, and endpoints eps ("ip" for port 53, or
+// "ip:port").
+func dns(proto v1.Protocol, nodePort int32, external bool, eps ...string) *proxy.ServicePort {
 	sp := &proxy.ServicePort{
-		Name:      proxy.ServicePortName{Namespace: "kube-system", Name: "kube-dns", Port: "dns", Protocol: proto},
+		Name:      proxy.ServicePortName{Namespace: "kube-system", Name: "dns", Port: "dns", Protocol: proto},
 		Protocol:  proto,
 		Port:      53,
 		ClusterIP: netip.MustParseAddr("10.96.0.10"),
 		NodePort:  nodePort,
 	}
+	if external {
+		sp.ExternalIPs = []netip.Addr{netip.MustParseAddr("192.0.2.10")}
+		sp.LoadBalancerIPs = []netip.Addr{netip.MustParseAddr("198.51.100.10")}
+	}
 	for _, e := range eps {
-		ep := &proxy.Endpoint{IP: netip.MustParseAddr(e), Port: 53, Ready: true, Serving: true}
-		sp.AllEndpoints = append(sp.AllEndpoints, ep)
+		ap, err := netip.ParseAddrPort(e)
+		if err != nil {
+			ap = netip.AddrPortFrom(netip.MustParseAddr(e), 53)
+		}
+		sp.AllEndpoints = append(sp.AllEndpoints, &proxy.Endpoint{IP: ap.Addr(), Port: int32(ap.Port()), Ready: true, Serving: true})
 	}
 	proxy.SelectEndpoints(sp, "node1", "")
+	return sp
+}
+
+// other is it/other: 10.96.0.20:53/UDP, with endpoints eps.
+func other(eps ...string) *proxy.ServicePort {
+	sp := dns(v1.ProtocolUDP, 0, false, eps...)
+	sp.Name.Namespace, sp.Name.Name = "it", "other"
+	sp.ClusterIP = netip.MustParseAddr("10.96.0.20")
 	return sp
 }
 
@@ -32,37 +61,268 @@ func TestStaleFilters(t *testing.T) {
 	tests := []struct {
 		name    string
 		changes []proxy.Change
-		want    []Filter
+		want    []conntrack.Filter
 	}{
 		{name: "TCP never needs cleanup",
-			changes: []proxy.Change{{Prev: port(v1.ProtocolTCP, 0, "10.244.1.2"), Cur: port(v1.ProtocolTCP, 0)}}},
+			changes: []proxy.Change{{Prev: dns(v1.ProtocolTCP, 0, false, "10.244.1.2"), Cur: dns(v1.ProtocolTCP, 0, false)}}},
 		{name: "UDP endpoint removed",
-			changes: []proxy.Change{{Prev: port(v1.ProtocolUDP, 0, "10.244.1.2", "10.244.2.2"), Cur: port(v1.ProtocolUDP, 0, "10.244.2.2")}},
-			want:    []Filter{{Protocol: v1.ProtocolUDP, OrigDst: vip, OrigPort: 53, ReplySrcIP: ep("10.244.1.2")}}},
+			changes: []proxy.Change{{Prev: dns(v1.ProtocolUDP, 0, false, "10.244.1.2", "10.244.2.2"), Cur: dns(v1.ProtocolUDP, 0, false, "10.244.2.2")}},
+			want:    []conntrack.Filter{{Protocol: v1.ProtocolUDP, OrigDst: vip, OrigPort: 53, ReplySrcIP: ep("10.244.1.2"), ReplySrcPort: 53}}},
 		{name: "UDP endpoint replaced, with a node port",
-			changes: []proxy.Change{{Prev: port(v1.ProtocolUDP, 30053, "10.244.1.2"), Cur: port(v1.ProtocolUDP, 30053, "10.244.1.3")}},
-			want: []Filter{
-				{Protocol: v1.ProtocolUDP, OrigDst: vip, OrigPort: 53, ReplySrcIP: ep("10.244.1.2")},
-				{Protocol: v1.ProtocolUDP, OrigPort: 30053, ReplySrcIP: ep("10.244.1.2")},
+			changes: []proxy.Change{{Prev: dns(v1.ProtocolUDP, 30053, false, "10.244.1.2"), Cur: dns(v1.ProtocolUDP, 30053, false, "10.244.1.3")}},
+			want: []conntrack.Filter{
+				{Protocol: v1.ProtocolUDP, OrigDst: vip, OrigPort: 53, ReplySrcIP: ep("10.244.1.2"), ReplySrcPort: 53},
+				{Protocol: v1.ProtocolUDP, OrigPort: 30053, NodeAddr: true, ReplySrcIP: ep("10.244.1.2"), ReplySrcPort: 53},
 			}},
-		{name: "UDP from no endpoints to some (#48370)",
-			changes: []proxy.Change{{Prev: port(v1.ProtocolUDP, 0), Cur: port(v1.ProtocolUDP, 0, "10.244.1.2")}},
-			want:    []Filter{{Protocol: v1.ProtocolUDP, OrigDst: vip, OrigPort: 53}}},
-		{name: "new UDP service with endpoints",
-			changes: []proxy.Change{{Cur: port(v1.ProtocolUDP, 0, "10.244.1.2")}},
-			want:    []Filter{{Protocol: v1.ProtocolUDP, OrigDst: vip, OrigPort: 53}}},
+		{name: "UDP endpoint moved to another port",
+			changes: []proxy.Change{{Prev: dns(v1.ProtocolUDP, 0, false, "10.244.1.2"), Cur: dns(v1.ProtocolUDP, 0, false, "10.244.1.2:5353")}},
+			want:    []conntrack.Filter{{Protocol: v1.ProtocolUDP, OrigDst: vip, OrigPort: 53, ReplySrcIP: ep("10.244.1.2"), ReplySrcPort: 53}}},
+		{name: "UDP from no endpoints to some (#48370): only entries never DNATed",
+			changes: []proxy.Change{{Prev: dns(v1.ProtocolUDP, 0, false), Cur: dns(v1.ProtocolUDP, 0, false, "10.244.1.2")}},
+			want:    []conntrack.Filter{{Protocol: v1.ProtocolUDP, OrigDst: vip, OrigPort: 53, NotDNATed: true}}},
+		{name: "new UDP service with endpoints (every service on the first sync after a start)",
+			changes: []proxy.Change{{Cur: dns(v1.ProtocolUDP, 30053, true, "10.244.1.2")}},
+			want: []conntrack.Filter{
+				{Protocol: v1.ProtocolUDP, OrigDst: vip, OrigPort: 53, NotDNATed: true},
+				{Protocol: v1.ProtocolUDP, OrigDst: ep("192.0.2.10"), OrigPort: 53, NotDNATed: true},
+				{Protocol: v1.ProtocolUDP, OrigDst: ep("198.51.100.10"), OrigPort: 53, NotDNATed: true},
+				{Protocol: v1.ProtocolUDP, OrigPort: 30053, NodeAddr: true, NotDNATed: true},
+			}},
 		{name: "SCTP service deleted",
-			changes: []proxy.Change{{Prev: port(v1.ProtocolSCTP, 0, "10.244.1.2")}},
-			want:    []Filter{{Protocol: v1.ProtocolSCTP, OrigDst: vip, OrigPort: 53, ReplySrcIP: ep("10.244.1.2")}}},
+			changes: []proxy.Change{{Prev: dns(v1.ProtocolSCTP, 0, false, "10.244.1.2")}},
+			want:    []conntrack.Filter{{Protocol: v1.ProtocolSCTP, OrigDst: vip, OrigPort: 53, ReplySrcIP: ep("10.244.1.2"), ReplySrcPort: 53}}},
 		{name: "endpoint still used: nothing to do",
-			changes: []proxy.Change{{Prev: port(v1.ProtocolUDP, 0, "10.244.1.2"), Cur: port(v1.ProtocolUDP, 0, "10.244.1.2", "10.244.1.3")}}},
+			changes: []proxy.Change{{Prev: dns(v1.ProtocolUDP, 0, false, "10.244.1.2"), Cur: dns(v1.ProtocolUDP, 0, false, "10.244.1.2", "10.244.1.3")}}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got := StaleFilters(tc.changes)
-			if d := cmp.Diff(tc.want, got, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); d != "" {
+			got := conntrack.StaleFilters(tc.changes)
+			if d := cmp.Diff(tc.want, got, addrCmp); d != "" {
 				t.Errorf("filters (-want +got):\n%s", d)
 			}
 		})
+	}
+}
+
+// The entries of TestCleanup. Clients: 10.244.1.20 (a pod on this node),
+// 192.168.50.2 (outside). The node is 192.168.50.1.
+var (
+	udp, tcp, sctp = v1.ProtocolUDP, v1.ProtocolTCP, v1.ProtocolSCTP
+
+	toVIPValid    = conntracktest.DNATed(udp, "10.244.1.20:40000", "10.96.0.10:53", "10.244.1.2:53")
+	toVIPValid2   = conntracktest.DNATed(udp, "10.244.1.20:40001", "10.96.0.10:53", "10.244.2.2:53")
+	toVIPGone     = conntracktest.DNATed(udp, "10.244.1.20:40002", "10.96.0.10:53", "10.244.9.9:53")
+	toVIPWrongPt  = conntracktest.DNATed(udp, "10.244.1.20:40003", "10.96.0.10:53", "10.244.1.2:5353")
+	toVIPDirect   = conntracktest.Direct(udp, "10.244.1.20:40004", "10.96.0.10:53")
+	toExtValid    = conntracktest.DNATed(udp, "192.168.50.2:40005", "192.0.2.10:53", "10.244.2.2:53")
+	toLBGone      = conntracktest.DNATed(udp, "192.168.50.2:40006", "198.51.100.10:53", "10.244.9.9:53")
+	toLBDirect    = conntracktest.Direct(udp, "192.168.50.2:40007", "198.51.100.10:53")
+	toNPValid     = conntracktest.DNATed(udp, "192.168.50.2:40008", "192.168.50.1:30053", "10.244.1.2:53")
+	toNPGone      = conntracktest.DNATed(udp, "192.168.50.2:40009", "192.168.50.1:30053", "10.244.9.9:53")
+	toNPDirect    = conntracktest.Direct(udp, "192.168.50.2:40010", "192.168.50.1:30053")
+	toNPOtherNode = conntracktest.Direct(udp, "10.244.1.20:40011", "192.168.60.7:30053") // another node's node port
+	toNPGoneAway  = conntracktest.DNATed(udp, "10.244.1.20:40012", "192.168.60.7:30053", "10.244.9.9:53")
+	unrelated     = conntracktest.Direct(udp, "10.244.1.20:40013", "8.8.8.8:53")
+	tcpGone       = conntracktest.DNATed(tcp, "10.244.1.20:40014", "10.96.0.10:53", "10.244.9.9:53")
+	otherDirect   = conntracktest.Direct(udp, "10.244.1.20:40015", "10.96.0.20:53")
+	otherGone     = conntracktest.DNATed(udp, "10.244.1.20:40016", "10.96.0.20:53", "10.244.9.9:53")
+	sctpValid     = conntracktest.DNATed(sctp, "10.244.1.20:40017", "10.96.0.10:53", "10.244.1.2:53")
+	sctpGone      = conntracktest.DNATed(sctp, "10.244.1.20:40018", "10.96.0.10:53", "10.244.9.9:53")
+	v6Direct      = conntracktest.Direct(udp, "[fd00::20]:40019", "[fd00:96::10]:53")
+
+	everything = []conntrack.Entry{toVIPValid, toVIPValid2, toVIPGone, toVIPWrongPt, toVIPDirect, toExtValid, toLBGone, toLBDirect,
+		toNPValid, toNPGone, toNPDirect, toNPOtherNode, toNPGoneAway, unrelated, tcpGone, otherDirect, otherGone, sctpValid, sctpGone, v6Direct}
+	nodeAddrs = []netip.Prefix{netip.MustParsePrefix("192.168.50.1/32"), netip.MustParsePrefix("10.244.1.1/32")}
+)
+
+func TestCleanup(t *testing.T) {
+	udpDNS := dns(udp, 30053, true, "10.244.1.2", "10.244.2.2")
+	sctpDNS := dns(sctp, 0, false, "10.244.1.2")
+	otherNone := other()
+	fresh := func(ports ...*proxy.ServicePort) []proxy.Change {
+		var out []proxy.Change
+		for _, sp := range ports {
+			out = append(out, proxy.Change{Cur: sp})
+		}
+		return out
+	}
+	tests := []struct {
+		name      string
+		ports     []*proxy.ServicePort // the Snapshot
+		changes   []proxy.Change
+		reconcile bool
+		nodeErr   error
+		want      []conntrack.Entry // deleted
+		wantErr   string
+	}{
+		{
+			name:      "first sync after a start: only stale entries go",
+			ports:     []*proxy.ServicePort{udpDNS, sctpDNS, otherNone},
+			changes:   fresh(udpDNS, sctpDNS, otherNone),
+			reconcile: true,
+			want:      []conntrack.Entry{toVIPGone, toVIPWrongPt, toVIPDirect, toLBGone, toLBDirect, toNPGone, toNPDirect, otherGone, sctpGone},
+		},
+		{
+			name:    "first sync judged by its changes alone: 'gained endpoints' deletes only entries never DNATed",
+			ports:   []*proxy.ServicePort{udpDNS, sctpDNS, otherNone},
+			changes: fresh(udpDNS, sctpDNS, otherNone),
+			want:    []conntrack.Entry{toVIPDirect, toLBDirect, toNPDirect},
+		},
+		{
+			name:    "endpoint removed: its flows go, from every address and the node port",
+			ports:   []*proxy.ServicePort{dns(udp, 30053, true, "10.244.2.2"), sctpDNS, otherNone},
+			changes: []proxy.Change{{Prev: udpDNS, Cur: dns(udp, 30053, true, "10.244.2.2")}},
+			want:    []conntrack.Entry{toVIPValid, toNPValid},
+		},
+		{
+			name:      "endpoint removed, after a failed sync: reconciled",
+			ports:     []*proxy.ServicePort{dns(udp, 30053, true, "10.244.2.2"), sctpDNS, otherNone},
+			changes:   []proxy.Change{{Prev: udpDNS, Cur: dns(udp, 30053, true, "10.244.2.2")}},
+			reconcile: true,
+			want:      []conntrack.Entry{toVIPValid, toVIPGone, toVIPWrongPt, toVIPDirect, toLBGone, toLBDirect, toNPValid, toNPGone, toNPDirect, otherGone, sctpGone},
+		},
+		{
+			name:  "an outdated change cannot delete a valid entry",
+			ports: []*proxy.ServicePort{udpDNS},
+			// Changes kept across a failed sync: 10.244.1.2 went, then
+			// came back.
+			changes: []proxy.Change{
+				{Prev: udpDNS, Cur: dns(udp, 30053, true, "10.244.2.2")},
+				{Prev: dns(udp, 30053, true, "10.244.2.2"), Cur: udpDNS},
+			},
+		},
+		{
+			name:    "service deleted: flows DNATed to its endpoints go",
+			ports:   []*proxy.ServicePort{udpDNS, sctpDNS},
+			changes: []proxy.Change{{Prev: other("10.244.9.9")}},
+			want:    []conntrack.Entry{otherGone},
+		},
+		{
+			name:      "service deleted while svcproxy retried a failed sync",
+			ports:     []*proxy.ServicePort{udpDNS, sctpDNS},
+			changes:   []proxy.Change{{Prev: other("10.244.9.9")}},
+			reconcile: true,
+			want:      []conntrack.Entry{toVIPGone, toVIPWrongPt, toVIPDirect, toLBGone, toLBDirect, toNPGone, toNPDirect, otherGone, sctpGone},
+		},
+		{
+			name:      "no endpoints: flows never DNATed stay (nothing better to send them to)",
+			ports:     []*proxy.ServicePort{dns(udp, 30053, true), sctpDNS, otherNone},
+			reconcile: true,
+			want:      []conntrack.Entry{toVIPValid, toVIPValid2, toVIPGone, toVIPWrongPt, toExtValid, toLBGone, toNPValid, toNPGone, otherGone, sctpGone},
+		},
+		{
+			name:      "node addresses unknown: node-port flows are left alone",
+			ports:     []*proxy.ServicePort{udpDNS, sctpDNS, otherNone},
+			reconcile: true,
+			nodeErr:   errors.New("netlink: operation not permitted"),
+			want:      []conntrack.Entry{toVIPGone, toVIPWrongPt, toVIPDirect, toLBGone, toLBDirect, otherGone, sctpGone},
+			wantErr:   "operation not permitted",
+		},
+		{
+			name:  "nothing changed, no reconcile: the table is not even read",
+			ports: []*proxy.ServicePort{udpDNS, sctpDNS, otherNone},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ct := conntracktest.NewFake(nodeAddrs, everything...)
+			ct.NodeAddrsErr = tc.nodeErr
+			snap := proxy.NewSnapshot("node1", "", slices.Clone(tc.ports))
+			n, err := conntrack.Cleanup(ct, snap, tc.changes, tc.reconcile)
+			if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
+				t.Errorf("error %v, want %q", err, tc.wantErr)
+			}
+			got := ct.Deleted()
+			if d := cmp.Diff(tc.want, got, addrCmp); d != "" {
+				t.Errorf("deleted (-want +got):\n%s", d)
+			}
+			if n != uint(len(got)) {
+				t.Errorf("reported %d deleted, the table lost %d", n, len(got))
+			}
+			if len(tc.changes) == 0 && !tc.reconcile && ct.Deletes() != 0 {
+				t.Errorf("the table was read %d times for nothing", ct.Deletes())
+			}
+			// Whatever is left: never an IPv6 or TCP entry touched.
+			for _, e := range got {
+				if e == v6Direct || e.Protocol == tcp {
+					t.Errorf("deleted %v", e)
+				}
+			}
+		})
+	}
+}
+
+// A restart is a reconcile; a second one right after deletes nothing: what
+// the first left is all valid.
+func TestReconcileIsIdempotent(t *testing.T) {
+	udpDNS := dns(udp, 30053, true, "10.244.1.2", "10.244.2.2")
+	snap := proxy.NewSnapshot("node1", "", []*proxy.ServicePort{udpDNS, other()})
+	ct := conntracktest.NewFake(nodeAddrs, everything...)
+	if _, err := conntrack.Cleanup(ct, snap, nil, true); err != nil {
+		t.Fatal(err)
+	}
+	before := len(ct.Deleted())
+	if n, err := conntrack.Cleanup(ct, snap, nil, true); err != nil || n != 0 {
+		t.Errorf("second reconcile deleted %d (%v): %v", n, err, ct.Deleted()[before:])
+	}
+	for _, e := range []conntrack.Entry{toVIPValid, toVIPValid2, toExtValid, toNPValid, toNPOtherNode, toNPGoneAway, unrelated} {
+		if !slices.Contains(ct.Entries(), e) {
+			t.Errorf("valid entry %v deleted", e)
+		}
+	}
+}
+
+// A node port's endpoint on the node itself (host network): DNAT changes
+// only the port, and the entry is DNATed all the same.
+func TestHostNetworkEndpointBehindANodePort(t *testing.T) {
+	sp := dns(udp, 30053, false, "192.168.50.1:5353")
+	snap := proxy.NewSnapshot("node1", "", []*proxy.ServicePort{sp})
+	valid := conntracktest.DNATed(udp, "192.168.50.2:40000", "192.168.50.1:30053", "192.168.50.1:5353")
+	stale := conntracktest.DNATed(udp, "192.168.50.2:40001", "192.168.50.1:30053", "192.168.50.1:53")
+	ct := conntracktest.NewFake(nodeAddrs, valid, stale)
+	if _, err := conntrack.Cleanup(ct, snap, []proxy.Change{{Cur: sp}}, true); err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff([]conntrack.Entry{valid}, ct.Entries(), addrCmp); d != "" {
+		t.Errorf("left (-want +got):\n%s", d)
+	}
+}
+
+// Terminating endpoints still serve while no ready one exists: their flows
+// stay; a topology-filtered endpoint that this node does not use goes.
+func TestEndpointsTheRulesUse(t *testing.T) {
+	sp := dns(udp, 0, false, "10.244.1.2")
+	sp.AllEndpoints[0].Ready, sp.AllEndpoints[0].Terminating = false, true
+	proxy.SelectEndpoints(sp, "node1", "")
+	snap := proxy.NewSnapshot("node1", "", []*proxy.ServicePort{sp})
+	ct := conntracktest.NewFake(nodeAddrs, toVIPValid, toVIPValid2)
+	if _, err := conntrack.Cleanup(ct, snap, nil, true); err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff([]conntrack.Entry{toVIPValid}, ct.Entries(), addrCmp); d != "" {
+		t.Errorf("left (-want +got):\n%s", d)
+	}
+}
+
+func TestFilterMatch(t *testing.T) {
+	isNode := func(a netip.Addr) bool { return a == netip.MustParseAddr("192.168.50.1") }
+	tests := []struct {
+		f    conntrack.Filter
+		e    conntrack.Entry
+		want bool
+	}{
+		{conntrack.Filter{Protocol: udp, OrigDst: netip.MustParseAddr("10.96.0.10"), OrigPort: 53, NotDNATed: true}, toVIPDirect, true},
+		{conntrack.Filter{Protocol: udp, OrigDst: netip.MustParseAddr("10.96.0.10"), OrigPort: 53, NotDNATed: true}, toVIPValid, false},
+		{conntrack.Filter{Protocol: sctp, OrigDst: netip.MustParseAddr("10.96.0.10"), OrigPort: 53, NotDNATed: true}, toVIPDirect, false},
+		{conntrack.Filter{Protocol: udp, OrigPort: 30053, NodeAddr: true, NotDNATed: true}, toNPDirect, true},
+		{conntrack.Filter{Protocol: udp, OrigPort: 30053, NodeAddr: true, NotDNATed: true}, toNPOtherNode, false},
+		{conntrack.Filter{Protocol: udp, OrigPort: 30053, NodeAddr: true, ReplySrcIP: netip.MustParseAddr("10.244.1.2"), ReplySrcPort: 53}, toNPValid, true},
+		{conntrack.Filter{Protocol: udp, OrigPort: 30053, NodeAddr: true, ReplySrcIP: netip.MustParseAddr("10.244.1.2"), ReplySrcPort: 5353}, toNPValid, false},
+		{conntrack.Filter{Protocol: udp, OrigDst: netip.MustParseAddr("10.96.0.10"), OrigPort: 53, ReplySrcIP: netip.MustParseAddr("10.244.1.2")}, toVIPWrongPt, true},
+	}
+	for _, tc := range tests {
+		if got := tc.f.Match(tc.e, isNode); got != tc.want {
+			t.Errorf("%v matches %v: %v, want %v", tc.f, tc.e, got, tc.want)
+		}
 	}
 }

@@ -55,7 +55,9 @@ type Config struct {
 	// health-check node ports listen on the local addresses within them;
 	// empty means on every address.
 	NodePortAddresses []netip.Prefix
-	// Conntrack deletes stale flows; nil means the kernel's (netlink).
+	// Conntrack is the conntrack table stale UDP and SCTP flows are
+	// deleted from after each successful sync (conntrack.Cleanup); nil
+	// means the kernel's (netlink).
 	Conntrack conntrack.Interface
 	// Registry holds the metrics; nil means a new one.
 	Registry *prometheus.Registry
@@ -253,13 +255,13 @@ func (d *Daemon) sync(ctx context.Context, full bool) error {
 		logger.Error(res.StaleErr, "Could not delete rules no longer needed; the rest of the sync is in place, retrying at the next sync")
 		d.metrics.StaleDeletionFailed()
 	}
-	if filters := conntrack.StaleFilters(d.pending); len(filters) > 0 {
-		n, err := d.cfg.Conntrack.Delete(filters)
-		if err != nil {
-			logger.Error(err, "Deleting stale conntrack entries failed", "filters", len(filters))
-		} else {
-			logger.V(2).Info("Deleted stale conntrack entries", "entries", n, "filters", len(filters))
-		}
+	// A full sync (the first after a start, the retry after a failure) is
+	// when the pending changes may not say everything: judge every entry.
+	reconcile := full || res.Full
+	if n, err := conntrack.Cleanup(d.cfg.Conntrack, snap, d.pending, reconcile); err != nil {
+		logger.Error(err, "Deleting stale conntrack entries failed", "deleted", n, "reconcile", reconcile)
+	} else if n > 0 || reconcile {
+		logger.V(2).Info("Deleted stale conntrack entries", "entries", n, "reconcile", reconcile)
 	}
 	now := time.Now()
 	d.health.Updated()

@@ -3,7 +3,6 @@ package daemon
 import (
 	"context"
 	"errors"
-	"net/netip"
 	"slices"
 	"sync"
 	"testing"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/svcproxy/svcproxy/proxy"
 	"github.com/svcproxy/svcproxy/proxy/conntrack"
+	conntracktest "github.com/svcproxy/svcproxy/proxy/conntrack/testing"
 	"github.com/svcproxy/svcproxy/proxy/metrics"
 	"github.com/svcproxy/svcproxy/proxy/proxytest"
 )
@@ -102,24 +102,18 @@ func deliver(h proxy.Handler, o any) {
 	}
 }
 
-// fakeConntrack records every filter it is asked to delete.
-type fakeConntrack struct {
-	mu      sync.Mutex
-	filters []conntrack.Filter
-}
+// fakeConntrack is a conntrack table: the entries put in it stay until a
+// cleanup judges them stale.
+type fakeConntrack = conntracktest.Fake
 
-func (c *fakeConntrack) Delete(filters []conntrack.Filter) (uint, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.filters = append(c.filters, filters...)
-	return uint(len(filters)), nil
-}
-
-func (c *fakeConntrack) taken() []conntrack.Filter {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return slices.Clone(c.filters)
-}
+// Flows of a client pod to the dns service (udpService), DNATed to one
+// endpoint each, and one never DNATed.
+var (
+	flowTo5  = conntracktest.DNATed(v1.ProtocolUDP, "10.244.1.20:40000", "10.96.0.10:53", "10.244.2.5:53")
+	flowTo6  = conntracktest.DNATed(v1.ProtocolUDP, "10.244.1.20:40001", "10.96.0.10:53", "10.244.2.6:53")
+	flowTo9  = conntracktest.DNATed(v1.ProtocolUDP, "10.244.1.20:40002", "10.96.0.10:53", "10.244.2.9:53")
+	flowNone = conntracktest.Direct(v1.ProtocolUDP, "10.244.1.20:40003", "10.96.0.10:53")
+)
 
 // fakeLeftovers counts its calls and fails the first failures of them;
 // backend, when set, must have synced successfully before the first call.
@@ -241,7 +235,7 @@ func TestFirstSyncIsFullThenChangesArePartial(t *testing.T) {
 func TestFailedSyncIsRetriedFullWithItsChangesAndConntrack(t *testing.T) {
 	svc, slice := udpService("10.244.2.5", "10.244.2.6")
 	be := &fakeBackend{}
-	ct := &fakeConntrack{}
+	ct := conntracktest.NewFake(nil, flowTo5, flowTo6)
 	src := &fakeSource{initial: []any{svc, slice}}
 	var failOnce sync.Once
 	d := start(t, Config{Backend: be, NewSource: sourceFor(src), Conntrack: ct})
@@ -265,9 +259,11 @@ func TestFailedSyncIsRetriedFullWithItsChangesAndConntrack(t *testing.T) {
 		t.Errorf("calls (full?) %v: want a partial sync that failed, then a full retry", calls)
 	}
 	// The endpoint removed in the failed sync still gets its UDP flows
-	// deleted, once the retry is in.
-	want := conntrack.Filter{Protocol: v1.ProtocolUDP, OrigDst: netip.MustParseAddr("10.96.0.10"), OrigPort: 53, ReplySrcIP: netip.MustParseAddr("10.244.2.6")}
-	eventually(t, "conntrack cleanup", func() bool { return slices.Contains(ct.taken(), want) })
+	// deleted, once the retry is in; the other endpoint's stay.
+	eventually(t, "conntrack cleanup", func() bool { return !slices.Contains(ct.Entries(), flowTo6) })
+	if !slices.Contains(ct.Entries(), flowTo5) {
+		t.Errorf("the flow to the remaining endpoint was deleted; deleted %v", ct.Deleted())
+	}
 	if got := testutil.ToFloat64(d.metrics.IPTablesRestoreFailuresTotal.WithLabelValues(metrics.IPFamily)); got != 1 {
 		t.Errorf("restore failures %v, want 1", got)
 	}
@@ -279,11 +275,10 @@ func TestFailedSyncIsRetriedFullWithItsChangesAndConntrack(t *testing.T) {
 func TestNoConntrackCleanupForAFailedSync(t *testing.T) {
 	svc, slice := udpService("10.244.2.5", "10.244.2.6")
 	be := &fakeBackend{}
-	ct := &fakeConntrack{}
+	ct := conntracktest.NewFake(nil, flowTo5, flowTo6)
 	src := &fakeSource{initial: []any{svc, slice}}
 	start(t, Config{Backend: be, NewSource: sourceFor(src), Conntrack: ct, MinSyncPeriod: time.Millisecond, SyncPeriod: time.Hour})
 	eventually(t, "the first sync", func() bool { _, st := be.snapshot(); return st != nil })
-	before := len(ct.taken())
 
 	be.mu.Lock()
 	be.fail = func(int) error { return errors.New("netlink: operation not permitted") }
@@ -294,8 +289,36 @@ func TestNoConntrackCleanupForAFailedSync(t *testing.T) {
 		calls, _ := be.snapshot()
 		return len(calls) >= 3
 	})
-	if got := ct.taken(); len(got) != before {
-		t.Errorf("conntrack entries deleted while the rules still DNAT to the old endpoint: %v", got[before:])
+	if got := ct.Deleted(); len(got) != 0 {
+		t.Errorf("conntrack entries deleted while the rules still DNAT to the old endpoint: %v", got)
+	}
+}
+
+// A restart (the first sync) judges every entry against the rules: flows
+// whose endpoint is still there keep their entry, and so their endpoint;
+// one DNATed to an endpoint that went while svcproxy was down, and one never
+// DNATed, go (kubernetes #122740: kube-proxy deletes them all).
+func TestFirstSyncKeepsValidConntrackEntries(t *testing.T) {
+	svc, slice := udpService("10.244.2.5", "10.244.2.6")
+	be := &fakeBackend{}
+	ct := conntracktest.NewFake(nil, flowTo5, flowTo6, flowTo9, flowNone)
+	src := &fakeSource{initial: []any{svc, slice}}
+	start(t, Config{Backend: be, NewSource: sourceFor(src), Conntrack: ct})
+	eventually(t, "the first cleanup", func() bool { return ct.Deletes() > 0 })
+	if got, want := ct.Entries(), []conntrack.Entry{flowTo5, flowTo6}; !slices.Equal(got, want) {
+		t.Errorf("entries left %v, want %v", got, want)
+	}
+	if got, want := ct.Deleted(), []conntrack.Entry{flowTo9, flowNone}; !slices.Equal(got, want) {
+		t.Errorf("entries deleted %v, want %v", got, want)
+	}
+
+	// A later change is judged by its changes: only the removed
+	// endpoint's flow goes.
+	_, slice2 := udpService("10.244.2.5")
+	src.send(slice, slice2)
+	eventually(t, "the removed endpoint's flow deleted", func() bool { return !slices.Contains(ct.Entries(), flowTo6) })
+	if got, want := ct.Entries(), []conntrack.Entry{flowTo5}; !slices.Equal(got, want) {
+		t.Errorf("entries left %v, want %v", got, want)
 	}
 }
 
