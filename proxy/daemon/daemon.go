@@ -92,8 +92,11 @@ type Daemon struct {
 	pending  []proxy.Change
 	triggers []time.Time
 	// leftovers not yet removed; they go after each successful sync until
-	// each succeeded once (kube-proxy's rules only once ours are in).
-	leftovers []proxy.Leftovers
+	// each succeeded once (kube-proxy's rules only once ours are in), in
+	// the background so that changes keep being applied meanwhile.
+	leftMu      sync.Mutex
+	leftovers   []proxy.Leftovers
+	leftRunning bool
 	// backendMu keeps drift checks out of a running sync.
 	backendMu sync.Mutex
 }
@@ -273,7 +276,7 @@ func (d *Daemon) sync(ctx context.Context, full bool) error {
 	}
 	d.services.SyncServices(snap)
 	d.pending, d.triggers = d.pending[:0], d.triggers[:0]
-	d.removeLeftovers(ctx)
+	d.startLeftovers(ctx)
 	if res.Full {
 		// A full sync leaves a lot of garbage (the restore input of every
 		// chain): hand it back to the OS now rather than keep the peak.
@@ -285,12 +288,34 @@ func (d *Daemon) sync(ctx context.Context, full bool) error {
 	return nil
 }
 
-// removeLeftovers runs every remover that has not succeeded yet, in order;
-// a failed one is retried after the next sync.
-func (d *Daemon) removeLeftovers(ctx context.Context) {
+// startLeftovers starts a round of the removers that have not succeeded
+// yet, unless one is running: in the background, because listing and
+// deleting another data plane's rules takes seconds on a big node, and the
+// sync loop must go on meanwhile. A remover that fails is retried after
+// the next successful sync.
+func (d *Daemon) startLeftovers(ctx context.Context) {
+	d.leftMu.Lock()
+	defer d.leftMu.Unlock()
+	if d.leftRunning || len(d.leftovers) == 0 {
+		return
+	}
+	d.leftRunning = true
+	todo := d.leftovers
+	go func() {
+		failed := removeLeftovers(ctx, todo)
+		d.leftMu.Lock()
+		d.leftovers, d.leftRunning = failed, false
+		d.leftMu.Unlock()
+	}()
+}
+
+// removeLeftovers runs the removers in order and returns those that
+// failed.
+func removeLeftovers(ctx context.Context, todo []proxy.Leftovers) []proxy.Leftovers {
 	logger := klog.FromContext(ctx)
 	var failed []proxy.Leftovers
-	for _, l := range d.leftovers {
+	for _, l := range todo {
+		start := time.Now()
 		n, err := l.Remove(ctx)
 		if err != nil {
 			logger.Error(err, "Removing leftovers failed; retrying after the next sync", "what", l.Name(), "removed", n)
@@ -298,8 +323,8 @@ func (d *Daemon) removeLeftovers(ctx context.Context) {
 			continue
 		}
 		if n > 0 {
-			logger.Info("Removed leftovers", "what", l.Name(), "objects", n)
+			logger.Info("Removed leftovers", "what", l.Name(), "objects", n, "took", time.Since(start))
 		}
 	}
-	d.leftovers = failed
+	return failed
 }

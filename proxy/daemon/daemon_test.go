@@ -439,3 +439,41 @@ func TestDriftIsRepairedByAFullSync(t *testing.T) {
 		t.Errorf("drift detections %v, want at least 1", got)
 	}
 }
+
+// blockingLeftovers blocks in Remove until released.
+type blockingLeftovers struct {
+	started, release chan struct{}
+}
+
+func (l *blockingLeftovers) Name() string { return "slow leftovers" }
+
+func (l *blockingLeftovers) Remove(ctx context.Context) (int, error) {
+	close(l.started)
+	select {
+	case <-l.release:
+	case <-ctx.Done():
+	}
+	return 1, nil
+}
+
+// Removing another data plane's rules takes seconds on a big node; changes
+// arriving meanwhile are applied all the same.
+func TestLeftoversDoNotHoldBackSyncs(t *testing.T) {
+	svc, slice := udpService("10.244.2.5")
+	be := &fakeBackend{}
+	src := &fakeSource{initial: []any{svc, slice}}
+	slow := &blockingLeftovers{started: make(chan struct{}), release: make(chan struct{})}
+	defer close(slow.release)
+	start(t, Config{Backend: be, NewSource: sourceFor(src), Conntrack: &fakeConntrack{}, Leftovers: []proxy.Leftovers{slow}})
+	select {
+	case <-slow.started:
+	case <-time.After(5 * time.Second):
+		t.Fatal("leftovers never removed")
+	}
+	_, slice2 := udpService("10.244.2.5", "10.244.2.6")
+	src.send(slice, slice2)
+	eventually(t, "the change applied while the leftovers are being removed", func() bool {
+		_, st := be.snapshot()
+		return len(st[dnsPort]) == 2
+	})
+}
