@@ -2,8 +2,8 @@
 # The one test command: installs what the tests need when it is missing,
 # then runs every test — unit, rules, behaviour, fuzz seeds, and (as root)
 # the integration tests in network namespaces this script's tests create
-# (among them iptables/testing's check that the fake iptables-restore
-# agrees with the real one),
+# (among them the checks that the fake iptables-restore and ipset of
+# iptables/testing and ipvs/testing agree with the real ones),
 # the e2e suite (hack/e2e.sh: builds the pinned kube-apiserver, etcd and
 # CoreDNS from Go modules into .cache/tools once, a few minutes cold), and
 # the IPVS tests in a qemu VM (hack/vm/run.sh: installs qemu-system-x86,
@@ -104,7 +104,7 @@ if [ -n "$unformatted" ]; then
 	exit 1
 fi
 go vet ./...
-go vet -tags integration ./test/integration/... ./iptables/testing/...
+go vet -tags integration ./test/integration/... ./iptables/testing/... ./ipvs/testing/...
 
 log "staticcheck (built from hack/tools/staticcheck/go.mod into .cache/tools/bin once)"
 bash hack/tools/build.sh staticcheck
@@ -125,9 +125,9 @@ if [ "$(id -u)" != 0 ]; then
 fi
 install_packages
 
-log "integration tests: real iptables-restore (and the fake held to it) and real connections in private network namespaces; a skip fails"
+log "integration tests: real iptables-restore and ipset (and the fakes held to them) and real connections in private network namespaces; a skip fails"
 before=$([ -z "$git_tree" ] || generated_state)
-run_tests -tags integration -count=1 ./test/integration/... ./iptables/testing/...
+run_tests -tags integration -count=1 ./test/integration/... ./iptables/testing/... ./ipvs/testing/...
 check_generated "$before"
 
 log "e2e tests: real kube-apiserver, etcd and CoreDNS, two nodes with an overlay, svcproxy on each"

@@ -1,6 +1,7 @@
 package iptables_test
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -187,13 +188,19 @@ func checkAffinityHits(t *testing.T, e *env, svc string, eps []string) {
 
 // TestBehaviourSessionAffinityAcrossSyncs: the xt_recent lists live as
 // long as a rule uses them. A full resync, and a partial one after an
-// endpoint change, keep the client with its endpoint; the list of an
-// endpoint that is gone goes with its rules, and its clients are balanced
-// over the others.
+// endpoint change, keep the client with its endpoint, also when the Syncer
+// splits its work into one-chain batches; the list of an endpoint that is
+// gone goes with its rules, and its clients are balanced over the others.
 func TestBehaviourSessionAffinityAcrossSyncs(t *testing.T) {
+	for _, batch := range []int{0, 1} {
+		t.Run(fmt.Sprintf("batchChains=%d", batch), func(t *testing.T) { affinityAcrossSyncs(t, batch) })
+	}
+}
+
+func affinityAcrossSyncs(t *testing.T, batch int) {
 	sticky := service("sticky", "10.96.0.50", 80, affinity(600))
 	eps := []ep{ready("10.244.1.50", thisNode), ready("10.244.2.50", otherNode), ready("10.244.2.51", otherNode)}
-	e := newEnv(t, sticky, slice(sticky, eps...))
+	e := newEnvWith(t, testOpts(), batch, sticky, slice(sticky, eps...))
 	first := e.connect(t, podHere, "10.96.0.50:80", "", 0.5)
 	sticks := func(step string) {
 		t.Helper()

@@ -229,8 +229,8 @@ COMMIT
 const kubeProxySets = `create KUBE-LOAD-BALANCER hash:ip,port
 create KUBE-CLUSTER-IP hash:ip,port
 create KUBE-IPVS-IPS hash:ip
-create KUBE-HEALTH-CHECK-NODE-PORT bitmap:port
-create KUBE-NODE-PORT-TCP bitmap:port
+create KUBE-HEALTH-CHECK-NODE-PORT bitmap:port range 0-65535
+create KUBE-NODE-PORT-TCP bitmap:port range 0-65535
 create KUBE-LOOP-BACK hash:ip,port,ip
 `
 

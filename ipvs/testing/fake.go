@@ -55,6 +55,8 @@ type link struct {
 
 type set struct {
 	typ     string
+	max     int // maxelem
+	lo, hi  int // bitmap:port range
 	entries map[string]bool
 }
 

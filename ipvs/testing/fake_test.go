@@ -108,30 +108,56 @@ func TestFakeRefuses(t *testing.T) {
 	}
 }
 
-// TestFakeSets: restore is line by line like ipset (earlier lines stay
-// applied) and stores entries as ipset save prints them.
+// TestFakeSets: restore is not atomic, and gathers consecutive adds of a
+// set like ipset: a line that does not parse loses the adds gathered
+// before it, an element the kernel refuses keeps the ones before it. It
+// stores entries as ipset save prints them.
 func TestFakeSets(t *testing.T) {
 	f := NewFake()
 	err := f.RestoreSets([]byte(strings.Join([]string{
 		"# a comment",
 		"create N hash:net family inet hashsize 1024 maxelem 1048576",
 		"add N 10.1.2.3/32",
-		"add N 10.1.2.0/255.255.255.0", // bad: stops here
+		"add N 10.1.2.0/255.255.255.0", // does not parse: stops here, loses line 3
 		"add N 10.9.0.0/16",
 	}, "\n")))
 	if err == nil || !strings.Contains(err.Error(), "line 4") {
 		t.Fatalf("error %v, want one naming line 4", err)
 	}
-	got, _ := f.SetEntries("N")
-	if d := cmp.Diff([]string{"10.1.2.3"}, got); d != "" {
-		t.Errorf("entries (-want +got):\n%s", d)
+	got, ok := f.SetEntries("N")
+	if d := cmp.Diff([]string(nil), got); d != "" || !ok {
+		t.Errorf("N exists: %v; entries (-want +got):\n%s", ok, d)
 	}
-	if err := f.RestoreSets([]byte("create N hash:net\nadd N 10.9.1.1/16\nadd N 10.1.2.3\ndel N 10.1.2.3\ndel N 10.1.2.3\n")); err != nil {
+	err = f.RestoreSets([]byte(strings.Join([]string{
+		"add N 10.1.2.3/32",
+		"add N 0.0.0.0/0", // the kernel refuses it: line 1 stays
+		"add N 10.9.0.0/16",
+	}, "\n")))
+	if err == nil || !strings.Contains(err.Error(), "line 2") {
+		t.Fatalf("error %v, want one naming line 2", err)
+	}
+	if got, _ := f.SetEntries("N"); !cmp.Equal([]string{"10.1.2.3"}, got) {
+		t.Errorf("entries %q, want [10.1.2.3]", got)
+	}
+	if err := f.RestoreSets([]byte("create N hash:net family inet hashsize 4096 maxelem 1048576\nadd N 10.9.1.1/16\nadd N 10.1.2.3\ndel N 10.1.2.3\ndel N 10.1.2.3\n")); err != nil {
 		t.Fatalf("-exist semantics: %v", err)
 	}
 	got, _ = f.SetEntries("N")
 	if d := cmp.Diff([]string{"10.9.0.0/16"}, got); d != "" {
 		t.Errorf("entries (-want +got):\n%s", d)
+	}
+	// -exist does not cover another maxelem, a type or option the fake
+	// does not model, or a bitmap without its range.
+	for _, bad := range []string{
+		"create N hash:net",
+		"create M hash:ip family inet6",
+		"create M hash:ip timeout 60",
+		"create P bitmap:port",
+		"create P bitmap:port range 30000-32767\nadd P 80",
+	} {
+		if err := f.RestoreSets([]byte(bad + "\n")); err == nil {
+			t.Errorf("%q: no error", bad)
+		}
 	}
 }
 

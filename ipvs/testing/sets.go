@@ -64,13 +64,25 @@ func (f *Fake) SetEntries(name string) ([]string, bool) {
 	return es, true
 }
 
-// RestoreSets implements ipvs.Interface like `ipset restore -exist`. The
-// call is logged as "RestoreSets line; line; …". It
-// applies line by line and stops at the first bad one, whose number the
-// error names; earlier lines stay applied, as with ipset. Entries are
-// checked against the set's type and stored as `ipset save` prints them.
-// Like the kernel, it refuses to destroy a set an iptables rule uses (see
-// UseIPTables); like -exist, it takes destroying a missing set as done.
+// RestoreSets implements ipvs.Interface like `ipset restore -exist` (v7,
+// checked against ipset v7.17 by fake_real_test.go). The call is logged as
+// "RestoreSets line; line; …".
+//
+// Like ipset it is not atomic, and not quite line by line either: ipset
+// parses each line (syntax, set type, options, that an add or del names an
+// existing set, the element's form), runs create, flush and destroy at
+// once, and gathers consecutive add (or del) lines of one set into one
+// message, sent when a line of another kind or set has parsed, or at the
+// end. So a line that does not parse stops the restore and loses the
+// gathered adds before it, while an element the kernel refuses (0.0.0.0/0
+// in a hash:net, a port outside a bitmap's range) stops it after the
+// elements before it went in. The error names the line. Entries are
+// stored as `ipset save` prints them. Like the kernel, it refuses to
+// destroy a set an iptables rule uses (see UseIPTables); like -exist, it
+// takes creating a set that exists with the same type and maxelem, adding
+// an element present, deleting one absent and destroying a missing set as
+// done. Creation options, element options and forms the fake does not
+// model (IPv6, timeouts, counters, IP ranges, ICMP types…) are refused.
 func (f *Fake) RestoreSets(data []byte) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -84,80 +96,216 @@ func (f *Fake) RestoreSets(data []byte) error {
 	if err := f.record("RestoreSets", strings.Join(logged, "; ")); err != nil {
 		return err
 	}
+	var batch []*setCmd // consecutive adds or dels of one set, not yet sent
+	send := func() error {
+		defer func() { batch = nil }()
+		for _, c := range batch {
+			if err := f.execSetCmd(c); err != nil {
+				return fmt.Errorf("ipset v7.17: Error in line %d: %w", c.line, err)
+			}
+		}
+		return nil
+	}
 	for i, line := range lines {
-		if err := f.restoreLine(strings.TrimSpace(line)); err != nil {
+		c, err := f.parseSetLine(i+1, strings.TrimSpace(line))
+		if err != nil {
 			return fmt.Errorf("ipset v7.17: Error in line %d: %w", i+1, err)
 		}
+		if c == nil {
+			continue
+		}
+		if len(batch) > 0 && c.entry != "" && batch[0].cmd == c.cmd && batch[0].name == c.name {
+			batch = append(batch, c)
+			continue
+		}
+		if err := send(); err != nil {
+			return err
+		}
+		if c.entry != "" {
+			batch = append(batch, c)
+			continue
+		}
+		if err := f.execSetCmd(c); err != nil {
+			return fmt.Errorf("ipset v7.17: Error in line %d: %w", c.line, err)
+		}
+	}
+	return send()
+}
+
+// setCmd is one parsed ipset restore line.
+type setCmd struct {
+	line   int
+	cmd    string // "create", "add", "del", "flush" or "destroy"
+	name   string
+	typ    string // create
+	max    int    // create: maxelem
+	lo, hi int    // create, bitmap:port: the range
+	entry  string // add, del: canonical
+}
+
+const defaultMaxElem = 65536
+
+var setCommands = map[string]string{
+	"create": "create", "-N": "create", "add": "add", "-A": "add", "del": "del", "-D": "del",
+	"flush": "flush", "-F": "flush", "destroy": "destroy", "-X": "destroy",
+}
+
+// parseSetLine does what ipset does with a line before the kernel sees it;
+// nil for a blank line, a comment or COMMIT. f.mu is held.
+func (f *Fake) parseSetLine(n int, line string) (*setCmd, error) {
+	if line == "" || strings.HasPrefix(line, "#") || line == "COMMIT" {
+		return nil, nil
+	}
+	fs := strings.Fields(line)
+	cmd, ok := setCommands[fs[0]]
+	if !ok {
+		return nil, fmt.Errorf("syntax error: unknown command %s", fs[0])
+	}
+	if len(fs) < 2 {
+		return nil, fmt.Errorf("missing set name in %q", line)
+	}
+	c := &setCmd{line: n, cmd: cmd, name: fs[1]}
+	if len(c.name) > 31 {
+		return nil, fmt.Errorf("set name %q: longer than 31 characters", c.name)
+	}
+	switch cmd {
+	case "create":
+		if len(fs) < 3 {
+			return nil, errors.New("missing set type")
+		}
+		c.typ = fs[2]
+		if _, ok := setTypes[c.typ]; !ok {
+			return nil, fmt.Errorf("syntax error: unknown settype %s", c.typ)
+		}
+		return c, parseCreateOptions(c, fs[3:])
+	case "add", "del":
+		s := f.sets[c.name]
+		if s == nil {
+			return nil, fmt.Errorf("the set with the given name does not exist: %s", c.name)
+		}
+		if len(fs) < 3 {
+			return nil, errors.New("missing element")
+		}
+		if len(fs) > 3 {
+			return nil, fmt.Errorf("element options %q: not modelled by the fake", strings.Join(fs[3:], " "))
+		}
+		e, err := canonicalEntry(s.typ, fs[2])
+		if err != nil {
+			return nil, fmt.Errorf("set %s: %w", c.name, err)
+		}
+		c.entry = e
+		return c, nil
+	}
+	if len(fs) > 2 {
+		return nil, fmt.Errorf("unknown argument %q", fs[2])
+	}
+	return c, nil
+}
+
+// parseCreateOptions parses the options after the type: those svcproxy
+// and kube-proxy use. Anything else is refused.
+func parseCreateOptions(c *setCmd, opts []string) error {
+	c.max = defaultMaxElem
+	bitmap := c.typ == "bitmap:port"
+	hasRange := false
+	for i := 0; i < len(opts); i += 2 {
+		if i+1 >= len(opts) {
+			return fmt.Errorf("option %q needs an argument (or is not modelled by the fake)", opts[i])
+		}
+		k, v := opts[i], opts[i+1]
+		n, nerr := strconv.Atoi(v)
+		switch {
+		case k == "family" && !bitmap:
+			if v != "inet" {
+				return fmt.Errorf("family %q: only inet is modelled by the fake", v)
+			}
+		case k == "hashsize" && !bitmap, k == "bucketsize" && !bitmap:
+			if nerr != nil || n < 1 {
+				return fmt.Errorf("%s %q: not a number", k, v)
+			}
+		case k == "maxelem" && !bitmap:
+			if nerr != nil || n < 1 {
+				return fmt.Errorf("maxelem %q: not a number", v)
+			}
+			c.max = n
+		case k == "range" && bitmap:
+			a, b, ok := strings.Cut(v, "-")
+			lo, err1 := strconv.Atoi(a)
+			hi, err2 := strconv.Atoi(b)
+			if !ok || err1 != nil || err2 != nil || lo < 0 || hi > 65535 || lo > hi {
+				return fmt.Errorf("range %q: want from-to within 0-65535", v)
+			}
+			c.lo, c.hi, hasRange = lo, hi, true
+		default:
+			return fmt.Errorf("Unknown argument: `%s' (or not modelled by the fake)", k)
+		}
+	}
+	if bitmap && !hasRange {
+		return errors.New("Mandatory option `range' is missing")
 	}
 	return nil
 }
 
-func (f *Fake) restoreLine(line string) error {
-	if line == "" || strings.HasPrefix(line, "#") || line == "COMMIT" {
-		return nil
-	}
-	fs := strings.Fields(line)
-	if len(fs) < 2 {
-		return fmt.Errorf("missing set name in %q", line)
-	}
-	cmd, name := fs[0], fs[1]
-	if len(name) > 31 {
-		return fmt.Errorf("set name %q: longer than 31 characters", name)
-	}
-	s := f.sets[name]
-	switch cmd {
-	case "create", "-N":
-		if len(fs) < 3 {
-			return errors.New("missing set type")
-		}
-		typ := fs[2]
-		if _, ok := setTypes[typ]; !ok {
-			return fmt.Errorf("syntax error: unknown settype %s", typ)
-		}
+// execSetCmd does what the kernel does with a parsed line. f.mu is held.
+func (f *Fake) execSetCmd(c *setCmd) error {
+	s := f.sets[c.name]
+	switch c.cmd {
+	case "create":
 		if s != nil {
-			if s.typ != typ {
-				return fmt.Errorf("set %s: set with the same name already exists and its type differs", name)
+			if s.typ != c.typ || s.max != c.max || s.lo != c.lo || s.hi != c.hi {
+				return fmt.Errorf("Set cannot be created: set with the same name already exists (%s %s maxelem %d)", c.name, s.typ, s.max)
 			}
 			return nil
 		}
-		f.sets[name] = &set{typ: typ, entries: map[string]bool{}}
-		return nil
-	case "add", "-A", "del", "-D":
+		f.sets[c.name] = &set{typ: c.typ, max: c.max, lo: c.lo, hi: c.hi, entries: map[string]bool{}}
+	case "add", "del":
 		if s == nil {
-			return fmt.Errorf("the set with the given name does not exist: %s", name)
+			return fmt.Errorf("the set with the given name does not exist: %s", c.name)
 		}
-		if len(fs) < 3 {
-			return errors.New("missing element")
+		if c.cmd == "del" {
+			delete(s.entries, c.entry)
+			return nil
 		}
-		e, err := canonicalEntry(s.typ, fs[2])
-		if err != nil {
-			return fmt.Errorf("set %s: %w", name, err)
+		if err := s.kernelCheck(c.entry); err != nil {
+			return fmt.Errorf("set %s: %w", c.name, err)
 		}
-		if cmd == "add" || cmd == "-A" {
-			s.entries[e] = true
-		} else {
-			delete(s.entries, e)
+		if !s.entries[c.entry] && len(s.entries) >= s.max {
+			return fmt.Errorf("set %s: Hash is full, cannot add more elements", c.name)
 		}
-		return nil
-	case "flush", "-F":
+		s.entries[c.entry] = true
+	case "flush":
 		if s == nil {
-			return fmt.Errorf("the set with the given name does not exist: %s", name)
+			return fmt.Errorf("the set with the given name does not exist: %s", c.name)
 		}
 		s.entries = map[string]bool{}
-		return nil
-	case "destroy", "-X":
+	case "destroy":
 		if s == nil {
 			// -exist makes destroying a missing set a no-op (checked
 			// with ipset v7.17), unlike add, del and flush.
 			return nil
 		}
-		if n := f.setRefs[name]; n > 0 {
-			return fmt.Errorf("Set cannot be destroyed: it is in use by a kernel component (%s: %d iptables rules)", name, n)
+		if n := f.setRefs[c.name]; n > 0 {
+			return fmt.Errorf("Set cannot be destroyed: it is in use by a kernel component (%s: %d iptables rules)", c.name, n)
 		}
-		delete(f.sets, name)
-		return nil
+		delete(f.sets, c.name)
 	}
-	return fmt.Errorf("syntax error: unknown command %s", cmd)
+	return nil
+}
+
+// kernelCheck refuses what the kernel refuses of a well-formed element.
+func (s *set) kernelCheck(e string) error {
+	parts := strings.Split(e, ",")
+	for i, k := range setTypes[s.typ] {
+		switch p := parts[i]; {
+		case k == "net" && strings.HasSuffix(p, "/0"):
+			return errors.New("The value of the CIDR parameter of the IP address is invalid")
+		case k == "bareport":
+			if n, _ := strconv.Atoi(p); n < s.lo || n > s.hi {
+				return errors.New("Element is out of the range of the set")
+			}
+		}
+	}
+	return nil
 }
 
 // HasSet implements iptablestest.Sets: whether set name exists.
@@ -224,8 +372,8 @@ func canonicalEntry(typ, e string) (string, error) {
 				}
 				pfx = netip.PrefixFrom(a, 32)
 			}
-			if !pfx.Addr().Is4() || pfx.Bits() == 0 {
-				return "", fmt.Errorf("element %q: the value of the CIDR parameter of the IP address is invalid", e)
+			if !pfx.Addr().Is4() {
+				return "", fmt.Errorf("element %q: %q is not an IPv4 network", e, p)
 			}
 			pfx = pfx.Masked()
 			if pfx.Bits() == 32 {
@@ -247,6 +395,9 @@ func canonicalEntry(typ, e string) (string, error) {
 			}
 			parts[i] = proto + ":" + strconv.Itoa(n)
 		case "bareport":
+			if proto, num, ok := strings.Cut(p, ":"); ok && (proto == "tcp" || proto == "udp") {
+				p = num // bitmap:port ignores the protocol
+			}
 			n, err := strconv.Atoi(p)
 			if err != nil || n < 0 || n > 65535 {
 				return "", fmt.Errorf("element %q: port %q", e, p)
