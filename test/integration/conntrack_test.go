@@ -45,10 +45,10 @@ func ask(c net.Conn) (string, error) {
 	return strings.Fields(line)[0], nil
 }
 
-// TestStaleUDPFlowsFollowEndpointChanges: a client that keeps one UDP socket
+// TestConntrackStaleUDPFlowsFollowEndpointChanges: a client that keeps one UDP socket
 // (like a DNS stub resolver) is moved to the new endpoint when its endpoint
 // is removed, because svcproxy deletes the conntrack entry that pinned it.
-func TestStaleUDPFlowsFollowEndpointChanges(t *testing.T) {
+func TestConntrackStaleUDPFlowsFollowEndpointChanges(t *testing.T) {
 	tp := newTopology(t)
 	srv1 := tp.addPod(t, "srv1", "10.244.1.10")
 	srv2 := tp.addPod(t, "srv2", "10.244.1.11")
