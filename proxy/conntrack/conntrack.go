@@ -13,7 +13,11 @@
 // node's addresses, and either
 //   - it was DNATed (its reply source is not its original destination) to an
 //     endpoint the rules no longer use for that port, or
-//   - it was never DNATed while the port has endpoints the rules use.
+//   - it was never DNATed while the port has endpoints the rules use, or
+//   - it was DNATed by IPVS and the data plane is iptables (after a switch
+//     from IPVS mode, svcproxy's or kube-proxy's): nothing translates its
+//     packets any more, so it would blackhole the flow for as long as the
+//     client keeps sending.
 //
 // Every other entry stays: above all, a flow whose endpoint is still there
 // keeps its entry, and so its endpoint, across a restart of svcproxy, an
@@ -43,15 +47,16 @@ import (
 // Family is an address family: unix.AF_INET or unix.AF_INET6.
 type Family uint8
 
+// The address families.
 const (
-	afINET  = Family(unix.AF_INET)
-	afINET6 = Family(unix.AF_INET6)
+	IPv4 = Family(unix.AF_INET)
+	IPv6 = Family(unix.AF_INET6)
 )
 
 // families are the address families Cleanup looks at. svcproxy programs IPv4
 // only; dual-stack needs unix.AF_INET6 added here, nothing else in this
 // package.
-var families = []Family{afINET}
+var families = []Family{IPv4}
 
 // Tuple is one direction of an entry.
 type Tuple struct {
@@ -69,6 +74,11 @@ type Entry struct {
 	// flow was DNATed to, or Orig.Dst when it never was.
 	Reply Tuple
 	Zone  uint16
+	// DstNAT is set when netfilter's NAT did the DNAT (status
+	// IPS_DST_NAT): iptables rules, svcproxy's or kube-proxy's. An entry
+	// DNATed without it was rewritten by IPVS, and only IPVS translates
+	// its packets.
+	DstNAT bool
 }
 
 // DNATed reports whether the flow's destination was rewritten: its replies
@@ -80,6 +90,9 @@ func (e Entry) Family() Family { return familyOf(e.Orig.Dst.Addr()) }
 
 func (e Entry) String() string {
 	s := fmt.Sprintf("%s src=%v dst=%v reply src=%v dst=%v", e.Protocol, e.Orig.Src, e.Orig.Dst, e.Reply.Src, e.Reply.Dst)
+	if e.DNATed() && !e.DstNAT {
+		s += " (IPVS)"
+	}
 	if e.Zone != 0 {
 		s += fmt.Sprintf(" zone=%d", e.Zone)
 	}
@@ -199,18 +212,29 @@ func StaleFilters(changes []proxy.Change) []Filter {
 	return out
 }
 
+// Options says how Cleanup judges.
+type Options struct {
+	// Reconcile judges every entry of the table: for the first sync after
+	// a start and the retry after a failure, whenever the changes may not
+	// say everything that changed since the table was last cleaned.
+	Reconcile bool
+	// IPVS says the data plane is IPVS: entries IPVS DNATed are its flows.
+	// Otherwise they are left from an IPVS data plane that is gone, and
+	// stale.
+	IPVS bool
+}
+
 // Cleanup deletes the entries that are stale under snap, the rules now in
-// place, and returns how many went. With reconcile (the first sync after a
-// start, the retry after a failure: whenever changes may not say everything
-// that changed since the table was last cleaned) it judges every entry of
-// the table; otherwise only those that changes can have made stale. In
+// place, and returns how many went. With o.Reconcile it judges every entry
+// of the table; otherwise only those that changes can have made stale. In
 // both cases an entry whose destination is one of snap's ports is deleted
 // only if snap makes it stale; changes alone decide for the others (a
 // deleted port, an address a port no longer has).
 //
 // An error leaves the remaining stale entries for a later call; nothing
 // valid is deleted because of it.
-func Cleanup(ct Interface, snap *proxy.Snapshot, changes []proxy.Change, reconcile bool) (uint, error) {
+func Cleanup(ct Interface, snap *proxy.Snapshot, changes []proxy.Change, o Options) (uint, error) {
+	reconcile := o.Reconcile
 	if reconcile {
 		// Without a previous port a change only says "judge this port",
 		// which the reconcile does for every port of snap anyway.
@@ -226,7 +250,7 @@ func Cleanup(ct Interface, snap *proxy.Snapshot, changes []proxy.Change, reconci
 	if !reconcile && len(filters) == 0 {
 		return 0, nil
 	}
-	j := newJudge(snap)
+	j := newJudge(snap, o.IPVS)
 	var total uint
 	var errs []error
 	for _, fam := range families {
@@ -279,18 +303,24 @@ type nodePortKey struct {
 type target struct {
 	// endpoints the rules DNAT to; empty when the port has none usable.
 	endpoints map[netip.AddrPort]bool
+	// ipvs: the data plane is IPVS.
+	ipvs bool
 }
 
 // stale reports whether e, a flow to t, is stale: DNATed to an endpoint the
-// rules do not use, or not DNATed although there are endpoints.
+// rules do not use, DNATed by IPVS when IPVS is not the data plane, or not
+// DNATed although there are endpoints.
 func (t *target) stale(e Entry) bool {
 	if e.DNATed() {
+		if !e.DstNAT && !t.ipvs {
+			return true
+		}
 		return !t.endpoints[e.Reply.Src]
 	}
 	return len(t.endpoints) > 0
 }
 
-func newJudge(snap *proxy.Snapshot) *judge {
+func newJudge(snap *proxy.Snapshot, ipvs bool) *judge {
 	j := &judge{services: map[serviceKey]*target{}, nodePorts: map[nodePortKey]*target{}}
 	if snap == nil {
 		return j
@@ -299,7 +329,7 @@ func newJudge(snap *proxy.Snapshot) *judge {
 	// by mistake): their endpoints are merged, so that no valid entry goes.
 	get := func(t *target) *target {
 		if t == nil {
-			t = &target{endpoints: map[netip.AddrPort]bool{}}
+			t = &target{endpoints: map[netip.AddrPort]bool{}, ipvs: ipvs}
 		}
 		return t
 	}
@@ -441,7 +471,7 @@ func used(sp *proxy.ServicePort) map[netip.AddrPort]bool {
 
 func familyOf(a netip.Addr) Family {
 	if a.Is4() || a.Is4In6() {
-		return afINET
+		return IPv4
 	}
-	return afINET6
+	return IPv6
 }

@@ -129,9 +129,12 @@ var (
 	sctpValid     = conntracktest.DNATed(sctp, "10.244.1.20:40017", "10.96.0.10:53", "10.244.1.2:53")
 	sctpGone      = conntracktest.DNATed(sctp, "10.244.1.20:40018", "10.96.0.10:53", "10.244.9.9:53")
 	v6Direct      = conntracktest.Direct(udp, "[fd00::20]:40019", "[fd00:96::10]:53")
+	ipvsValid     = conntracktest.IPVSDNATed(udp, "10.244.1.20:40020", "10.96.0.10:53", "10.244.1.2:53")
+	ipvsGone      = conntracktest.IPVSDNATed(udp, "10.244.1.20:40021", "10.96.0.10:53", "10.244.9.9:53")
 
 	everything = []conntrack.Entry{toVIPValid, toVIPValid2, toVIPGone, toVIPWrongPt, toVIPDirect, toExtValid, toLBGone, toLBDirect,
-		toNPValid, toNPGone, toNPDirect, toNPOtherNode, toNPGoneAway, unrelated, tcpGone, otherDirect, otherGone, sctpValid, sctpGone, v6Direct}
+		toNPValid, toNPGone, toNPDirect, toNPOtherNode, toNPGoneAway, unrelated, tcpGone, otherDirect, otherGone, sctpValid, sctpGone, v6Direct,
+		ipvsValid, ipvsGone}
 	nodeAddrs = []netip.Prefix{netip.MustParsePrefix("192.168.50.1/32"), netip.MustParsePrefix("10.244.1.1/32")}
 )
 
@@ -151,6 +154,7 @@ func TestCleanup(t *testing.T) {
 		ports     []*proxy.ServicePort // the Snapshot
 		changes   []proxy.Change
 		reconcile bool
+		ipvs      bool // the data plane is IPVS
 		nodeErr   error
 		want      []conntrack.Entry // deleted
 		wantErr   string
@@ -160,7 +164,17 @@ func TestCleanup(t *testing.T) {
 			ports:     []*proxy.ServicePort{udpDNS, sctpDNS, otherNone},
 			changes:   fresh(udpDNS, sctpDNS, otherNone),
 			reconcile: true,
-			want:      []conntrack.Entry{toVIPGone, toVIPWrongPt, toVIPDirect, toLBGone, toLBDirect, toNPGone, toNPDirect, otherGone, sctpGone},
+			// IPVS's flows too: the data plane is iptables (a switch from
+			// IPVS mode), nothing translates them any more.
+			want: []conntrack.Entry{toVIPGone, toVIPWrongPt, toVIPDirect, toLBGone, toLBDirect, toNPGone, toNPDirect, otherGone, sctpGone, ipvsValid, ipvsGone},
+		},
+		{
+			name:      "first sync after a start in IPVS mode: IPVS's and iptables' valid flows stay",
+			ports:     []*proxy.ServicePort{udpDNS, sctpDNS, otherNone},
+			changes:   fresh(udpDNS, sctpDNS, otherNone),
+			reconcile: true,
+			ipvs:      true,
+			want:      []conntrack.Entry{toVIPGone, toVIPWrongPt, toVIPDirect, toLBGone, toLBDirect, toNPGone, toNPDirect, otherGone, sctpGone, ipvsGone},
 		},
 		{
 			name:    "first sync judged by its changes alone: 'gained endpoints' deletes only entries never DNATed",
@@ -172,18 +186,19 @@ func TestCleanup(t *testing.T) {
 			name:    "endpoint removed: its flows go, from every address and the node port",
 			ports:   []*proxy.ServicePort{dns(udp, 30053, true, "10.244.2.2"), sctpDNS, otherNone},
 			changes: []proxy.Change{{Prev: udpDNS, Cur: dns(udp, 30053, true, "10.244.2.2")}},
-			want:    []conntrack.Entry{toVIPValid, toNPValid},
+			want:    []conntrack.Entry{toVIPValid, toNPValid, ipvsValid},
 		},
 		{
 			name:      "endpoint removed, after a failed sync: reconciled",
 			ports:     []*proxy.ServicePort{dns(udp, 30053, true, "10.244.2.2"), sctpDNS, otherNone},
 			changes:   []proxy.Change{{Prev: udpDNS, Cur: dns(udp, 30053, true, "10.244.2.2")}},
 			reconcile: true,
-			want:      []conntrack.Entry{toVIPValid, toVIPGone, toVIPWrongPt, toVIPDirect, toLBGone, toLBDirect, toNPValid, toNPGone, toNPDirect, otherGone, sctpGone},
+			want:      []conntrack.Entry{toVIPValid, toVIPGone, toVIPWrongPt, toVIPDirect, toLBGone, toLBDirect, toNPValid, toNPGone, toNPDirect, otherGone, sctpGone, ipvsValid, ipvsGone},
 		},
 		{
 			name:  "an outdated change cannot delete a valid entry",
 			ports: []*proxy.ServicePort{udpDNS},
+			ipvs:  true, // IPVS's flow to 10.244.1.2 is valid too
 			// Changes kept across a failed sync: 10.244.1.2 went, then
 			// came back.
 			changes: []proxy.Change{
@@ -202,20 +217,20 @@ func TestCleanup(t *testing.T) {
 			ports:     []*proxy.ServicePort{udpDNS, sctpDNS},
 			changes:   []proxy.Change{{Prev: other("10.244.9.9")}},
 			reconcile: true,
-			want:      []conntrack.Entry{toVIPGone, toVIPWrongPt, toVIPDirect, toLBGone, toLBDirect, toNPGone, toNPDirect, otherGone, sctpGone},
+			want:      []conntrack.Entry{toVIPGone, toVIPWrongPt, toVIPDirect, toLBGone, toLBDirect, toNPGone, toNPDirect, otherGone, sctpGone, ipvsValid, ipvsGone},
 		},
 		{
 			name:      "no endpoints: flows never DNATed stay (nothing better to send them to)",
 			ports:     []*proxy.ServicePort{dns(udp, 30053, true), sctpDNS, otherNone},
 			reconcile: true,
-			want:      []conntrack.Entry{toVIPValid, toVIPValid2, toVIPGone, toVIPWrongPt, toExtValid, toLBGone, toNPValid, toNPGone, otherGone, sctpGone},
+			want:      []conntrack.Entry{toVIPValid, toVIPValid2, toVIPGone, toVIPWrongPt, toExtValid, toLBGone, toNPValid, toNPGone, otherGone, sctpGone, ipvsValid, ipvsGone},
 		},
 		{
 			name:      "node addresses unknown: node-port flows are left alone",
 			ports:     []*proxy.ServicePort{udpDNS, sctpDNS, otherNone},
 			reconcile: true,
 			nodeErr:   errors.New("netlink: operation not permitted"),
-			want:      []conntrack.Entry{toVIPGone, toVIPWrongPt, toVIPDirect, toLBGone, toLBDirect, otherGone, sctpGone},
+			want:      []conntrack.Entry{toVIPGone, toVIPWrongPt, toVIPDirect, toLBGone, toLBDirect, otherGone, sctpGone, ipvsValid, ipvsGone},
 			wantErr:   "operation not permitted",
 		},
 		{
@@ -228,7 +243,7 @@ func TestCleanup(t *testing.T) {
 			ct := conntracktest.NewFake(nodeAddrs, everything...)
 			ct.NodeAddrsErr = tc.nodeErr
 			snap := proxy.NewSnapshot("node1", "", slices.Clone(tc.ports))
-			n, err := conntrack.Cleanup(ct, snap, tc.changes, tc.reconcile)
+			n, err := conntrack.Cleanup(ct, snap, tc.changes, conntrack.Options{Reconcile: tc.reconcile, IPVS: tc.ipvs})
 			if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
 				t.Errorf("error %v, want %q", err, tc.wantErr)
 			}
@@ -258,11 +273,11 @@ func TestReconcileIsIdempotent(t *testing.T) {
 	udpDNS := dns(udp, 30053, true, "10.244.1.2", "10.244.2.2")
 	snap := proxy.NewSnapshot("node1", "", []*proxy.ServicePort{udpDNS, other()})
 	ct := conntracktest.NewFake(nodeAddrs, everything...)
-	if _, err := conntrack.Cleanup(ct, snap, nil, true); err != nil {
+	if _, err := conntrack.Cleanup(ct, snap, nil, conntrack.Options{Reconcile: true}); err != nil {
 		t.Fatal(err)
 	}
 	before := len(ct.Deleted())
-	if n, err := conntrack.Cleanup(ct, snap, nil, true); err != nil || n != 0 {
+	if n, err := conntrack.Cleanup(ct, snap, nil, conntrack.Options{Reconcile: true}); err != nil || n != 0 {
 		t.Errorf("second reconcile deleted %d (%v): %v", n, err, ct.Deleted()[before:])
 	}
 	for _, e := range []conntrack.Entry{toVIPValid, toVIPValid2, toExtValid, toNPValid, toNPOtherNode, toNPGoneAway, unrelated} {
@@ -280,7 +295,7 @@ func TestHostNetworkEndpointBehindANodePort(t *testing.T) {
 	valid := conntracktest.DNATed(udp, "192.168.50.2:40000", "192.168.50.1:30053", "192.168.50.1:5353")
 	stale := conntracktest.DNATed(udp, "192.168.50.2:40001", "192.168.50.1:30053", "192.168.50.1:53")
 	ct := conntracktest.NewFake(nodeAddrs, valid, stale)
-	if _, err := conntrack.Cleanup(ct, snap, []proxy.Change{{Cur: sp}}, true); err != nil {
+	if _, err := conntrack.Cleanup(ct, snap, []proxy.Change{{Cur: sp}}, conntrack.Options{Reconcile: true}); err != nil {
 		t.Fatal(err)
 	}
 	if d := cmp.Diff([]conntrack.Entry{valid}, ct.Entries(), addrCmp); d != "" {
@@ -296,7 +311,7 @@ func TestEndpointsTheRulesUse(t *testing.T) {
 	proxy.SelectEndpoints(sp, "node1", "")
 	snap := proxy.NewSnapshot("node1", "", []*proxy.ServicePort{sp})
 	ct := conntracktest.NewFake(nodeAddrs, toVIPValid, toVIPValid2)
-	if _, err := conntrack.Cleanup(ct, snap, nil, true); err != nil {
+	if _, err := conntrack.Cleanup(ct, snap, nil, conntrack.Options{Reconcile: true}); err != nil {
 		t.Fatal(err)
 	}
 	if d := cmp.Diff([]conntrack.Entry{toVIPValid}, ct.Entries(), addrCmp); d != "" {

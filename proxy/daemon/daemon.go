@@ -260,11 +260,11 @@ func (d *Daemon) sync(ctx context.Context, full bool) error {
 	}
 	// A full sync (the first after a start, the retry after a failure) is
 	// when the pending changes may not say everything: judge every entry.
-	reconcile := full || res.Full
-	if n, err := conntrack.Cleanup(d.cfg.Conntrack, snap, d.pending, reconcile); err != nil {
-		logger.Error(err, "Deleting stale conntrack entries failed", "deleted", n, "reconcile", reconcile)
-	} else if n > 0 || reconcile {
-		logger.V(2).Info("Deleted stale conntrack entries", "entries", n, "reconcile", reconcile)
+	ct := conntrack.Options{Reconcile: full || res.Full, IPVS: d.cfg.Mode == "ipvs"}
+	if n, err := conntrack.Cleanup(d.cfg.Conntrack, snap, d.pending, ct); err != nil {
+		logger.Error(err, "Deleting stale conntrack entries failed", "deleted", n, "reconcile", ct.Reconcile)
+	} else if n > 0 || ct.Reconcile {
+		logger.V(2).Info("Deleted stale conntrack entries", "entries", n, "reconcile", ct.Reconcile)
 	}
 	now := time.Now()
 	d.health.Updated()

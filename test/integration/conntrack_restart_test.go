@@ -5,6 +5,7 @@ package integration
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +16,8 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/svcproxy/svcproxy/proxy/conntrack"
 )
 
 // ctRestartState is a UDP NodePort service, dns at 10.96.1.53:53 and node
@@ -257,6 +260,7 @@ func TestConntrackUDPFlowsSurviveRestart(t *testing.T) {
 	}
 	t.Logf("%d long-lived UDP flows: pods to the ClusterIP %v, node port -> %s, another host's port 30053 -> %s",
 		len(flows), seen, nodePort.server, other.server)
+	ctCheckNetlink(t, tp, flows, other)
 
 	// checkKept asserts every flow in fs still has its entry and its
 	// server.
@@ -334,4 +338,52 @@ func TestConntrackUDPFlowsSurviveRestart(t *testing.T) {
 		}
 	}
 	checkKept("after srv1 was removed", []*ctFlow{other})
+}
+
+// ctCheckNetlink holds conntrack.Netlink, what svcproxy judges with, to the
+// kernel: it reads the flows' tuples and netfilter's DNAT status (the flows
+// to the service were DNATed by svcproxy's iptables rules, the one to
+// another host never was), and the node's addresses are where node ports
+// answer.
+func ctCheckNetlink(t *testing.T, tp *topology, flows []*ctFlow, direct *ctFlow) {
+	t.Helper()
+	var entries []conntrack.Entry
+	var addrs []netip.Prefix
+	if err := inNS(tp.node, func() error {
+		var err error
+		if entries, err = (conntrack.Netlink{}).List(conntrack.IPv4); err != nil {
+			return err
+		}
+		addrs, err = (conntrack.Netlink{}).NodeAddrs(conntrack.IPv4)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range flows {
+		l, r := f.conn.LocalAddr().(*net.UDPAddr).AddrPort(), f.conn.RemoteAddr().(*net.UDPAddr).AddrPort()
+		var got *conntrack.Entry
+		for i, e := range entries {
+			if e.Protocol == "UDP" && e.Orig.Src == netip.AddrPortFrom(l.Addr().Unmap(), l.Port()) && e.Orig.Dst == netip.AddrPortFrom(r.Addr().Unmap(), r.Port()) {
+				got = &entries[i]
+			}
+		}
+		switch {
+		case got == nil:
+			t.Errorf("%s: conntrack.Netlink lists no entry", f.name)
+		case f == direct && (got.DNATed() || got.DstNAT):
+			t.Errorf("%s: %v, want an entry never DNATed", f.name, got)
+		case f != direct && !(got.DNATed() && got.DstNAT && got.Reply.Src.Port() == 8080):
+			t.Errorf("%s: %v, want an entry netfilter DNATed to an endpoint's port 8080", f.name, got)
+		}
+	}
+	want := map[netip.Prefix]bool{netip.MustParsePrefix("192.168.50.1/32"): true, netip.MustParsePrefix("10.244.1.1/32"): true}
+	for _, p := range addrs {
+		if !want[p] {
+			t.Errorf("node addresses %v: unexpected %v", addrs, p)
+		}
+		delete(want, p)
+	}
+	if len(want) > 0 {
+		t.Errorf("node addresses %v lack %v", addrs, want)
+	}
 }

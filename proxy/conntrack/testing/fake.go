@@ -9,7 +9,6 @@ import (
 	"slices"
 	"sync"
 
-	"golang.org/x/sys/unix"
 	v1 "k8s.io/api/core/v1"
 
 	"github.com/svcproxy/svcproxy/proxy/conntrack"
@@ -85,7 +84,7 @@ func (f *Fake) Deletes() int {
 }
 
 func checkFamily(family conntrack.Family) error {
-	if family != unix.AF_INET && family != unix.AF_INET6 {
+	if family != conntrack.IPv4 && family != conntrack.IPv6 {
 		return fmt.Errorf("address family %d not supported", family)
 	}
 	return nil
@@ -153,7 +152,7 @@ func (f *Fake) NodeAddrs(family conntrack.Family) ([]netip.Prefix, error) {
 	}
 	var out []netip.Prefix
 	for _, p := range f.nodes {
-		if (family == unix.AF_INET) == p.Addr().Is4() {
+		if (family == conntrack.IPv4) == p.Addr().Is4() {
 			out = append(out, p)
 		}
 	}
@@ -161,13 +160,22 @@ func (f *Fake) NodeAddrs(family conntrack.Family) ([]netip.Prefix, error) {
 }
 
 // DNATed is the entry of a flow from client to dst (a service address or
-// node port) that was DNATed to endpoint; addresses are "ip:port".
+// node port) that iptables rules DNATed to endpoint; addresses are
+// "ip:port".
 func DNATed(protocol v1.Protocol, client, dst, endpoint string) conntrack.Entry {
+	e := IPVSDNATed(protocol, client, dst, endpoint)
+	e.DstNAT = true
+	return e
+}
+
+// IPVSDNATed is the entry of a flow from client to dst that IPVS sent to
+// endpoint: its reply tuple rewritten, without netfilter's DNAT status.
+func IPVSDNATed(protocol v1.Protocol, client, dst, endpoint string) conntrack.Entry {
 	c, d, ep := netip.MustParseAddrPort(client), netip.MustParseAddrPort(dst), netip.MustParseAddrPort(endpoint)
 	return conntrack.Entry{Protocol: protocol, Orig: conntrack.Tuple{Src: c, Dst: d}, Reply: conntrack.Tuple{Src: ep, Dst: c}}
 }
 
 // Direct is the entry of a flow from client to dst that was never DNATed.
 func Direct(protocol v1.Protocol, client, dst string) conntrack.Entry {
-	return DNATed(protocol, client, dst, dst)
+	return IPVSDNATed(protocol, client, dst, dst)
 }
