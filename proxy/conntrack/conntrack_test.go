@@ -2,6 +2,7 @@ package conntrack_test
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -338,6 +339,58 @@ func TestFilterMatch(t *testing.T) {
 	for _, tc := range tests {
 		if got := tc.f.Match(tc.e, isNode); got != tc.want {
 			t.Errorf("%v matches %v: %v, want %v", tc.f, tc.e, got, tc.want)
+		}
+	}
+}
+
+// Dual-stack is one line away: with IPv6 among the families, an IPv6
+// service's flows are judged the same way, each family on its own.
+func TestIPv6IsOneFamilyMore(t *testing.T) {
+	defer conntrack.SetFamilies(conntrack.IPv4, conntrack.IPv6)()
+	v4 := dns(udp, 30053, false, "10.244.1.2")
+	v6 := dns(udp, 30053, false, "[fd00:244::2]:53")
+	v6.Name.Name, v6.ClusterIP = "dns6", netip.MustParseAddr("fd00:96::10")
+	snap := proxy.NewSnapshot("node1", "", []*proxy.ServicePort{v4, v6})
+	valid6 := conntracktest.DNATed(udp, "[fd00:244::20]:40000", "[fd00:96::10]:53", "[fd00:244::2]:53")
+	gone6 := conntracktest.DNATed(udp, "[fd00:244::20]:40001", "[fd00:96::10]:53", "[fd00:244::9]:53")
+	direct6 := conntracktest.Direct(udp, "[fd00:244::20]:40002", "[fd00:96::10]:53")
+	np6 := conntracktest.DNATed(udp, "[fd00:50::2]:40003", "[fd00:50::1]:30053", "[fd00:244::9]:53")
+	ct := conntracktest.NewFake(append(nodeAddrs, netip.MustParsePrefix("fd00:50::1/128")),
+		toVIPValid, toVIPGone, valid6, gone6, direct6, np6)
+	if _, err := conntrack.Cleanup(ct, snap, nil, conntrack.Options{Reconcile: true}); err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff([]conntrack.Entry{toVIPValid, valid6}, ct.Entries(), addrCmp); d != "" {
+		t.Errorf("left (-want +got):\n%s", d)
+	}
+	if ct.Deletes() != 2 {
+		t.Errorf("%d passes over the table, want one per family", ct.Deletes())
+	}
+}
+
+// BenchmarkReconcile: the judgement of a reconcile over 100k UDP entries
+// to 10k UDP service ports (the kernel's dump comes on top).
+func BenchmarkReconcile(b *testing.B) {
+	var ports []*proxy.ServicePort
+	for i := range 10000 {
+		sp := dns(udp, 0, false, fmt.Sprintf("10.244.%d.%d", i/250, i%250+1))
+		sp.Name.Name = fmt.Sprintf("svc%d", i)
+		sp.ClusterIP = netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)})
+		ports = append(ports, sp)
+	}
+	snap := proxy.NewSnapshot("node1", "", ports)
+	var entries []conntrack.Entry
+	for i := range 100000 {
+		sp := ports[i%len(ports)]
+		ep := sp.ClusterEndpoints[0].String()
+		entries = append(entries, conntracktest.DNATed(udp, fmt.Sprintf("10.244.200.%d:%d", i%250+1, 10000+i/250),
+			netip.AddrPortFrom(sp.ClusterIP, 53).String(), ep))
+	}
+	ct := conntracktest.NewFake(nodeAddrs, entries...)
+	b.ResetTimer()
+	for b.Loop() {
+		if n, err := conntrack.Cleanup(ct, snap, nil, conntrack.Options{Reconcile: true}); err != nil || n != 0 {
+			b.Fatal(n, err)
 		}
 	}
 }
