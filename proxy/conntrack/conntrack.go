@@ -24,10 +24,11 @@
 // upgrade or a mode switch (unlike kube-proxy, kubernetes issue #122740,
 // whose first sync deletes every UDP flow to every service).
 //
-// Cleanup is called after every successful sync. When the caller cannot
-// trust its list of changes (the first sync after a start, the retry after
-// a failure: the runner's full syncs) it reconciles: every entry of the
-// table is judged against the rules now in place. Otherwise only the
+// Cleanup is called after every successful sync. On a full sync (the first
+// after a start, the retry after a failure: whenever the caller cannot
+// trust its list of changes; and the periodic one, and drift repair) it
+// reconciles: every entry of the table is judged against the rules now in
+// place. Otherwise only the
 // entries the changes can have made stale are looked at, and each is still
 // judged against the rules now in place, so an outdated change cannot
 // delete a valid entry.
@@ -54,8 +55,7 @@ const (
 )
 
 // families are the address families Cleanup looks at. svcproxy programs IPv4
-// only; dual-stack needs unix.AF_INET6 added here, nothing else in this
-// package.
+// only; dual-stack needs IPv6 added here, nothing else in this package.
 var families = []Family{IPv4}
 
 // Tuple is one direction of an entry.
