@@ -26,14 +26,16 @@ const (
 	FilterChain  = "SVCP-FILTER"  // INPUT, FORWARD, OUTPUT (new flows): REJECT / DROP
 	ForwardChain = "SVCP-FORWARD" // FORWARD: accept service traffic
 
-	svcChainPrefix     = "SVCP-SVC-" // endpoints for cluster traffic policy
-	svlChainPrefix     = "SVCP-SVL-" // endpoints on this node (Local policies)
-	extChainPrefix     = "SVCP-EXT-" // external traffic with externalTrafficPolicy Local
-	fwChainPrefix      = "SVCP-FW-"  // loadBalancerSourceRanges
-	treeChainPrefix    = "SVCP-T-"   // dispatch tree nodes: SVCP-T-<hex addr>-<prefix len>
-	npChainPrefix      = "SVCP-NP-"  // node-port tree nodes: SVCP-NP-<proto>-<hex port>-<len>
-	hairpinChainPrefix = "SVCP-H-"   // hairpin tree nodes: SVCP-H-<hex addr>-<len>
-	affinityPrefix     = "SVCP-A-"   // xt_recent list names for ClientIP affinity
+	svcChainPrefix      = "SVCP-SVC-" // endpoints for cluster traffic policy
+	svlChainPrefix      = "SVCP-SVL-" // endpoints on this node (Local policies)
+	extChainPrefix      = "SVCP-EXT-" // external traffic with externalTrafficPolicy Local
+	fwChainPrefix       = "SVCP-FW-"  // loadBalancerSourceRanges
+	treeChainPrefix     = "SVCP-T-"   // dispatch tree nodes: SVCP-T-<hex addr>-<prefix len>
+	tree6ChainPrefix    = "SVCP-T6-"  // IPv6 dispatch tree nodes: SVCP-T6-<hash of the prefix>
+	npChainPrefix       = "SVCP-NP-"  // node-port tree nodes: SVCP-NP-<proto>-<hex port>-<len>
+	hairpinChainPrefix  = "SVCP-H-"   // hairpin tree nodes: SVCP-H-<hex addr>-<len>
+	hairpin6ChainPrefix = "SVCP-H6-"  // IPv6 hairpin tree nodes: SVCP-H6-<hash of the prefix>
+	affinityPrefix      = "SVCP-A-"   // xt_recent list names for ClientIP affinity
 )
 
 // IPVSChainPrefix starts the chains of IPVS mode (package ipvs), which

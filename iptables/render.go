@@ -26,6 +26,10 @@ type Options struct {
 	NodePortAddresses []netip.Prefix
 	// RandomFully adds --random-fully to MASQUERADE.
 	RandomFully bool
+	// IPv6 renders for ip6tables: the Snapshot's IPv6 service ports only
+	// (ClusterCIDRs and NodePortAddresses of that family), IPv6 trees,
+	// node ports on local addresses but ::1 and link-local ones.
+	IPv6 bool
 }
 
 // DefaultOptions returns kube-proxy's defaults.
@@ -54,7 +58,9 @@ type common struct {
 func newCommon(opts Options, snap *proxy.Snapshot) *common {
 	n := 0
 	for _, sp := range snap.ServicePorts() {
-		n += len(sp.AllEndpoints)
+		if ofFamily(sp, opts.IPv6) {
+			n += len(sp.AllEndpoints)
+		}
 	}
 	c := &common{opts: opts, mark: opts.markValue(), endpointComments: n <= LargeClusterEndpoints}
 	c.markMasq = "-j MARK --or-mark " + c.mark
@@ -328,6 +334,9 @@ func (c *common) endpointChain(f *fragment, name string, sp *proxy.ServicePort, 
 // that other local addresses are left alone.
 func (c *common) nodePortDsts() []string {
 	if len(c.opts.NodePortAddresses) == 0 {
+		if c.opts.IPv6 {
+			return []string{"! -d ::1/128 -m addrtype --dst-type LOCAL"}
+		}
 		return []string{"! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL"}
 	}
 	out := make([]string, 0, len(c.opts.NodePortAddresses))
@@ -349,7 +358,26 @@ func (c *common) endpointComment(cmt string, ep *proxy.Endpoint) string {
 // probability is 1/n formatted as kube-proxy does.
 func probability(n int) string { return fmt.Sprintf("%0.10f", 1.0/float64(n)) }
 
-func dst(ip netip.Addr) string { return "-d " + ip.String() + "/32" }
+func dst(ip netip.Addr) string { return "-d " + host(ip) }
+
+// filterRules are the rules of FilterChain: in IPv6 without
+// --nodeport-addresses, link-local destinations first go back (the node-port
+// REJECT and DROP rules match every local address, and node ports never
+// answer on link-local ones).
+func filterRules(opts Options, rules []string) []string {
+	if !opts.IPv6 || len(opts.NodePortAddresses) > 0 {
+		return rules
+	}
+	return append([]string{"-m comment --comment " + comment("no node ports on link-local addresses") + " -d fe80::/10 -j RETURN"}, rules...)
+}
+
+// ofFamily reports whether sp is of the family a plan renders: a service
+// port belongs to the family of its cluster IP (the tracker gives a
+// dual-stack Service one port per family).
+func ofFamily(sp *proxy.ServicePort, ipv6 bool) bool { return sp.ClusterIP.Is6() == ipv6 }
+
+// host returns ip as a one-address prefix: "10.0.0.1/32", "fd00::1/128".
+func host(ip netip.Addr) string { return netip.PrefixFrom(ip, ip.BitLen()).String() }
 
 func externalAddrs(sp *proxy.ServicePort) []netip.Addr {
 	return append(slices.Clone(sp.ExternalIPs), sp.LoadBalancerIPs...)
@@ -377,6 +405,9 @@ func assemble(snap *proxy.Snapshot, c *common, fragmentOf func(*proxy.ServicePor
 		portKeys: map[string]map[uint16][]string{}, hairpin: map[netip.Addr]bool{}}
 	seen := map[string]bool{}
 	for _, sp := range snap.ServicePorts() {
+		if !ofFamily(sp, c.opts.IPv6) {
+			continue
+		}
 		f := fragmentOf(sp)
 		r.svcChains = append(r.svcChains, f.svcChains...)
 		r.extChains = append(r.extChains, f.extChains...)
@@ -403,7 +434,7 @@ func assemble(snap *proxy.Snapshot, c *common, fragmentOf func(*proxy.ServicePor
 
 	// Filter table.
 	p.Filter = []*Chain{
-		{Name: FilterChain, Rules: r.filter},
+		{Name: FilterChain, Rules: filterRules(c.opts, r.filter)},
 		{Name: ForwardChain, Rules: ForwardRules("svcproxy", r.mark)},
 	}
 
@@ -422,11 +453,14 @@ func assemble(snap *proxy.Snapshot, c *common, fragmentOf func(*proxy.ServicePor
 
 	keys := make([]treeKey, 0, len(r.addrKeys))
 	for ip, rules := range r.addrKeys {
-		a := ip.As4()
-		keys = append(keys, treeKey{key: uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3]), rules: rules})
+		keys = append(keys, treeKey{key: addrKey(ip), rules: rules})
 	}
-	slices.SortFunc(keys, func(a, b treeKey) int { return cmpU32(a.key, b.key) })
-	root, tree := buildTree(keys, addrTree)
+	slices.SortFunc(keys, cmpKeys)
+	dispatchSpec, hairpinSpec := addrTree, hairpinTree
+	if c.opts.IPv6 {
+		dispatchSpec, hairpinSpec = addrTree6, hairpinTree6
+	}
+	root, tree := buildTree(keys, dispatchSpec)
 	nat = append(nat, tree...)
 	nat = append(nat, &Chain{Name: DispatchChain, Rules: root})
 
@@ -438,9 +472,9 @@ func assemble(snap *proxy.Snapshot, c *common, fragmentOf func(*proxy.ServicePor
 		}
 		pk := make([]treeKey, 0, len(ports))
 		for port, rules := range ports {
-			pk = append(pk, treeKey{key: uint32(port), rules: rules})
+			pk = append(pk, treeKey{key: portKey(port), rules: rules})
 		}
-		slices.SortFunc(pk, func(a, b treeKey) int { return cmpU32(a.key, b.key) })
+		slices.SortFunc(pk, cmpKeys)
 		protoRoot, protoTree := buildTree(pk, portTree(proto))
 		nat = append(nat, protoTree...)
 		npRoot = append(npRoot, protoRoot...)
@@ -448,6 +482,11 @@ func assemble(snap *proxy.Snapshot, c *common, fragmentOf func(*proxy.ServicePor
 	nat = append(nat, &Chain{Name: NodePortsChain, Rules: npRoot})
 
 	services := []string{"-m comment --comment " + comment("service portals") + " -j " + DispatchChain}
+	if c.opts.IPv6 && len(c.opts.NodePortAddresses) == 0 {
+		// Node ports answer on the node's addresses, never on link-local
+		// ones (an addrtype LOCAL match alone would take them).
+		services = append(services, "-m comment --comment "+comment("no node ports on link-local addresses")+" -d fe80::/10 -j RETURN")
+	}
 	for _, local := range c.nodePortDsts() {
 		services = append(services, "-m comment --comment "+comment("node ports on local addresses")+" "+local+" -j "+NodePortsChain)
 	}
@@ -459,13 +498,12 @@ func assemble(snap *proxy.Snapshot, c *common, fragmentOf func(*proxy.ServicePor
 	// that a new connection does not walk all of them.
 	hk := make([]treeKey, 0, len(r.hairpin))
 	for ip := range r.hairpin {
-		a := ip.As4()
-		s := ip.String() + "/32"
-		hk = append(hk, treeKey{key: uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3]),
+		s := host(ip)
+		hk = append(hk, treeKey{key: addrKey(ip),
 			rules: []string{"-m comment --comment " + comment("hairpin") + " -s " + s + " -d " + s + " -j MASQUERADE"}})
 	}
-	slices.SortFunc(hk, func(a, b treeKey) int { return cmpU32(a.key, b.key) })
-	hpRoot, hpTree := buildTree(hk, hairpinTree)
+	slices.SortFunc(hk, cmpKeys)
+	hpRoot, hpTree := buildTree(hk, hairpinSpec)
 	nat = append(nat, hpTree...)
 	nat = append(nat, &Chain{Name: HairpinChain, Rules: hpRoot})
 	nat = append(nat, &Chain{Name: PostroutingChain,
@@ -473,16 +511,6 @@ func assemble(snap *proxy.Snapshot, c *common, fragmentOf func(*proxy.ServicePor
 	p.NAT = nat
 	p.Jumps = jumps
 	return p
-}
-
-func cmpU32(a, b uint32) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // jumps is the fixed wiring from the built-in chains, in the order the

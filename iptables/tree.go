@@ -1,6 +1,10 @@
 package iptables
 
-import "fmt"
+import (
+	"bytes"
+	"fmt"
+	"net/netip"
+)
 
 // The dispatch tree replaces kube-proxy's linear list of one rule per
 // service port. Keys (destination addresses, or node ports) are sorted; a
@@ -18,16 +22,39 @@ const (
 
 // treeKey is one key and the rules that match it exactly (each rule already
 // carries its own exact match, e.g. "-d 10.96.0.10/32 -p udp --dport 53").
+// A key is a bit string of the tree's width, left-aligned (most
+// significant bit first): an IPv4 address in 4 bytes, an IPv6 address in
+// 16, a port in 2.
 type treeKey struct {
-	key   uint32
+	key   [16]byte
 	rules []string
 }
 
+// addrKey returns the key of an address.
+func addrKey(a netip.Addr) [16]byte {
+	var k [16]byte
+	if a.Is4() {
+		b := a.As4()
+		copy(k[:], b[:])
+		return k
+	}
+	return a.As16()
+}
+
+// portKey returns the key of a port.
+func portKey(p uint16) [16]byte {
+	var k [16]byte
+	k[0], k[1] = byte(p>>8), byte(p)
+	return k
+}
+
+func cmpKeys(a, b treeKey) int { return bytes.Compare(a.key[:], b.key[:]) }
+
 // treeSpec says how to name and match tree nodes for one key space.
 type treeSpec struct {
-	width int                                  // bits in a key
-	name  func(prefix uint32, plen int) string // chain name of a node
-	match func(prefix uint32, plen int) string // rule match selecting a node's keys
+	width int                                    // bits in a key
+	name  func(prefix [16]byte, plen int) string // chain name of a node
+	match func(prefix [16]byte, plen int) string // rule match selecting a node's keys
 }
 
 // buildTree returns the rules of the root (to be placed in a chain of the
@@ -43,7 +70,7 @@ func buildNode(keys []treeKey, spec treeSpec, plen int, chains *[]*Chain) []stri
 	}
 	// Common prefix of the first and last key (they are sorted).
 	l := plen
-	for l < spec.width && bit(keys[0].key, l, spec.width) == bit(keys[len(keys)-1].key, l, spec.width) {
+	for l < spec.width && bit(keys[0].key, l) == bit(keys[len(keys)-1].key, l) {
 		l++
 	}
 	n := splitBits
@@ -53,8 +80,8 @@ func buildNode(keys []treeKey, spec treeSpec, plen int, chains *[]*Chain) []stri
 	var rules []string
 	for start := 0; start < len(keys); {
 		end := start + 1
-		part := keys[start].key >> (spec.width - l - n)
-		for end < len(keys) && keys[end].key>>(spec.width-l-n) == part {
+		part := prefixOf(keys[start].key, l+n)
+		for end < len(keys) && prefixOf(keys[end].key, l+n) == part {
 			end++
 		}
 		group := keys[start:end]
@@ -62,18 +89,36 @@ func buildNode(keys []treeKey, spec treeSpec, plen int, chains *[]*Chain) []stri
 			rules = append(rules, flatten(group)...)
 		} else {
 			childLen := l + n
-			prefix := part << (spec.width - childLen)
-			name := spec.name(prefix, childLen)
+			name := spec.name(part, childLen)
 			childRules := buildNode(group, spec, childLen, chains)
 			*chains = append(*chains, &Chain{Name: name, Rules: childRules})
-			rules = append(rules, spec.match(prefix, childLen)+" -g "+name)
+			rules = append(rules, spec.match(part, childLen)+" -g "+name)
 		}
 		start = end
 	}
 	return rules
 }
 
-func bit(k uint32, i, width int) uint32 { return (k >> (width - 1 - i)) & 1 }
+// bit returns bit i of k, 0 being the most significant.
+func bit(k [16]byte, i int) byte { return (k[i/8] >> (7 - i%8)) & 1 }
+
+// prefixOf returns k with every bit from plen on cleared.
+func prefixOf(k [16]byte, plen int) [16]byte {
+	i := plen / 8
+	if plen%8 != 0 {
+		k[i] &= byte(0xff << (8 - plen%8))
+		i++
+	}
+	for ; i < 16; i++ {
+		k[i] = 0
+	}
+	return k
+}
+
+// u32 returns the first four bytes of a key as a number.
+func u32(k [16]byte) uint32 {
+	return uint32(k[0])<<24 | uint32(k[1])<<16 | uint32(k[2])<<8 | uint32(k[3])
+}
 
 func countRules(keys []treeKey) int {
 	n := 0
@@ -94,11 +139,11 @@ func flatten(keys []treeKey) []string {
 // addrTree names and matches nodes of the destination-address tree.
 var addrTree = treeSpec{
 	width: 32,
-	name: func(p uint32, l int) string {
-		return fmt.Sprintf("%s%08X-%d", treeChainPrefix, p, l)
+	name: func(p [16]byte, l int) string {
+		return fmt.Sprintf("%s%08X-%d", treeChainPrefix, u32(p), l)
 	},
-	match: func(p uint32, l int) string {
-		return fmt.Sprintf("-d %d.%d.%d.%d/%d", p>>24, p>>16&0xff, p>>8&0xff, p&0xff, l)
+	match: func(p [16]byte, l int) string {
+		return fmt.Sprintf("-d %d.%d.%d.%d/%d", p[0], p[1], p[2], p[3], l)
 	},
 }
 
@@ -106,24 +151,47 @@ var addrTree = treeSpec{
 // address.
 var hairpinTree = treeSpec{
 	width: 32,
-	name: func(p uint32, l int) string {
-		return fmt.Sprintf("%s%08X-%d", hairpinChainPrefix, p, l)
+	name: func(p [16]byte, l int) string {
+		return fmt.Sprintf("%s%08X-%d", hairpinChainPrefix, u32(p), l)
 	},
-	match: func(p uint32, l int) string {
-		return fmt.Sprintf("-s %d.%d.%d.%d/%d", p>>24, p>>16&0xff, p>>8&0xff, p&0xff, l)
+	match: func(p [16]byte, l int) string {
+		return fmt.Sprintf("-s %d.%d.%d.%d/%d", p[0], p[1], p[2], p[3], l)
 	},
 }
+
+// addrTree6 and hairpinTree6 are the IPv6 trees. An IPv6 prefix in hex
+// does not fit the 28 characters iptables allows a chain name, so their
+// nodes are named by a hash of the prefix, like service chains.
+var (
+	addrTree6 = treeSpec{
+		width: 128,
+		name: func(p [16]byte, l int) string {
+			return tree6ChainPrefix + hash16(prefix6(p, l).String())
+		},
+		match: func(p [16]byte, l int) string { return "-d " + prefix6(p, l).String() },
+	}
+	hairpinTree6 = treeSpec{
+		width: 128,
+		name: func(p [16]byte, l int) string {
+			return hairpin6ChainPrefix + hash16(prefix6(p, l).String())
+		},
+		match: func(p [16]byte, l int) string { return "-s " + prefix6(p, l).String() },
+	}
+)
+
+func prefix6(p [16]byte, l int) netip.Prefix { return netip.PrefixFrom(netip.AddrFrom16(p), l) }
 
 // portTree returns the spec of the node-port tree of one protocol.
 func portTree(proto string) treeSpec {
 	return treeSpec{
 		width: 16,
-		name: func(p uint32, l int) string {
-			return fmt.Sprintf("%s%s-%04X-%d", npChainPrefix, proto, p, l)
+		name: func(p [16]byte, l int) string {
+			return fmt.Sprintf("%s%s-%04X-%d", npChainPrefix, proto, uint16(p[0])<<8|uint16(p[1]), l)
 		},
-		match: func(p uint32, l int) string {
-			hi := p | (1<<(16-l) - 1)
-			return fmt.Sprintf("-p %s --dport %d:%d", lowerProto(proto), p, hi)
+		match: func(p [16]byte, l int) string {
+			lo := uint32(p[0])<<8 | uint32(p[1])
+			hi := lo | (1<<(16-l) - 1)
+			return fmt.Sprintf("-p %s --dport %d:%d", lowerProto(proto), lo, hi)
 		},
 	}
 }

@@ -20,6 +20,7 @@ package iptablestest
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -40,6 +41,7 @@ type Fake struct {
 	sets     Sets
 	recent   map[string]*recentTable // xt_recent lists by name
 	now      time.Time               // the clock xt_recent sees
+	ipv6     bool                    // ip6tables: every address is IPv6
 }
 
 // Sets is the kernel's ipset registry as iptables rules see it. The Fake
@@ -73,8 +75,14 @@ var ErrInjected = errors.New("iptablestest: injected Restore failure")
 
 // NewFake returns a Fake whose filter and nat tables hold only their empty
 // built-in chains, with policy ACCEPT.
-func NewFake() *Fake {
-	f := &Fake{tables: map[string]*table{}, recent: map[string]*recentTable{}, now: time.Unix(1e9, 0)}
+func NewFake() *Fake { return newFake(false) }
+
+// NewFake6 returns a Fake that models ip6tables-restore: like NewFake, but
+// every address in a rule must be IPv6 (and Trace takes IPv6 packets).
+func NewFake6() *Fake { return newFake(true) }
+
+func newFake(ipv6 bool) *Fake {
+	f := &Fake{tables: map[string]*table{}, recent: map[string]*recentTable{}, now: time.Unix(1e9, 0), ipv6: ipv6}
 	for _, name := range tableOrder {
 		t := &table{chains: map[string]*chain{}}
 		for _, c := range builtinChains[name] {
@@ -141,11 +149,52 @@ func (f *Fake) Restore(data []byte) error {
 	if f.failAt > 0 && len(f.restores) == f.failAt {
 		return ErrInjected
 	}
+	if err := checkFamily(string(data), f.ipv6); err != nil {
+		return err
+	}
 	work := cloneTables(f.tables)
 	if err := restore(work, string(data), f.hasSet); err != nil {
 		return err
 	}
 	return f.commit(work)
+}
+
+// checkFamily refuses, like iptables-restore and ip6tables-restore do, an
+// address of the other family after -s, -d, --to-destination or
+// --to-source.
+func checkFamily(data string, ipv6 bool) error {
+	for i, line := range strings.Split(data, "\n") {
+		f := strings.Fields(line)
+		for j := 0; j+1 < len(f); j++ {
+			switch f[j] {
+			case "-s", "-d", "--source", "--destination", "--to-destination", "--to-source":
+			default:
+				continue
+			}
+			arg := f[j+1]
+			var a netip.Addr
+			var err error
+			switch {
+			case strings.HasPrefix(arg, "["):
+				a, err = netip.ParseAddr(strings.SplitN(arg[1:], "]", 2)[0])
+			case strings.Count(arg, ":") > 1:
+				a, err = netip.ParseAddr(strings.SplitN(arg, "/", 2)[0])
+			default:
+				a, err = netip.ParseAddr(strings.FieldsFunc(arg, func(r rune) bool { return r == '/' || r == ':' || r == '-' })[0])
+			}
+			if err != nil {
+				continue // the rule parser says what is wrong with it
+			}
+			if a.Is6() != ipv6 {
+				want := "IPv4"
+				if ipv6 {
+					want = "IPv6"
+				}
+				return fmt.Errorf("iptables-restore: line %d failed: %q: host/network %q is not %s", i+1, line, arg, want)
+			}
+		}
+	}
+	return nil
 }
 
 // hasSet reports whether the set model has set name. f.mu is held.

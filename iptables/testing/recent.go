@@ -91,6 +91,16 @@ func (ri recentInfo) address(src, dst netip.Addr) netip.Addr {
 	if ri.rdest {
 		a = dst
 	}
+	if a.Is6() {
+		if ri.mask.Is4() && ri.mask == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
+			return a // the default mask: the whole address
+		}
+		ab, mb := a.As16(), ri.mask.As16()
+		for i := range ab {
+			ab[i] &= mb[i]
+		}
+		return netip.AddrFrom16(ab)
+	}
 	ab, mb := a.As4(), ri.mask.As4()
 	for i := range ab {
 		ab[i] &= mb[i]

@@ -550,6 +550,17 @@ func addrPrefix(s string) error {
 
 func parseAddrMask(s string) (netip.Prefix, error) {
 	as, ms, hasMask := strings.Cut(s, "/")
+	if a, err := netip.ParseAddr(as); err == nil && a.Is6() && !a.Is4In6() && a.Zone() == "" {
+		// ip6tables: an IPv6 address with an optional prefix length.
+		if !hasMask {
+			return netip.PrefixFrom(a, 128), nil
+		}
+		n, err := strconv.Atoi(ms)
+		if err != nil || ms != strconv.Itoa(n) || n < 0 || n > 128 {
+			return netip.Prefix{}, fmt.Errorf("invalid mask %q specified", ms)
+		}
+		return netip.PrefixFrom(a, n), nil
+	}
 	a, err := netip.ParseAddr(as)
 	if err != nil || !a.Is4() {
 		return netip.Prefix{}, fmt.Errorf("host/network %q not found (want a dotted IPv4 address)", as)
@@ -654,8 +665,27 @@ func portRangeDash(s string) error {
 }
 
 // natRange checks a --to-destination or --to-source:
-// "ip[-ip][:port[-port]]".
+// "ip[-ip][:port[-port]]", in ip6tables "[ip6][:port[-port]]" or "ip6".
 func natRange(s string) error {
+	if strings.HasPrefix(s, "[") {
+		ip, rest, ok := strings.Cut(s[1:], "]")
+		if a, err := netip.ParseAddr(ip); !ok || err != nil || !a.Is6() {
+			return fmt.Errorf("Bad IP address %q", ip)
+		}
+		if rest == "" {
+			return nil
+		}
+		if !strings.HasPrefix(rest, ":") {
+			return fmt.Errorf("Bad IP address %q", s)
+		}
+		return portRangeDash(rest[1:])
+	}
+	if strings.Count(s, ":") > 1 {
+		if a, err := netip.ParseAddr(s); err != nil || !a.Is6() {
+			return fmt.Errorf("Bad IP address %q", s)
+		}
+		return nil
+	}
 	ips, ports, hasPort := strings.Cut(s, ":")
 	for _, ip := range strings.SplitN(ips, "-", 2) {
 		if err := ipv4(ip); err != nil {

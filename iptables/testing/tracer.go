@@ -166,7 +166,10 @@ type tracer struct {
 	srcLocal bool
 }
 
-var loopback = netip.MustParsePrefix("127.0.0.0/8")
+var (
+	loopback  = netip.MustParsePrefix("127.0.0.0/8")
+	loopback6 = netip.MustParsePrefix("::1/128")
+)
 
 func newTracer(p Packet) (*tracer, error) {
 	tr := &tracer{local: map[netip.Addr]bool{}, srcLocal: p.SrcLocal}
@@ -174,8 +177,8 @@ func newTracer(p Packet) (*tracer, error) {
 		tr.local[a] = true
 	}
 	var errs []error
-	if !p.SrcIP.Is4() || !p.DstIP.Is4() {
-		errs = append(errs, fmt.Errorf("packet %v -> %v: only IPv4 is modelled", p.SrcIP, p.DstIP))
+	if p.SrcIP.Is4() != p.DstIP.Is4() || p.SrcIP.Is4In6() || p.DstIP.Is4In6() {
+		errs = append(errs, fmt.Errorf("packet %v -> %v: both addresses must be IPv4 or both IPv6", p.SrcIP, p.DstIP))
 	}
 	if p.Proto != "tcp" && p.Proto != "udp" && p.Proto != "sctp" {
 		errs = append(errs, fmt.Errorf("packet protocol %q: want tcp, udp or sctp", p.Proto))
@@ -189,7 +192,9 @@ func newTracer(p Packet) (*tracer, error) {
 	return tr, errors.Join(errs...)
 }
 
-func (tr *tracer) isLocal(a netip.Addr) bool { return tr.local[a] || loopback.Contains(a) }
+func (tr *tracer) isLocal(a netip.Addr) bool {
+	return tr.local[a] || loopback.Contains(a) || loopback6.Contains(a)
+}
 
 // state is what a path knows about the packet.
 type state struct {
@@ -580,8 +585,8 @@ func applyDNAT(r *rule, st *state) error {
 	} else if ip, err = netip.ParseAddr(to); err != nil {
 		return fmt.Errorf("--to-destination %q not modelled (want ip or ip:port)", to)
 	}
-	if !ip.Is4() {
-		return fmt.Errorf("--to-destination %q is not IPv4", to)
+	if ip.Is4() != st.dst.Is4() {
+		return fmt.Errorf("--to-destination %q is not of the packet's family", to)
 	}
 	st.dst, st.dport = ip, port
 	st.dnat = netip.AddrPortFrom(ip, uint16(port))
