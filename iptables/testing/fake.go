@@ -190,7 +190,7 @@ func checkFamily(data string, ipv6 bool) error {
 				if ipv6 {
 					want = "IPv6"
 				}
-				return fmt.Errorf("iptables-restore: line %d failed: %q: host/network %q is not %s", i+1, line, arg, want)
+				return fmt.Errorf("iptables-restore: line %d failed: %q: host/network %q not found (%s only)", i+1, line, arg, want)
 			}
 		}
 	}
