@@ -3,25 +3,15 @@
 package source
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"runtime/debug"
-	"strings"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
-	utiljson "k8s.io/apimachinery/pkg/util/json"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/klog/v2"
-	"sigs.k8s.io/yaml"
 
 	"github.com/svcproxy/svcproxy/proxy"
 )
@@ -63,182 +53,26 @@ func (e *FileError) Unwrap() error { return e.Err }
 // LoadFile reads a state file: the output of
 // `kubectl get svc,endpointslices -A -o yaml` (or -o json), i.e. a List, or
 // multi-document YAML whose documents are Lists or single objects. Services,
-// EndpointSlices and Nodes are kept; other kinds are skipped with a log
-// line. All errors are *FileError.
+// EndpointSlices and Nodes are kept (stripped); other kinds are skipped with
+// a log line. An empty file, a List without its kind and YAML whose last
+// line has no newline are refused as truncated. All errors are *FileError.
+// The State holds every object: a FileSource keeps much less.
 func LoadFile(path string) (*State, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, &FileError{Path: path, Err: err}
-	}
-	return parseState(path, data)
-}
-
-type typeMeta struct {
-	APIVersion string            `json:"apiVersion"`
-	Kind       string            `json:"kind"`
-	Items      []json.RawMessage `json:"items"`
-}
-
-// parseState decodes every document of data into a State.
-func parseState(path string, data []byte) (*State, error) {
-	docs, err := splitDocuments(data)
-	if err != nil {
-		return nil, &FileError{Path: path, Err: err}
-	}
 	st := &State{}
-	seen := map[string]bool{}
-	item := 0
-	for i, doc := range docs {
-		if doc[0] != '{' {
-			return nil, &FileError{Path: path, Err: fmt.Errorf("document %d: not an object: %.40s", i+1, doc)}
+	err := readState(path, func(obj any) {
+		switch o := obj.(type) {
+		case *v1.Service:
+			st.Services = append(st.Services, o)
+		case *discovery.EndpointSlice:
+			st.EndpointSlices = append(st.EndpointSlices, o)
+		case *v1.Node:
+			st.Nodes = append(st.Nodes, o)
 		}
-		var tm typeMeta
-		if err := utiljson.Unmarshal(doc, &tm); err != nil {
-			return nil, &FileError{Path: path, Err: fmt.Errorf("document %d: %w", i+1, err)}
-		}
-		if tm.Kind != "List" && !strings.HasSuffix(tm.Kind, "List") {
-			item++
-			if err := st.add(path, item, doc, "", "", seen); err != nil {
-				return nil, err
-			}
-			continue
-		}
-		// Items of a typed list (ServiceList) may omit their kind.
-		kind := strings.TrimSuffix(tm.Kind, "List")
-		for _, raw := range tm.Items {
-			item++
-			if err := st.add(path, item, raw, kind, tm.APIVersion, seen); err != nil {
-				return nil, err
-			}
-		}
+	}, func() { *st = State{} })
+	if err != nil {
+		return nil, err
 	}
 	return st, nil
-}
-
-// splitDocuments returns the JSON form of every non-empty document in data,
-// which is either a stream of JSON values or multi-document YAML.
-func splitDocuments(data []byte) ([]json.RawMessage, error) {
-	if docs, ok := splitJSON(data); ok {
-		return docs, nil
-	}
-	var docs []json.RawMessage
-	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
-	for n := 1; ; n++ {
-		doc, err := r.Read()
-		if err == io.EOF {
-			return docs, nil
-		} else if err != nil {
-			return nil, fmt.Errorf("document %d: %w", n, err)
-		}
-		js, err := yaml.YAMLToJSONStrict(doc)
-		if err != nil {
-			return nil, fmt.Errorf("document %d: %w", n, err)
-		}
-		if s := string(bytes.TrimSpace(js)); s == "null" || s == "" {
-			continue // empty document or only comments
-		}
-		docs = append(docs, js)
-	}
-}
-
-// splitJSON returns the values of a stream of JSON objects; it fails on
-// anything else, which is then parsed as YAML (with better error messages).
-func splitJSON(data []byte) ([]json.RawMessage, bool) {
-	trimmed := bytes.TrimSpace(data)
-	if len(trimmed) == 0 || trimmed[0] != '{' {
-		return nil, false
-	}
-	var docs []json.RawMessage
-	dec := json.NewDecoder(bytes.NewReader(trimmed))
-	for {
-		var doc json.RawMessage
-		if err := dec.Decode(&doc); err == io.EOF {
-			return docs, true
-		} else if err != nil || len(doc) == 0 || doc[0] != '{' {
-			return nil, false
-		}
-		docs = append(docs, doc)
-	}
-}
-
-// add decodes one object and appends it to st. kind and apiVersion are the
-// defaults for an object that has none (items of a typed list).
-func (st *State) add(path string, item int, raw []byte, kind, apiVersion string, seen map[string]bool) error {
-	var meta struct {
-		APIVersion string `json:"apiVersion"`
-		Kind       string `json:"kind"`
-		Metadata   struct {
-			Name      string `json:"name"`
-			Namespace string `json:"namespace"`
-		} `json:"metadata"`
-	}
-	metaErr := utiljson.Unmarshal(raw, &meta) // best effort: names the object in errors
-	if meta.Kind != "" {
-		kind, apiVersion = meta.Kind, meta.APIVersion
-	} else if meta.APIVersion != "" {
-		apiVersion = meta.APIVersion
-	}
-	name, ns := meta.Metadata.Name, meta.Metadata.Namespace
-	if ns == "" && kind != "Node" {
-		ns = v1.NamespaceDefault
-	}
-	desc := describe(kind, ns, name)
-	fail := func(err error) error { return &FileError{Path: path, Item: item, Name: desc, Err: err} }
-
-	var obj any
-	var wantVersion string
-	switch kind {
-	case "Service":
-		obj, wantVersion = &v1.Service{}, "v1"
-	case "EndpointSlice":
-		obj, wantVersion = &discovery.EndpointSlice{}, discovery.SchemeGroupVersion.String()
-	case "Node":
-		obj, wantVersion = &v1.Node{}, "v1"
-	case "":
-		if metaErr != nil {
-			return fail(metaErr)
-		}
-		return fail(errors.New("object has no kind"))
-	default:
-		klog.InfoS("Skipping object of unsupported kind in state file", "path", path, "item", item, "object", desc)
-		return nil
-	}
-	if apiVersion != wantVersion {
-		return fail(fmt.Errorf("unsupported apiVersion %q for %s, want %q", apiVersion, kind, wantVersion))
-	}
-	if err := utiljson.Unmarshal(raw, obj); err != nil {
-		return fail(err)
-	}
-	if name == "" {
-		return fail(errors.New("metadata.name is missing"))
-	}
-	key := desc
-	if seen[key] {
-		return fail(errors.New("duplicate object"))
-	}
-	seen[key] = true
-	Strip(obj)
-	switch o := obj.(type) {
-	case *v1.Service:
-		o.Namespace = ns
-		st.Services = append(st.Services, o)
-	case *discovery.EndpointSlice:
-		o.Namespace = ns
-		st.EndpointSlices = append(st.EndpointSlices, o)
-	case *v1.Node:
-		st.Nodes = append(st.Nodes, o)
-	}
-	return nil
-}
-
-// describe formats an object as "Kind namespace/name", leaving out what is
-// not known.
-func describe(kind, ns, name string) string {
-	id := name
-	if ns != "" && name != "" {
-		id = ns + "/" + name
-	}
-	return strings.TrimSpace(kind + " " + id)
 }
 
 // FileSource feeds the content of a state file to a Handler and keeps
@@ -249,8 +83,7 @@ type FileSource struct {
 	interval time.Duration
 
 	loaded  bool
-	cur     fileIndex
-	hash    [sha256.Size]byte
+	cur     fileState   // what was sent of the loaded file
 	seen    os.FileInfo // the file as last observed by Stat
 	pending bool        // seen differs from the loaded file
 	statErr bool        // the last Stat failed (logged once)
@@ -268,8 +101,14 @@ func NewFileSource(path string, h proxy.Handler, pollInterval time.Duration) *Fi
 
 // Load reads the file and sends the handler the differences from the
 // previously loaded content: every object as an add on the first call. On
-// error (a *FileError) nothing is sent and the previous state is kept. Load
-// must not be called concurrently with Run.
+// error (a *FileError) nothing is sent and the previous state is kept: a
+// file that is empty or cut short is an error too (LoadFile). Load must not
+// be called concurrently with Run.
+//
+// The file is read as a stream; what is kept of it between loads is, per
+// object, a hash of its stripped content (and a slice's service label and
+// trigger time, for the old object of the next event). Only new and changed
+// objects are held until the file has been read to its end.
 func (s *FileSource) Load() error {
 	fi, err := os.Stat(s.path)
 	if err != nil {
@@ -280,26 +119,29 @@ func (s *FileSource) Load() error {
 
 func (s *FileSource) reload(fi os.FileInfo) error {
 	s.seen, s.pending = fi, false
-	data, err := os.ReadFile(s.path)
-	if err != nil {
-		return &FileError{Path: s.path, Err: err}
+	next := newFileState()
+	var changed []any // new or changed objects, in file order
+	count := map[string]int{}
+	emit := func(obj any) {
+		count[fmt.Sprintf("%T", obj)]++
+		if next.add(obj, s.cur) {
+			changed = append(changed, obj)
+		}
 	}
-	hash := sha256.Sum256(data)
-	if s.loaded && hash == s.hash {
-		return nil
+	reset := func() {
+		next, changed = newFileState(), nil
+		clear(count)
 	}
-	st, err := parseState(s.path, data)
-	if err != nil {
+	if err := readState(s.path, emit, reset); err != nil {
 		return err
 	}
-	next := newFileIndex(st)
-	events := s.cur.sendDiff(next, s.handler)
-	s.cur, s.hash, s.loaded = next, hash, true
-	klog.InfoS("Loaded state file", "path", s.path, "services", len(st.Services),
-		"endpointSlices", len(st.EndpointSlices), "nodes", len(st.Nodes), "events", events)
-	// Parsing a big file (YAML to JSON to typed objects) leaves many times
-	// its size in garbage; give it back now rather than keep the peak RSS.
-	data = nil
+	events := s.cur.sendDiff(next, changed, s.handler)
+	s.cur, s.loaded = next, true
+	klog.InfoS("Loaded state file", "path", s.path, "services", count["*v1.Service"],
+		"endpointSlices", count["*v1.EndpointSlice"], "nodes", count["*v1.Node"], "events", events)
+	// Reading a big file leaves many times its size in garbage; give it
+	// back now rather than keep the peak RSS.
+	changed = nil
 	debug.FreeOSMemory()
 	return nil
 }

@@ -208,7 +208,9 @@ func TestLoadFile(t *testing.T) {
 			data: "apiVersion: v1\nkind: ServiceList\nitems:\n- metadata:\n    name: web\n  spec:\n    clusterIP: 10.96.0.20\n",
 			want: []string{"Service default/web"},
 		},
-		{name: "empty file", data: "", want: nil},
+		// An empty file is a write that did not happen, not an empty
+		// cluster (that is an empty List): it used to remove every rule.
+		{name: "empty file", data: "", wantErr: "the file is empty"},
 		{name: "bad yaml", data: "kind: List\nitems:\n- kind: Service\n  metadata: {name: web\n", wantErr: "document 1: yaml: line 4: did not find expected ',' or '}'"},
 		{name: "bad second document", data: docs(web, "kind: [\n"), wantErr: "document 2: yaml: line 1:"},
 		{name: "bad json", data: `{"kind": "List", "items": [}`, wantErr: "document 1: yaml: did not find expected node content"},

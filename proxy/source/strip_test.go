@@ -59,3 +59,39 @@ func TestStripKeepsWhatTheProxyReads(t *testing.T) {
 		t.Errorf("other objects must pass unchanged")
 	}
 }
+
+// What the sources hold while reading a whole list, and hand on, is only
+// what svcproxy reads (and the resourceVersion).
+func TestStripKeepsLittle(t *testing.T) {
+	created := metav1.Unix(1_700_000_000, 0)
+	svc := &v1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "shop", UID: "u-1", ResourceVersion: "42", Generation: 3,
+			CreationTimestamp: created, Finalizers: []string{"f"},
+			Labels: map[string]string{"app": "web", proxy.LabelServiceProxyName: "x"}},
+		Spec: v1.ServiceSpec{
+			Type: v1.ServiceTypeLoadBalancer, ClusterIP: "10.96.0.1", ClusterIPs: []string{"10.96.0.1"},
+			Selector: map[string]string{"app": "web"}, IPFamilies: []v1.IPFamily{v1.IPv4Protocol},
+			IPFamilyPolicy: ptr.To(v1.IPFamilyPolicySingleStack), LoadBalancerClass: ptr.To("c"),
+			Ports: []v1.ServicePort{{Name: "http", Port: 80, Protocol: v1.ProtocolTCP, NodePort: 30080, AppProtocol: ptr.To("http")}},
+		},
+		Status: v1.ServiceStatus{LoadBalancer: v1.LoadBalancerStatus{Ingress: []v1.LoadBalancerIngress{{IP: "192.0.2.1", Hostname: "lb.example.com"}}}},
+	}
+	Strip(svc)
+	want := &v1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "shop", ResourceVersion: "42",
+			Labels: map[string]string{proxy.LabelServiceProxyName: "x"}},
+		Spec: v1.ServiceSpec{
+			Type: v1.ServiceTypeLoadBalancer, ClusterIP: "10.96.0.1", ClusterIPs: []string{"10.96.0.1"},
+			Ports: []v1.ServicePort{{Name: "http", Port: 80, Protocol: v1.ProtocolTCP, NodePort: 30080}},
+		},
+		Status: v1.ServiceStatus{LoadBalancer: v1.LoadBalancerStatus{Ingress: []v1.LoadBalancerIngress{{IP: "192.0.2.1"}}}},
+	}
+	if d := cmp.Diff(want, svc); d != "" {
+		t.Errorf("service (-want +got):\n%s", d)
+	}
+	node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", UID: "u", Labels: map[string]string{"a": "b", v1.LabelTopologyZone: "z"}}}
+	Strip(node)
+	if d := cmp.Diff(map[string]string{"a": "b", v1.LabelTopologyZone: "z"}, node.Labels); d != "" || node.UID != "" {
+		t.Errorf("node labels (-want +got):\n%s\nuid %q", d, node.UID)
+	}
+}
