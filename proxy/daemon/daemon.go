@@ -136,7 +136,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	d.services = healthz.NewServiceServer(healthz.ServiceConfig{
 		NodePortAddresses: d.cfg.NodePortAddresses,
-		Proxy:             d.health,
+		Proxy:             d.health.ForServicePorts(),
 		OnListenError: func(ns, name string, port int32, err error) {
 			logger.Error(err, "Cannot open the health-check node port", "service", ns+"/"+name, "port", port)
 		},

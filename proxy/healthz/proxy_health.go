@@ -258,9 +258,29 @@ func (s *ProxyServer) healthLocked(now time.Time, healthy bool) Health {
 	}
 }
 
-// IsHealthy reports Health().Healthy: what the health-check node ports
-// consult.
+// IsHealthy reports Health().Healthy.
 func (s *ProxyServer) IsHealthy() bool { return s.Health().Healthy }
+
+// RulesCurrent reports whether the rules are as current as svcproxy can make
+// them: Health without the source's errors. The health-check node ports
+// consult it (see ForServicePorts).
+func (s *ProxyServer) RulesCurrent() bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	now := s.clock.Now()
+	return s.liveLocked(now) && (s.oldestPending.IsZero() || now.Sub(s.oldestPending) < s.timeout)
+}
+
+// ForServicePorts returns what the health-check node ports of
+// externalTrafficPolicy Local services consult: RulesCurrent, not /healthz.
+// During an API server outage the rules in place keep working, and a 503 on
+// every node at once would make the cloud load balancers drop every node
+// (kube-proxy's node ports do not fail for an outage either).
+func (s *ProxyServer) ForServicePorts() HealthChecker { return rulesCurrent{s} }
+
+type rulesCurrent struct{ s *ProxyServer }
+
+func (r rulesCurrent) IsHealthy() bool { return r.s.RulesCurrent() }
 
 // IsLive reports Liveness().Healthy.
 func (s *ProxyServer) IsLive() bool { return s.Liveness().Healthy }

@@ -326,3 +326,30 @@ func TestNodeHandler(t *testing.T) {
 		t.Errorf("passed on (-want +got):\n%s", diff)
 	}
 }
+
+// The health-check node ports follow the rules, not the API server: an
+// outage that fails /healthz must not make every node's load-balancer
+// health check fail at once; a change stuck unsynced does.
+func TestServicePortsIgnoreAnAPIOutage(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		steps []step
+		want  bool
+	}{
+		{name: "synced", steps: []step{updated()}, want: true},
+		{name: "API server away for long", steps: []step{updated(), sourceErr(errors.New("connection refused")), wait(timeout * 3)}, want: true},
+		{name: "a change stuck", steps: []step{updated(), queued(), wait(timeout * 3)}, want: false},
+		{name: "no first sync in time", steps: []step{queued(), wait(timeout * 3)}, want: false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clk := clocktesting.NewFakeClock(t0)
+			s := NewProxyServer(Config{Timeout: timeout, Clock: clk})
+			for _, st := range tc.steps {
+				st(s, clk)
+			}
+			if got := s.ForServicePorts().IsHealthy(); got != tc.want {
+				t.Errorf("service ports healthy %v, want %v (/healthz healthy %v)", got, tc.want, s.IsHealthy())
+			}
+		})
+	}
+}
