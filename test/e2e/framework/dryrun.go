@@ -1,0 +1,79 @@
+package framework
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync/atomic"
+)
+
+// scratchSeq numbers the scratch namespaces of CanonicalRules.
+var scratchSeq atomic.Int64
+
+// IPVSMode reports whether the test bed runs svcproxy in IPVS mode
+// (E2E_SVCPROXY_ARGS=--mode=ipvs).
+func (c *Cluster) IPVSMode() bool { return ipvsMode(c.proxyArgs(c.Nodes[0])) }
+
+// DryRun runs the svcproxy under test once with --dry-run and the flags of
+// node n's svcproxy (the same kubeconfig, --hostname-override,
+// --cluster-cidr and Options.SvcproxyArgs), and returns what it prints once
+// it has listed the API server's objects: in iptables mode the
+// iptables-restore --noflush input that programs an empty namespace as
+// svcproxy would program n, jumps included; in IPVS mode the ipset,
+// ipvsadm and iptables sections. It runs in the control plane's namespace
+// (where the API server's address is local) and changes nothing there:
+// --dry-run only renders.
+func (c *Cluster) DryRun(ctx context.Context, n *Node) (string, error) {
+	argv := append(c.proxyArgs(n), "--dry-run")
+	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", c.ControlPlane.NetNS.Name}, argv...)...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("%s: %w; stderr:\n%s", strings.Join(argv, " "), err, tail(stderr.String(), 20))
+	}
+	return stdout.String(), nil
+}
+
+// IPTablesSave returns iptables-save of the namespace (its standard output
+// only: the rules, with the tool's comment lines).
+func (n *NetNS) IPTablesSave(ctx context.Context) (string, error) {
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", n.Name, "iptables-save")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("iptables-save in %s: %w: %s", n.Name, err, strings.TrimSpace(stderr.String()))
+	}
+	return stdout.String(), nil
+}
+
+// CanonicalRules loads restore (iptables-restore --noflush input, such as
+// DryRun prints) into a scratch network namespace of the cluster's and
+// returns that namespace's iptables-save: the rules as the kernel and
+// iptables spell them, comparable line for line with a node's
+// iptables-save. The namespace is deleted before it returns; nothing else
+// is touched.
+func (c *Cluster) CanonicalRules(ctx context.Context, restore string) (string, error) {
+	ns, err := c.addNetNS(ctx, "scratch"+strconv.FormatInt(scratchSeq.Add(1), 10))
+	if err != nil {
+		return "", err
+	}
+	defer func() { _ = c.removeNetNS(context.WithoutCancel(ctx), ns) }()
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", ns.Name, "iptables-restore", "--noflush")
+	cmd.Stdin = strings.NewReader(restore)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("iptables-restore --noflush in scratch namespace %s: %w: %s", ns.Name, err, strings.TrimSpace(string(out)))
+	}
+	return ns.IPTablesSave(ctx)
+}
+
+// tail returns the last n lines of s.
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
