@@ -36,6 +36,8 @@ const (
 	// (each one to three API writes).
 	churnOps     = 2500
 	churnWorkers = 8
+	// churnTrickle is the number of operations of the last, small round.
+	churnTrickle = 40
 	// churnDefaultSeed is used unless E2E_CHURN_SEED is set: the run is
 	// the same object stream every time (API-allocated ClusterIPs and
 	// node ports, and the interleaving of the workers, are not).
@@ -142,6 +144,18 @@ func TestRandomChurn(t *testing.T) {
 	t.Logf("operations: %s", ch.stats.opsSummary())
 	checkRulesMatchRender(t, "after the burst of updates and deletes")
 
+	// A trickle: a few more changes, after which the last sync before the
+	// comparison is most likely a partial one (the burst's is mostly the
+	// periodic full sync).
+	ch.stats.reset()
+	ch.run(ctx, func(w *churnWorker) {
+		for i := 0; i < churnTrickle/churnWorkers; i++ {
+			w.randomOp(ctx)
+		}
+	})
+	t.Logf("trickle of %d operations: %s", ch.stats.totalOps(), ch.stats.summary())
+	checkRulesMatchRender(t, "after a trickle of changes")
+
 	stopStream()
 	streamTook := time.Since(streamStart)
 	for _, res := range []struct {
@@ -184,25 +198,30 @@ func checkRulesMatchRender(t *testing.T, when string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
+	settled := map[*framework.Node]syncWatch{}
 	for _, n := range cluster.Nodes {
-		took, err := waitSettled(ctx, n, time.Second, 90*time.Second)
+		w, err := waitSettled(ctx, n, time.Second, 90*time.Second)
 		if err != nil {
 			t.Errorf("%s: svcproxy on %s did not settle: %v\nlog tail:\n%s", when, n.Name, err, n.Proxy.Tail(30))
 			continue
 		}
-		t.Logf("%s: svcproxy on %s settled %v after the last write", when, n.Name, took.Round(time.Millisecond))
+		settled[n] = w
+		t.Logf("%s: svcproxy on %s settled: nothing queued for %v, and the last sync (%s) began after the last queued change",
+			when, n.Name, w.quietFor.Round(time.Millisecond), w.last)
 	}
 	for _, n := range cluster.Nodes {
-		compareNodeWithRender(ctx, t, n, when)
+		if w, ok := settled[n]; ok {
+			compareNodeWithRender(ctx, t, n, when, w)
+		}
 	}
 }
 
 // compareNodeWithRender compares n's live rules with a fresh render; on a
 // difference it also waits for svcproxy's next full sync and compares
 // again, to tell whether a full sync repairs it.
-func compareNodeWithRender(ctx context.Context, t *testing.T, n *framework.Node, when string) {
+func compareNodeWithRender(ctx context.Context, t *testing.T, n *framework.Node, when string, w syncWatch) {
 	t.Helper()
-	live, syncLine, err := liveRules(ctx, n)
+	live, during, err := liveRules(ctx, n)
 	if err != nil {
 		t.Errorf("%s: %v", when, err)
 		return
@@ -216,12 +235,12 @@ func compareNodeWithRender(ctx context.Context, t *testing.T, n *framework.Node,
 	renderTook := time.Since(renderStart)
 	diff := diffRulesets(live, want)
 	if diff == "" {
-		t.Logf("%s: %s's rules equal a fresh render (%d SVCP- chains, %d rules in them, %d jumps from built-in chains; dry-run and canonical form %v); last sync before the comparison: %s",
-			when, n.Name, len(live.chains), live.rules(), len(live.jumps), renderTook.Round(time.Millisecond), syncLine)
+		t.Logf("%s: %s's rules equal a fresh render: %d SVCP- chains, %d rules in them, %d jumps from built-in chains (dry run and canonical form %v); last sync before the comparison: %s%s",
+			when, n.Name, len(live.chains), live.rules(), len(live.jumps), renderTook.Round(time.Millisecond), w.last, during)
 		return
 	}
-	t.Errorf("%s: %s's rules differ from a fresh render of the API server's state (live %d chains/%d rules, render %d chains/%d rules); last sync before the comparison: %s\n%s",
-		when, n.Name, len(live.chains), live.rules(), len(want.chains), want.rules(), syncLine, diff)
+	t.Errorf("%s: %s's rules differ from a fresh render of the API server's state (node %d chains/%d rules, render %d chains/%d rules); last sync before the comparison: %s%s\n%s",
+		when, n.Name, len(live.chains), live.rules(), len(want.chains), want.rules(), w.last, during, diff)
 	// Does the next full sync repair it?
 	before, err := scrapeMetrics(n)
 	if err != nil {
@@ -243,22 +262,22 @@ func compareNodeWithRender(ctx context.Context, t *testing.T, n *framework.Node,
 		t.Errorf("%s: waiting for a full sync on %s: %v", when, n.Name, err)
 		return
 	}
-	again, syncLine, err := liveRules(ctx, n)
+	again, _, err := liveRules(ctx, n)
 	if err != nil {
 		t.Errorf("%v", err)
 		return
 	}
 	if d := diffRulesets(again, want); d == "" {
-		t.Errorf("%s: on %s the next full sync repaired the difference (last sync: %s): the partial sync path left it", when, n.Name, syncLine)
+		t.Errorf("%s: on %s the next full sync repaired the difference", when, n.Name)
 	} else {
-		t.Errorf("%s: on %s the next full sync did not repair the difference (last sync: %s):\n%s", when, n.Name, syncLine, d)
+		t.Errorf("%s: on %s the next full sync did not repair the difference:\n%s", when, n.Name, d)
 	}
 }
 
-// liveRules returns n's rules and the log line of the last sync before
-// they were read.
+// liveRules returns n's rules, and a note if a sync ended while they were
+// read.
 func liveRules(ctx context.Context, n *framework.Node) (ruleset, string, error) {
-	st, err := os.Stat(n.Proxy.LogPath)
+	m0, err := scrapeMetrics(n)
 	if err != nil {
 		return ruleset{}, "", err
 	}
@@ -266,7 +285,16 @@ func liveRules(ctx context.Context, n *framework.Node) (ruleset, string, error) 
 	if err != nil {
 		return ruleset{}, "", err
 	}
-	return parseRuleset(save), lastSyncLine(n.Proxy.LogPath, st.Size()), nil
+	m1, err := scrapeMetrics(n)
+	if err != nil {
+		return ruleset{}, "", err
+	}
+	note := ""
+	if c0, c1 := m0[syncCount], m1[syncCount]; c1 != c0 {
+		note = fmt.Sprintf(" (%v more syncs, %v of them full, ended while iptables-save ran)", c1-c0,
+			m1["kubeproxy_sync_full_proxy_rules_duration_seconds_count"]-m0["kubeproxy_sync_full_proxy_rules_duration_seconds_count"])
+	}
+	return parseRuleset(save), note, nil
 }
 
 // renderedRules returns what svcproxy --dry-run renders for n now, in
@@ -293,51 +321,75 @@ func renderedRules(ctx context.Context, n *framework.Node) (ruleset, error) {
 	return parseRuleset(canon), nil
 }
 
-// lastSyncLine returns the last "Synced rules" line among the first size
-// bytes of svcproxy's log, from the message on.
-func lastSyncLine(path string, size int64) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "(" + err.Error() + ")"
-	}
-	b = b[:min(int64(len(b)), size)]
-	lines := strings.Split(string(b), "\n")
-	for i := len(lines) - 1; i >= 0; i-- {
-		if j := strings.Index(lines[i], `"Synced rules"`); j >= 0 {
-			f := strings.Fields(lines[i])
-			return f[0] + " " + f[1] + " " + lines[i][j:]
-		}
-	}
-	return "(none logged)"
+const (
+	syncCount     = "kubeproxy_sync_proxy_rules_duration_seconds_count"
+	syncSum       = "kubeproxy_sync_proxy_rules_duration_seconds_sum"
+	fullSyncCount = "kubeproxy_sync_full_proxy_rules_duration_seconds_count"
+	syncFailures  = "svcproxy_sync_proxy_rules_failures_total"
+	lastSynced    = "kubeproxy_sync_proxy_rules_last_timestamp_seconds"
+	lastQueued    = "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds"
+)
+
+// syncWatch follows a node's syncs through its metrics.
+type syncWatch struct {
+	// began is the latest time (unix seconds) before which the last
+	// completed successful sync cannot have started: its end minus the
+	// time all syncs completed since the previous scrape took.
+	began float64
+	// last describes that sync.
+	last string
+	// quietFor is how long nothing had been queued when it settled.
+	quietFor time.Duration
 }
 
-// waitSettled waits until n's svcproxy has synced after the last change it
-// queued and has queued nothing for quiet, and returns how long ago its
-// last change was queued.
-func waitSettled(ctx context.Context, n *framework.Node, quiet, timeout time.Duration) (time.Duration, error) {
-	var m map[string]float64
+// waitSettled waits until n's svcproxy has queued nothing for quiet and
+// its last successful sync began after the last change was queued — so
+// that sync saw every change. (kubeproxy_sync_proxy_rules_last_timestamp
+// is when a sync ended: a change queued while a sync runs is older than
+// that timestamp but not in that sync.)
+func waitSettled(ctx context.Context, n *framework.Node, quiet, timeout time.Duration) (syncWatch, error) {
+	var w syncWatch
+	var prev map[string]float64
 	err := framework.Eventually(ctx, timeout, func(context.Context) error {
-		var err error
-		m, err = scrapeMetrics(n)
+		m, err := scrapeMetrics(n)
 		if err != nil {
 			return err
 		}
-		queued := m["kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds"]
-		synced := m["kubeproxy_sync_proxy_rules_last_timestamp_seconds"]
+		defer func() { prev = m }()
+		if prev == nil {
+			return fmt.Errorf("first scrape")
+		}
+		if done := m[syncCount] - prev[syncCount]; done > 0 {
+			if m[syncFailures] != prev[syncFailures] {
+				w.began, w.last = 0, fmt.Sprintf("%v failed", m[syncFailures]-prev[syncFailures])
+			} else {
+				took := m[syncSum] - prev[syncSum]
+				w.began = m[lastSynced] - took
+				kind := "partial"
+				if m[fullSyncCount] > prev[fullSyncCount] {
+					kind = "full"
+				}
+				w.last = fmt.Sprintf("%s, took %v", kind, time.Duration(took*float64(time.Second)).Round(time.Millisecond))
+				if done > 1 {
+					w.last = fmt.Sprintf("%v syncs between two scrapes, %v full, %v in all", done, m[fullSyncCount]-prev[fullSyncCount],
+						time.Duration(took*float64(time.Second)).Round(time.Millisecond))
+				}
+			}
+		}
+		queued := m[lastQueued]
 		now := float64(time.Now().UnixNano()) / 1e9
 		switch {
-		case synced < queued:
-			return fmt.Errorf("last sync %.3f before the last queued change %.3f (sync failures %v)", synced, queued, m["svcproxy_sync_proxy_rules_failures_total"])
+		case w.began == 0:
+			return fmt.Errorf("no successful sync seen yet (sync failures %v)", m[syncFailures])
+		case w.began <= queued:
+			return fmt.Errorf("last sync began at the latest %.3f, before the last queued change %.3f", w.began, queued)
 		case now-queued < quiet.Seconds():
 			return fmt.Errorf("last change queued %.3fs ago", now-queued)
 		}
+		w.quietFor = time.Duration((now - queued) * float64(time.Second))
 		return nil
 	})
-	if err != nil {
-		return 0, err
-	}
-	queued := m["kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds"]
-	return time.Duration((float64(time.Now().UnixNano())/1e9 - queued) * float64(time.Second)), nil
+	return w, err
 }
 
 // scrapeMetrics reads n's svcproxy metrics, each summed over its labels.
@@ -872,9 +924,9 @@ func (w *churnWorker) randomOp(ctx context.Context) {
 		slice := o.slices[names[w.r.Intn(len(names))]].DeepCopy()
 		if w.r.Intn(5) == 0 {
 			fresh := w.genSlice(o, slice.Name)
-			fresh.AddressType = slice.AddressType // immutable
-			if fresh.AddressType != discoveryv1.AddressTypeIPv4 {
-				fresh.Endpoints = slice.Endpoints
+			if fresh.AddressType != slice.AddressType { // immutable
+				fresh.AddressType, fresh.Endpoints = slice.AddressType, slice.Endpoints
+				w.mutateEndpoints(fresh)
 			}
 			slice = fresh
 		} else {
