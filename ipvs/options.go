@@ -10,17 +10,9 @@ import (
 	"github.com/svcproxy/svcproxy/proxy"
 )
 
-// Schedulers are the IPVS schedulers of the Linux kernel (ip_vs_<name>.ko),
-// every one of which moby/ipvs can set on a virtual server: round robin,
-// weighted round robin, least connection, weighted least connection,
-// locality-based least connection (with replication), destination and
-// source hashing, shortest expected delay, never queue, Maglev hashing,
-// weighted failover, weighted overflow and weighted random twos (Linux
-// 6.2+). Every real server has weight 1, so a weighted scheduler behaves
-// like its plain one. The kernel loads a scheduler's module when a virtual
-// server first uses it; one the kernel lacks fails that sync with the
-// kernel's error.
-var Schedulers = []string{"rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh", "fo", "ovf", "twos"}
+// Schedulers are the IPVS schedulers IPVS mode accepts (--ipvs-scheduler
+// and a Service's proxy.IPVSSchedulerAnnotation): proxy.IPVSSchedulers.
+var Schedulers = proxy.IPVSSchedulers
 
 // DefaultScheduler is kube-proxy's default IPVS scheduler.
 const DefaultScheduler = "rr"

@@ -40,6 +40,9 @@ func Render(snap *proxy.Snapshot, opts Options) *Plan {
 		r.sets[s.name] = map[string]bool{}
 	}
 	for _, sp := range snap.ServicePorts() {
+		if sp.IPFamily == v1.IPv6Protocol {
+			continue // IPVS mode programs IPv4 only (so far)
+		}
 		r.port(sp)
 	}
 	for _, p := range opts.ClusterCIDRs {

@@ -210,7 +210,7 @@ func (t *Tracker) Snapshot() (*Snapshot, []Change) {
 	for _, key := range keys {
 		prev := t.ports[key]
 		cur := t.buildPorts(key)
-		sort.Slice(cur, func(i, j int) bool { return cur[i].Name.Less(cur[j].Name) })
+		sort.Slice(cur, func(i, j int) bool { return cur[i].Less(cur[j]) })
 		changes = append(changes, diffPorts(prev, cur)...)
 		if len(cur) == 0 {
 			if _, ok := t.ports[key]; ok {
@@ -252,13 +252,17 @@ func (t *Tracker) Snapshot() (*Snapshot, []Change) {
 // that unchanged ports stay shared between Snapshots.
 func diffPorts(prev, cur []*ServicePort) []Change {
 	var changes []Change
-	old := map[ServicePortName]*ServicePort{}
+	type key struct {
+		name   ServicePortName
+		family v1.IPFamily
+	}
+	old := map[key]*ServicePort{}
 	for _, p := range prev {
-		old[p.Name] = p
+		old[key{p.Name, p.IPFamily}] = p
 	}
 	for i, c := range cur {
-		p, ok := old[c.Name]
-		delete(old, c.Name)
+		p, ok := old[key{c.Name, c.IPFamily}]
+		delete(old, key{c.Name, c.IPFamily})
 		if ok && reflect.DeepEqual(p, c) {
 			cur[i] = p
 			continue
@@ -266,7 +270,7 @@ func diffPorts(prev, cur []*ServicePort) []Change {
 		changes = append(changes, Change{Prev: p, Cur: c})
 	}
 	for _, p := range prev {
-		if _, ok := old[p.Name]; ok {
+		if _, ok := old[key{p.Name, p.IPFamily}]; ok {
 			changes = append(changes, Change{Prev: p})
 		}
 	}
@@ -286,33 +290,41 @@ func (t *Tracker) buildPorts(key string) []*ServicePort {
 	if svc.skipped {
 		return nil
 	}
-	hasExternal := len(svc.externalIPs) > 0 || len(svc.lbIPs) > 0
 	var out []*ServicePort
-	for i := range svc.ports {
-		p := &svc.ports[i]
-		if p.note != nil {
-			t.report1(p.note)
-			continue
+	for fi := range svc.families {
+		f := &svc.families[fi]
+		hasExternal := len(f.externalIPs) > 0 || len(f.lbIPs) > 0
+		for i := range svc.ports {
+			p := &svc.ports[i]
+			if p.note != nil {
+				if fi == 0 {
+					t.report1(p.note)
+				}
+				continue
+			}
+			sp := &ServicePort{
+				Name:                        ServicePortName{Namespace: svc.namespace, Name: svc.name, Port: p.name, Protocol: p.proto},
+				IPFamily:                    f.family,
+				Protocol:                    p.proto,
+				Port:                        p.port,
+				ClusterIP:                   f.clusterIP,
+				NodePort:                    p.nodePort,
+				ExternalIPs:                 f.externalIPs,
+				LoadBalancerIPs:             f.lbIPs,
+				LoadBalancerSourceRanges:    f.ranges,
+				LoadBalancerSourceRangesSet: f.rangesSet,
+				AffinityTimeout:             svc.affinityTimeout,
+				IPVSScheduler:               svc.scheduler,
+			}
+			if hasExternal || sp.NodePort != 0 {
+				sp.ExternalPolicyLocal = svc.externalLocal
+				sp.HealthCheckNodePort = svc.healthCheckNodePort
+			}
+			sp.InternalPolicyLocal = svc.internalLocal
+			sp.AllEndpoints = t.endpointsFor(key, p.name, p.proto, f.family)
+			SelectEndpoints(sp, t.nodeName, t.zone)
+			out = append(out, sp)
 		}
-		sp := &ServicePort{
-			Name:                     ServicePortName{Namespace: svc.namespace, Name: svc.name, Port: p.name, Protocol: p.proto},
-			Protocol:                 p.proto,
-			Port:                     p.port,
-			ClusterIP:                svc.clusterIP,
-			NodePort:                 p.nodePort,
-			ExternalIPs:              svc.externalIPs,
-			LoadBalancerIPs:          svc.lbIPs,
-			LoadBalancerSourceRanges: svc.ranges,
-			AffinityTimeout:          svc.affinityTimeout,
-		}
-		if hasExternal || sp.NodePort != 0 {
-			sp.ExternalPolicyLocal = svc.externalLocal
-			sp.HealthCheckNodePort = svc.healthCheckNodePort
-		}
-		sp.InternalPolicyLocal = svc.internalLocal
-		sp.AllEndpoints = t.endpointsFor(key, p.name, p.proto)
-		SelectEndpoints(sp, t.nodeName, t.zone)
-		out = append(out, sp)
 	}
 	return out
 }
@@ -320,11 +332,13 @@ func (t *Tracker) buildPorts(key string) []*ServicePort {
 // endpointsFor merges the endpoints of every slice of the service for one
 // port, de-duplicated by address (a ready copy wins) and sorted. A port
 // served by one slice shares that slice's list.
-func (t *Tracker) endpointsFor(key, portName string, proto v1.Protocol) []*Endpoint {
+func (t *Tracker) endpointsFor(key, portName string, proto v1.Protocol, family v1.IPFamily) []*Endpoint {
 	var lists [][]*Endpoint
 	for _, s := range t.slices[key] { // in name order
 		switch s.addressType {
-		case discovery.AddressTypeIPv4:
+		case discovery.AddressType(family):
+		case discovery.AddressTypeIPv4, discovery.AddressTypeIPv6:
+			continue // the other family's port takes it
 		case discovery.AddressTypeFQDN:
 			klog.V(2).InfoS("Skipping FQDN EndpointSlice", "endpointSlice", klog.KRef(s.namespace, s.name))
 			t.onSkip("EndpointSlice", "fqdn")
@@ -339,7 +353,7 @@ func (t *Tracker) endpointsFor(key, portName string, proto v1.Protocol) []*Endpo
 			continue
 		}
 		for _, a := range s.invalid {
-			klog.V(2).InfoS("Skipping endpoint address that is not IPv4", "endpointSlice", klog.KRef(s.namespace, s.name), "address", a)
+			klog.InfoS("Skipping endpoint address the API server would refuse", "endpointSlice", klog.KRef(s.namespace, s.name), "addressType", s.addressType, "address", a)
 			t.onSkip("EndpointSlice", "invalid-address")
 		}
 		lists = append(lists, sp.endpoints)

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 
 	v1 "k8s.io/api/core/v1"
@@ -18,15 +19,28 @@ type serviceInfo struct {
 	notes   []skipNote
 	skipped bool
 
-	clusterIP           netip.Addr
-	externalIPs         []netip.Addr
-	lbIPs               []netip.Addr
-	ranges              []netip.Prefix
+	// families holds what differs per IP family, primary family first:
+	// one entry per cluster IP (clusterIPs), so a single-stack Service has
+	// one and a dual-stack one two.
+	families            []familyInfo
 	affinityTimeout     int32
+	scheduler           string // IPVS scheduler from an annotation; "" for the default
 	externalLocal       bool
 	healthCheckNodePort int32 // only for a LoadBalancer with externalTrafficPolicy Local
 	internalLocal       bool
 	ports               []portInfo
+}
+
+// familyInfo is the part of a Service of one IP family.
+type familyInfo struct {
+	family      v1.IPFamily
+	clusterIP   netip.Addr
+	externalIPs []netip.Addr
+	lbIPs       []netip.Addr
+	ranges      []netip.Prefix
+	// rangesSet: the Service restricts its load-balancer addresses to
+	// source ranges, whether or not any is of this family (fail closed).
+	rangesSet bool
 }
 
 // portInfo is one entry of a Service's ports.
@@ -50,14 +64,14 @@ func parseService(svc *v1.Service) *serviceInfo {
 		info.skipped = true
 		return info
 	}
-	clusterIP, ok := ipv4ClusterIP(svc)
-	if !ok {
-		note(2, "other-ip-family", "Skipping service without an IPv4 cluster IP", "service", key, "clusterIPs", svc.Spec.ClusterIPs)
+	clusterIPs := clusterIPs(key, svc, note)
+	if len(clusterIPs) == 0 {
+		note(0, "invalid-cluster-ip", "Skipping service without a valid cluster IP", "service", key, "clusterIPs", svc.Spec.ClusterIPs, "clusterIP", svc.Spec.ClusterIP)
 		info.skipped = true
 		return info
 	}
-	info.clusterIP = clusterIP
-	info.externalIPs = parseIPs(key, "externalIPs", svc.Spec.ExternalIPs, note)
+	externalIPs := parseIPs(key, "externalIPs", svc.Spec.ExternalIPs, note)
+	var lbIPs []netip.Addr
 	if svc.Spec.Type == v1.ServiceTypeLoadBalancer {
 		var raw []string
 		for _, ing := range svc.Status.LoadBalancer.Ingress {
@@ -67,9 +81,28 @@ func parseService(svc *v1.Service) *serviceInfo {
 				raw = append(raw, ing.IP)
 			}
 		}
-		info.lbIPs = parseIPs(key, "loadBalancer ingress", raw, note)
+		lbIPs = parseIPs(key, "loadBalancer ingress", raw, note)
 	}
-	info.ranges = sourceRanges(key, svc, note)
+	ranges, rangesSet := sourceRanges(key, svc, note)
+	for _, cip := range clusterIPs {
+		is6 := cip.Is6()
+		f := familyInfo{family: v1.IPv4Protocol, clusterIP: cip, rangesSet: rangesSet}
+		if is6 {
+			f.family = v1.IPv6Protocol
+		}
+		f.externalIPs = ofFamily(externalIPs, is6)
+		f.lbIPs = ofFamily(lbIPs, is6)
+		for _, r := range ranges {
+			if r.Addr().Is6() == is6 {
+				f.ranges = append(f.ranges, r)
+			}
+		}
+		if rangesSet && len(f.ranges) == 0 && len(f.lbIPs) > 0 {
+			note(0, "no-source-range-of-family", "No loadBalancerSourceRange of this IP family: no source may reach the service's load-balancer addresses of it", "service", key, "ipFamily", f.family)
+		}
+		info.families = append(info.families, f)
+	}
+	info.scheduler = schedulerAnnotation(key, svc, note)
 	if svc.Spec.SessionAffinity == v1.ServiceAffinityClientIP {
 		info.affinityTimeout = v1.DefaultClientIPServiceAffinitySeconds
 		if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil && *c.ClientIP.TimeoutSeconds > 0 {
@@ -115,8 +148,13 @@ func parseService(svc *v1.Service) *serviceInfo {
 		seen[k] = true
 		out.name, out.proto, out.port = intern(p.Name), proto, p.Port
 		if svc.Spec.Type == v1.ServiceTypeNodePort || svc.Spec.Type == v1.ServiceTypeLoadBalancer {
-			if p.NodePort > 0 && p.NodePort <= 65535 {
+			switch {
+			case p.NodePort >= MinNodePort && p.NodePort <= 65535:
 				out.nodePort = p.NodePort
+			case p.NodePort != 0:
+				// A node port of 22 would capture the node's own SSH: no
+				// API server allocates one below its node-port range.
+				note(0, "invalid-node-port", "Skipping node port the API server would refuse", "service", key, "port", p.Name, "nodePort", p.NodePort, "min", MinNodePort)
 			}
 		}
 	}
@@ -151,17 +189,108 @@ func skipService(svc *v1.Service) string {
 	return ""
 }
 
-func ipv4ClusterIP(svc *v1.Service) (netip.Addr, bool) {
-	ips := svc.Spec.ClusterIPs
-	if len(ips) == 0 {
-		ips = []string{svc.Spec.ClusterIP}
+// clusterIPs returns the Service's cluster IPs, one per family, primary
+// first (clusterIPs, or clusterIP when that is empty). An address the API
+// server would refuse (not an IP, loopback, unspecified, link-local,
+// multicast) is skipped with a note, as is a second one of a family.
+func clusterIPs(key string, svc *v1.Service, note noteFunc) []netip.Addr {
+	raw := svc.Spec.ClusterIPs
+	if len(raw) == 0 {
+		raw = []string{svc.Spec.ClusterIP}
 	}
-	for _, s := range ips {
-		if a, err := netip.ParseAddr(s); err == nil && a.Is4() {
-			return a, true
+	var out []netip.Addr
+	for _, s := range raw {
+		a, err := netip.ParseAddr(strings.TrimSpace(s))
+		if err == nil {
+			a = a.Unmap()
+		}
+		if why := badServiceAddress(a, err); why != "" {
+			note(0, "invalid-cluster-ip", "Skipping cluster IP the API server would refuse", "service", key, "address", s, "why", why)
+			continue
+		}
+		if len(out) == 1 && out[0].Is6() == a.Is6() {
+			note(0, "invalid-cluster-ip", "Skipping a second cluster IP of one family", "service", key, "address", s)
+			continue
+		}
+		if len(out) == 2 {
+			break
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+// badServiceAddress says why the API server would refuse a as a service
+// address (cluster, external or load-balancer IP), "" when it would not.
+// A service address that captures the node's own loopback or a multicast
+// group would break the node, whatever a --state file says.
+func badServiceAddress(a netip.Addr, err error) string {
+	switch {
+	case err != nil || !a.IsValid():
+		return "not an IP address"
+	case a.Zone() != "":
+		return "has a zone"
+	case a.IsUnspecified():
+		return "unspecified"
+	case a.IsLoopback():
+		return "loopback"
+	case a.IsLinkLocalUnicast():
+		return "link-local"
+	case a.IsMulticast():
+		return "multicast"
+	case a.Is4() && a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return "broadcast"
+	}
+	return ""
+}
+
+// badEndpointAddress says why the API server would refuse a as an
+// endpoint address, "" when it would not (EndpointSlice validation:
+// not unspecified, loopback, link-local or multicast).
+func badEndpointAddress(a netip.Addr) string {
+	switch {
+	case a.IsUnspecified():
+		return "unspecified"
+	case a.IsLoopback():
+		return "loopback"
+	case a.IsLinkLocalUnicast():
+		return "link-local"
+	case a.IsMulticast():
+		return "multicast"
+	case a.Is4() && a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return "broadcast"
+	}
+	return ""
+}
+
+// ofFamily returns the addresses of one family.
+func ofFamily(addrs []netip.Addr, is6 bool) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range addrs {
+		if a.Is6() == is6 {
+			out = append(out, a)
 		}
 	}
-	return netip.Addr{}, false
+	return out
+}
+
+// schedulerAnnotation returns the IPVS scheduler a Service asks for
+// (IPVSSchedulerAnnotation, else kube-router's), "" for the default. A
+// value that is not a scheduler of the kernel is logged and ignored.
+func schedulerAnnotation(key string, svc *v1.Service, note noteFunc) string {
+	for _, a := range []string{IPVSSchedulerAnnotation, KubeRouterSchedulerAnnotation} {
+		v, ok := svc.Annotations[a]
+		if !ok {
+			continue
+		}
+		v = strings.ToLower(strings.TrimSpace(v))
+		if !slices.Contains(IPVSSchedulers, v) {
+			note(0, "invalid-ipvs-scheduler", "Ignoring unknown IPVS scheduler", "service", key, "annotation", a, "value", v, "valid", IPVSSchedulers)
+			return ""
+		}
+		return v
+	}
+	return ""
 }
 
 type noteFunc func(level klog.Level, reason, msg string, kv ...any)
@@ -170,8 +299,11 @@ func parseIPs(key, field string, raw []string, note noteFunc) []netip.Addr {
 	var out []netip.Addr
 	for _, s := range raw {
 		a, err := netip.ParseAddr(strings.TrimSpace(s))
-		if err != nil || !a.Is4() {
-			note(2, "other-ip-family", "Skipping address that is not IPv4", "service", key, "field", field, "address", s)
+		if err == nil {
+			a = a.Unmap()
+		}
+		if why := badServiceAddress(a, err); why != "" {
+			note(0, "invalid-address", "Skipping address the API server would refuse", "service", key, "field", field, "address", s, "why", why)
 			continue
 		}
 		out = append(out, a)
@@ -179,7 +311,11 @@ func parseIPs(key, field string, raw []string, note noteFunc) []netip.Addr {
 	return out
 }
 
-func sourceRanges(key string, svc *v1.Service, note noteFunc) []netip.Prefix {
+// sourceRanges returns the Service's loadBalancerSourceRanges (or the
+// legacy annotation) of both families, and whether any was given: a
+// Service that gives ranges, none of which parses or is of a family, admits
+// no source of that family (fail closed).
+func sourceRanges(key string, svc *v1.Service, note noteFunc) ([]netip.Prefix, bool) {
 	raw := svc.Spec.LoadBalancerSourceRanges
 	if len(raw) == 0 {
 		if a := svc.Annotations[AnnotationLBSourceRanges]; a != "" {
@@ -187,22 +323,21 @@ func sourceRanges(key string, svc *v1.Service, note noteFunc) []netip.Prefix {
 		}
 	}
 	var out []netip.Prefix
+	set := false
 	for _, s := range raw {
 		s = strings.TrimSpace(s)
 		if s == "" {
 			continue
 		}
+		set = true
 		p, err := netip.ParsePrefix(s)
 		if err != nil {
 			note(0, "invalid-source-range", "Skipping invalid loadBalancerSourceRange", "service", key, "range", s, "err", err)
 			continue
 		}
-		if !p.Addr().Is4() {
-			continue
-		}
 		out = append(out, p.Masked())
 	}
-	return out
+	return out, set
 }
 
 // sliceInfo is what the Tracker keeps of an EndpointSlice: its endpoints,
@@ -211,8 +346,9 @@ type sliceInfo struct {
 	namespace, name string
 	addressType     discovery.AddressType
 	ports           []slicePort
-	// invalid are the addresses skipped as not IPv4, reported whenever a
-	// port of the slice is used.
+	// invalid are the addresses skipped as not of the slice's family or
+	// refused by the API server's rules, reported whenever a port of the
+	// slice is used.
 	invalid []string
 }
 
@@ -241,10 +377,11 @@ func (s *sliceInfo) port(name string, proto v1.Protocol) *slicePort {
 // parseSlice parses s for the node nodeName.
 func parseSlice(s *discovery.EndpointSlice, nodeName string) *sliceInfo {
 	info := &sliceInfo{namespace: intern(s.Namespace), name: s.Name, addressType: addressType(s.AddressType)}
-	if info.addressType != discovery.AddressTypeIPv4 {
+	if info.addressType != discovery.AddressTypeIPv4 && info.addressType != discovery.AddressTypeIPv6 {
 		return info // nothing of it is used
 	}
-	// The first IPv4 address of every endpoint, as the API defines it.
+	is6 := info.addressType == discovery.AddressTypeIPv6
+	// The first valid address of every endpoint, as the API defines it.
 	type first struct {
 		ip netip.Addr
 		e  *discovery.Endpoint
@@ -254,7 +391,7 @@ func parseSlice(s *discovery.EndpointSlice, nodeName string) *sliceInfo {
 		e := &s.Endpoints[i]
 		for _, a := range e.Addresses {
 			ip, err := netip.ParseAddr(a)
-			if err != nil || !ip.Is4() {
+			if err != nil || ip.Is4In6() || ip.Is6() != is6 || ip.Zone() != "" || badEndpointAddress(ip) != "" {
 				info.invalid = append(info.invalid, a)
 				continue
 			}

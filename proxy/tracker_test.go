@@ -128,10 +128,23 @@ func TestTrackerSkips(t *testing.T) {
 		{name: "service-proxy-name label", svc: pt.Service("a", "o", "10.96.0.5", "p", 80, func(s *v1.Service) {
 			s.Labels = map[string]string{proxy.LabelServiceProxyName: "other-proxy"}
 		}), wantReason: "Service/service-proxy-name"},
-		{name: "IPv6 single-stack", svc: pt.Service("a", "v6", "fd00::10", "p", 80), wantReason: "Service/other-ip-family"},
-		{name: "dual-stack uses the IPv4 address", svc: pt.Service("a", "ds", "fd00::10", "p", 80, func(s *v1.Service) {
+		{name: "IPv6 single-stack", svc: pt.Service("a", "v6", "fd00::10", "p", 80), wantPorts: []string{"a/v6:p/TCP fd00::10"}},
+		{name: "dual-stack: one port per family, IPv4 first", svc: pt.Service("a", "ds", "fd00::10", "p", 80, func(s *v1.Service) {
 			s.Spec.ClusterIPs = []string{"fd00::10", "10.96.0.6"}
-		}), wantPorts: []string{"a/ds:p/TCP 10.96.0.6"}},
+		}), wantPorts: []string{"a/ds:p/TCP 10.96.0.6", "a/ds:p/TCP fd00::10"}},
+		{name: "loopback cluster IP", svc: pt.Service("a", "lo", "127.0.0.1", "p", 80), wantReason: "Service/invalid-cluster-ip"},
+		{name: "unspecified cluster IP", svc: pt.Service("a", "un", "0.0.0.0", "p", 80), wantReason: "Service/invalid-cluster-ip"},
+		{name: "garbage cluster IP", svc: pt.Service("a", "gb", "10.96.0.300", "p", 80), wantReason: "Service/invalid-cluster-ip"},
+		{name: "loopback and multicast external IPs skipped, others kept", svc: pt.Service("a", "ex", "10.96.0.12", "p", 80, func(s *v1.Service) {
+			s.Spec.ExternalIPs = []string{"127.0.0.1", "224.0.0.1", "::1", "192.0.2.10"}
+		}), wantPorts: []string{"a/ex:p/TCP 10.96.0.12 ext=[192.0.2.10]"}, wantReason: "Service/invalid-address"},
+		{name: "multicast and broadcast endpoints skipped", svc: pt.Service("a", "mc", "10.96.0.13", "p", 80), slice: pt.Slice("a", "mc", "mc-1", "p", 80,
+			pt.Ready("224.0.0.5", "node1"), pt.Ready("255.255.255.255", "node1"), pt.Ready("127.0.0.1", "node1"), pt.Ready("10.244.1.5", "node1")),
+			wantPorts: []string{"a/mc:p/TCP 10.96.0.13 10.244.1.5:80"}, wantReason: "EndpointSlice/invalid-address"},
+		{name: "node port below 1024 skipped", svc: pt.Service("a", "np", "10.96.0.14", "p", 80, func(s *v1.Service) {
+			s.Spec.Type = v1.ServiceTypeNodePort
+			s.Spec.Ports[0].NodePort = 22
+		}), wantPorts: []string{"a/np:p/TCP 10.96.0.14"}, wantReason: "Service/invalid-node-port"},
 		{name: "port 0 skipped, other ports kept", svc: pt.Service("a", "z", "10.96.0.7", "p", 80, func(s *v1.Service) {
 			s.Spec.Ports = append(s.Spec.Ports, v1.ServicePort{Name: "zero", Port: 0})
 		}), wantPorts: []string{"a/z:p/TCP 10.96.0.7"}, wantReason: "Service/invalid-port"},
@@ -166,6 +179,9 @@ func TestTrackerSkips(t *testing.T) {
 			var got []string
 			for _, sp := range snap.ServicePorts() {
 				s := sp.Name.String() + " " + sp.ClusterIP.String()
+				if len(sp.ExternalIPs) > 0 {
+					s += fmt.Sprintf(" ext=%v", sp.ExternalIPs)
+				}
 				for _, e := range sp.AllEndpoints {
 					s += " " + e.String()
 				}
@@ -292,11 +308,11 @@ func TestTrackerSkipsCountedPerBuild(t *testing.T) {
 	tr := proxy.NewTracker("node1", nil, func(kind, reason string) { reasons = append(reasons, kind+"/"+reason) })
 	tr.OnServiceUpdate(nil, pt.Service("a", "web", "10.96.0.20", "http", 80, func(s *v1.Service) {
 		s.Spec.Ports = append(s.Spec.Ports, v1.ServicePort{Name: "zero"})
-		s.Spec.ExternalIPs = []string{"fd00::1"}
+		s.Spec.ExternalIPs = []string{"::1"}
 	}))
 	tr.OnEndpointSliceUpdate(nil, pt.Slice("a", "web", "web-1", "http", 80, pt.Ready("bad", "node1"), pt.Ready("10.244.1.4", "node1")))
 	tr.Snapshot()
-	want := []string{"Service/other-ip-family", "EndpointSlice/invalid-address", "Service/invalid-port"}
+	want := []string{"Service/invalid-address", "EndpointSlice/invalid-address", "Service/invalid-port"}
 	if d := cmp.Diff(want, reasons); d != "" {
 		t.Errorf("first build (-want +got):\n%s", d)
 	}
@@ -328,5 +344,149 @@ func TestTrackerSliceLosesLabel(t *testing.T) {
 	snap, changes := tr.Snapshot()
 	if got := endpointsOf(snap)["a/web:http/TCP"]; got != "" || len(changes) != 1 {
 		t.Errorf("endpoints %q, changes %v; want none and one change", got, changeNames(changes))
+	}
+}
+
+// slice6 is an IPv6 slice of service ns/svc with ready endpoints on node.
+func slice6(ns, svc, name, portName string, port int32, node string, ips ...string) *discovery.EndpointSlice {
+	var eps []pt.EP
+	for _, ip := range ips {
+		eps = append(eps, pt.Ready(ip, node))
+	}
+	s := pt.Slice(ns, svc, name, portName, port, eps...)
+	s.AddressType = discovery.AddressTypeIPv6
+	return s
+}
+
+func TestTrackerDualStack(t *testing.T) {
+	dual := func(s *v1.Service) {
+		s.Spec.ClusterIPs = []string{"10.96.0.30", "fd00:96::30"}
+		s.Spec.Type = v1.ServiceTypeLoadBalancer
+		s.Spec.ExternalIPs = []string{"192.0.2.30", "2001:db8::30"}
+		s.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: "203.0.113.30"}, {IP: "2001:db8:1::30"}}
+	}
+	for _, tc := range []struct {
+		name   string
+		mod    func(*v1.Service)
+		slices []*discovery.EndpointSlice
+		want   []string
+	}{
+		{
+			name: "each family gets its own addresses and its own slices",
+			mod:  dual,
+			slices: []*discovery.EndpointSlice{
+				pt.Slice("a", "web", "web-v4", "http", 8080, pt.Ready("10.244.1.5", "node1")),
+				slice6("a", "web", "web-v6", "http", 8080, "node2", "fd00:244:2::5", "fd00:244:2::6"),
+			},
+			want: []string{
+				"IPv4 10.96.0.30 ext=[192.0.2.30] lb=[203.0.113.30] ranges=false[] eps=[10.244.1.5:8080]",
+				"IPv6 fd00:96::30 ext=[2001:db8::30] lb=[2001:db8:1::30] ranges=false[] eps=[[fd00:244:2::5]:8080 [fd00:244:2::6]:8080]",
+			},
+		},
+		{
+			name: "source ranges split by family",
+			mod: func(s *v1.Service) {
+				dual(s)
+				s.Spec.LoadBalancerSourceRanges = []string{"198.51.100.0/24", "2001:db8:f::/48"}
+			},
+			want: []string{
+				"IPv4 10.96.0.30 ext=[192.0.2.30] lb=[203.0.113.30] ranges=true[198.51.100.0/24] eps=[]",
+				"IPv6 fd00:96::30 ext=[2001:db8::30] lb=[2001:db8:1::30] ranges=true[2001:db8:f::/48] eps=[]",
+			},
+		},
+		{
+			name: "only IPv6 ranges: IPv4 load-balancer traffic is closed, not open",
+			mod: func(s *v1.Service) {
+				dual(s)
+				s.Spec.LoadBalancerSourceRanges = []string{"2001:db8:f::/48"}
+			},
+			want: []string{
+				"IPv4 10.96.0.30 ext=[192.0.2.30] lb=[203.0.113.30] ranges=true[] eps=[]",
+				"IPv6 fd00:96::30 ext=[2001:db8::30] lb=[2001:db8:1::30] ranges=true[2001:db8:f::/48] eps=[]",
+			},
+		},
+		{
+			name: "unparsable ranges count as none",
+			mod: func(s *v1.Service) {
+				dual(s)
+				s.Spec.LoadBalancerSourceRanges = []string{"not-a-cidr"}
+			},
+			want: []string{
+				"IPv4 10.96.0.30 ext=[192.0.2.30] lb=[203.0.113.30] ranges=true[] eps=[]",
+				"IPv6 fd00:96::30 ext=[2001:db8::30] lb=[2001:db8:1::30] ranges=true[] eps=[]",
+			},
+		},
+		{
+			name: "IPv6 single-stack with an IPv6 slice",
+			mod:  func(s *v1.Service) { s.Spec.ClusterIPs = []string{"fd00:96::31"} },
+			slices: []*discovery.EndpointSlice{
+				slice6("a", "web", "web-v6", "http", 8080, "node1", "fd00:244:1::5", "fe80::1", "::1"),
+				pt.Slice("a", "web", "web-v4", "http", 8080, pt.Ready("10.244.1.5", "node1")),
+			},
+			want: []string{"IPv6 fd00:96::31 ext=[] lb=[] ranges=false[] eps=[[fd00:244:1::5]:8080]"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := proxy.NewTracker("node1", nil, nil)
+			svc := pt.Service("a", "web", "10.96.0.30", "http", 80, tc.mod)
+			svc.Spec.ClusterIP = svc.Spec.ClusterIPs[0]
+			tr.OnServiceUpdate(nil, svc)
+			for _, sl := range tc.slices {
+				tr.OnEndpointSliceUpdate(nil, sl)
+			}
+			snap, changes := tr.Snapshot()
+			var got []string
+			for _, sp := range snap.ServicePorts() {
+				var eps []string
+				for _, e := range sp.AllEndpoints {
+					eps = append(eps, e.String())
+				}
+				got = append(got, fmt.Sprintf("%s %s ext=%v lb=%v ranges=%v%v eps=%v", sp.IPFamily, sp.ClusterIP, sp.ExternalIPs,
+					sp.LoadBalancerIPs, sp.LoadBalancerSourceRangesSet, sp.LoadBalancerSourceRanges, "["+strings.Join(eps, " ")+"]"))
+			}
+			if d := cmp.Diff(tc.want, got); d != "" {
+				t.Errorf("ports (-want +got):\n%s", d)
+			}
+			if len(changes) != len(tc.want) {
+				t.Errorf("%d changes, want one per family port (%d)", len(changes), len(tc.want))
+			}
+			// One family's change leaves the other family's port alone.
+			if len(tc.slices) > 0 {
+				sl := tc.slices[0].DeepCopy()
+				sl.Endpoints = sl.Endpoints[:0]
+				tr.OnEndpointSliceUpdate(tc.slices[0], sl)
+				_, changes := tr.Snapshot()
+				if len(changes) != 1 || changes[0].Cur.IPFamily != v1.IPFamily(tc.slices[0].AddressType) {
+					t.Errorf("changes after emptying the %s slice: %v, want that family's port only", tc.slices[0].AddressType, changeNames(changes))
+				}
+			}
+		})
+	}
+}
+
+func TestTrackerIPVSSchedulerAnnotation(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		annotations map[string]string
+		want        string
+	}{
+		{name: "none", want: ""},
+		{name: "ours", annotations: map[string]string{proxy.IPVSSchedulerAnnotation: "mh"}, want: "mh"},
+		{name: "kube-router's", annotations: map[string]string{proxy.KubeRouterSchedulerAnnotation: "lc"}, want: "lc"},
+		{name: "ours wins", annotations: map[string]string{proxy.IPVSSchedulerAnnotation: "sh", proxy.KubeRouterSchedulerAnnotation: "lc"}, want: "sh"},
+		{name: "unknown ignored", annotations: map[string]string{proxy.IPVSSchedulerAnnotation: "fastest"}, want: ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var reasons []string
+			tr := proxy.NewTracker("node1", nil, func(kind, reason string) { reasons = append(reasons, kind+"/"+reason) })
+			tr.OnServiceUpdate(nil, pt.Service("a", "web", "10.96.0.40", "http", 80, func(s *v1.Service) { s.Annotations = tc.annotations }))
+			snap, _ := tr.Snapshot()
+			if got := snap.ServicePorts()[0].IPVSScheduler; got != tc.want {
+				t.Errorf("scheduler %q, want %q", got, tc.want)
+			}
+			if tc.name == "unknown ignored" && !contains(reasons, "Service/invalid-ipvs-scheduler") {
+				t.Errorf("skip reasons %v: the unknown scheduler was not reported", reasons)
+			}
+		})
 	}
 }

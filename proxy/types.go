@@ -69,7 +69,10 @@ func (e *Endpoint) String() string {
 // ServicePort is one port of a Service, with its endpoints already selected
 // for this node. Backends program exactly what it says.
 type ServicePort struct {
-	Name     ServicePortName
+	Name ServicePortName
+	// IPFamily is the family of every address of the port: a dual-stack
+	// Service has one ServicePort per family, with the same Name.
+	IPFamily v1.IPFamily
 	Protocol v1.Protocol
 	Port     int32
 
@@ -77,9 +80,17 @@ type ServicePort struct {
 	NodePort        int32 // 0 when none
 	ExternalIPs     []netip.Addr
 	LoadBalancerIPs []netip.Addr
-	// LoadBalancerSourceRanges restricts traffic to LoadBalancerIPs; empty
-	// means everyone may connect.
+	// LoadBalancerSourceRanges are the sources (of this family) allowed to
+	// reach LoadBalancerIPs when LoadBalancerSourceRangesSet.
 	LoadBalancerSourceRanges []netip.Prefix
+	// LoadBalancerSourceRangesSet says the Service restricts its
+	// load-balancer addresses to source ranges. With it and no range of
+	// this family (all of the other family, or unparsable), no source may
+	// connect: fail closed, never open to everyone.
+	LoadBalancerSourceRangesSet bool
+	// IPVSScheduler is the Service's own IPVS scheduler (an annotation);
+	// "" means the --ipvs-scheduler default.
+	IPVSScheduler string
 	// AffinityTimeout is the ClientIP session affinity timeout in seconds;
 	// 0 means no affinity.
 	AffinityTimeout     int32
@@ -138,6 +149,14 @@ func (sp *ServicePort) ExternalEndpoints() []*Endpoint {
 	return sp.ClusterEndpoints
 }
 
+// Less orders service ports by name, then IPv4 before IPv6.
+func (sp *ServicePort) Less(o *ServicePort) bool {
+	if sp.Name != o.Name {
+		return sp.Name.Less(o.Name)
+	}
+	return sp.IPFamily == v1.IPv4Protocol && o.IPFamily != v1.IPv4Protocol
+}
+
 // Snapshot is the complete, immutable, node-local view a backend renders.
 // Nothing in it may be modified after it is built.
 type Snapshot struct {
@@ -149,7 +168,7 @@ type Snapshot struct {
 
 // NewSnapshot builds a Snapshot from service ports; it sorts them by name.
 func NewSnapshot(nodeName, nodeZone string, ports []*ServicePort) *Snapshot {
-	sort.Slice(ports, func(i, j int) bool { return ports[i].Name.Less(ports[j].Name) })
+	sort.Slice(ports, func(i, j int) bool { return ports[i].Less(ports[j]) })
 	return &Snapshot{NodeName: nodeName, NodeZone: nodeZone, ports: ports}
 }
 

@@ -11,8 +11,10 @@ import (
 // keptAnnotations are the annotations svcproxy reads; every other one is
 // dropped before an object is handed on.
 var keptAnnotations = map[string]bool{
-	proxy.AnnotationTriggerTime:    true,
-	proxy.AnnotationLBSourceRanges: true,
+	proxy.AnnotationTriggerTime:         true,
+	proxy.AnnotationLBSourceRanges:      true,
+	proxy.IPVSSchedulerAnnotation:       true,
+	proxy.KubeRouterSchedulerAnnotation: true,
 }
 
 // keptLabels are the labels of Services and EndpointSlices svcproxy reads
