@@ -94,7 +94,11 @@ func (r *renderer) port(sp *proxy.ServicePort) {
 		if _, taken := r.vs[key]; taken {
 			return false
 		}
-		vs := &VirtualServer{ServiceKey: key, Scheduler: r.opts.Scheduler, Service: sp.Name.Comment()}
+		scheduler := r.opts.Scheduler
+		if sp.IPVSScheduler != "" {
+			scheduler = sp.IPVSScheduler // the Service's annotation
+		}
+		vs := &VirtualServer{ServiceKey: key, Scheduler: scheduler, Service: sp.Name.Comment()}
 		if sp.AffinityTimeout > 0 {
 			vs.Timeout = uint32(sp.AffinityTimeout)
 		}
