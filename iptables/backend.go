@@ -2,15 +2,26 @@ package iptables
 
 import (
 	"context"
+	"errors"
+	"fmt"
 
-	"k8s.io/klog/v2"
+	v1 "k8s.io/api/core/v1"
 
 	"github.com/svcproxy/svcproxy/proxy"
 )
 
-// Backend is iptables mode as a proxy.Backend: Render (with a per-port
-// cache) and the Syncer's partial syncs.
+// Backend is iptables mode as a proxy.Backend: for each IP family, Render
+// (with a per-port cache) and a Syncer's partial syncs through that
+// family's iptables-restore. Both families are synced in one Sync; a
+// failure in one leaves the other's rules in place and fails the Sync, so
+// that the retry (a full sync) repairs it.
 type Backend struct {
+	families []*familyBackend
+}
+
+// familyBackend is the part of Backend of one IP family.
+type familyBackend struct {
+	family   v1.IPFamily
 	renderer *Renderer
 	syncer   *Syncer
 	ipt      Interface
@@ -20,29 +31,58 @@ type Backend struct {
 
 var _ proxy.Backend = (*Backend)(nil)
 
-// NewBackend returns iptables mode programming through ipt.
+// NewBackend returns iptables mode for IPv4 only, programming through ipt.
 func NewBackend(ipt Interface, opts Options) *Backend {
-	return &Backend{renderer: NewRenderer(opts), syncer: NewSyncer(ipt, 0), ipt: ipt}
+	return NewDualStackBackend(ipt, opts, nil, Options{})
+}
+
+// NewDualStackBackend returns iptables mode programming IPv4 through ipt
+// with opts4 and IPv6 through ipt6 with opts6 (whose IPv6 is set here). A
+// nil ipt6 (a node without working ip6tables) means IPv4 only.
+func NewDualStackBackend(ipt Interface, opts4 Options, ipt6 Interface, opts6 Options) *Backend {
+	opts4.IPv6 = false
+	b := &Backend{families: []*familyBackend{{family: v1.IPv4Protocol, renderer: NewRenderer(opts4), syncer: NewSyncer(ipt, 0), ipt: ipt}}}
+	if ipt6 != nil {
+		opts6.IPv6 = true
+		b.families = append(b.families, &familyBackend{family: v1.IPv6Protocol, renderer: NewRenderer(opts6), syncer: NewSyncer(ipt6, 0), ipt: ipt6})
+	}
+	return b
 }
 
 // Sync implements proxy.Backend.
 func (b *Backend) Sync(_ context.Context, snap *proxy.Snapshot, full bool) (proxy.SyncResult, error) {
-	plan := b.renderer.Render(snap)
-	res, err := b.syncer.Sync(plan, full)
-	if err != nil {
-		b.applied = nil
-	} else {
-		b.applied = plan
+	var out proxy.SyncResult
+	var errs []error
+	for _, f := range b.families {
+		plan := f.renderer.Render(snap)
+		res, err := f.syncer.Sync(plan, full)
+		if err != nil {
+			f.applied = nil
+			errs = append(errs, fmt.Errorf("%s: %w", f.family, err))
+		} else {
+			f.applied = plan
+		}
+		out.Add(f.family, result(plan, res, full))
 	}
-	return result(plan, res, full), err
+	return out, errors.Join(errs...)
 }
 
-// CheckDrift implements proxy.DriftChecker (see CheckDrift).
+// CheckDrift implements proxy.DriftChecker (see CheckDrift), for every
+// family.
 func (b *Backend) CheckDrift(context.Context) (string, error) {
-	if b.applied == nil {
-		return "", nil
+	for _, f := range b.families {
+		if f.applied == nil {
+			continue
+		}
+		why, err := CheckDrift(f.ipt, f.applied, RootChains)
+		if why != "" || err != nil {
+			if why != "" {
+				why = string(f.family) + ": " + why
+			}
+			return why, err
+		}
 	}
-	return CheckDrift(b.ipt, b.applied, RootChains)
+	return "", nil
 }
 
 // result sums up a sync of plan for the daemon's logs and metrics.
@@ -62,37 +102,50 @@ func result(plan *Plan, res SyncResult, full bool) proxy.SyncResult {
 func Result(plan *Plan, res SyncResult, full bool) proxy.SyncResult { return result(plan, res, full) }
 
 // Cleanup implements proxy.Backend: iptables mode's jumps and chains go,
-// nothing else.
-func (b *Backend) Cleanup(context.Context) error { return Cleanup(b.ipt) }
+// in every family, nothing else.
+func (b *Backend) Cleanup(context.Context) error {
+	var errs []error
+	for _, f := range b.families {
+		errs = append(errs, Cleanup(f.ipt))
+	}
+	return errors.Join(errs...)
+}
 
 // ModeLeftovers removes what iptables mode left on a node now run in
-// another mode (a mode switch).
-func ModeLeftovers(ipt Interface) proxy.Leftovers {
+// another mode (a mode switch), through each of ipts (nil ones skipped).
+func ModeLeftovers(ipts ...Interface) proxy.Leftovers {
 	return proxy.LeftoversFunc{What: "svcproxy iptables-mode rules", Func: func(context.Context) (int, error) {
-		return 0, Cleanup(ipt)
+		var errs []error
+		for _, ipt := range ipts {
+			if ipt != nil {
+				errs = append(errs, Cleanup(ipt))
+			}
+		}
+		return 0, errors.Join(errs...)
 	}}
 }
 
 // KubeProxyLeftovers removes upstream kube-proxy's iptables-mode chains
-// and jumps (not kubelet's) through ipt, its ip6tables ones (kube-proxy
-// runs dual-stack whenever ip6tables works) with the same variant, and its
-// nftables-mode tables.
-func KubeProxyLeftovers(ipt Interface, variant Variant) proxy.Leftovers {
+// and jumps (not kubelet's) through ipt and, when ipt6 is not nil, through
+// ipt6: a node where svcproxy does not program IPv6 keeps kube-proxy's
+// IPv6 rules (removing them would break IPv6 Services). Then kube-proxy's
+// nftables-mode tables go, its ip6 one only with ipt6.
+func KubeProxyLeftovers(ipt, ipt6 Interface) proxy.Leftovers {
 	return proxy.LeftoversFunc{What: "kube-proxy's iptables and nftables rules", Func: func(ctx context.Context) (int, error) {
 		n, err := RemoveKubeProxy(ipt)
 		if err != nil {
 			return n, err
 		}
-		// IPv6 is best effort: a node without working ip6tables has none
-		// of kube-proxy's rules there either, and is not retried.
-		if ip6, err6 := NewExec6(variant); err6 != nil {
-			klog.FromContext(ctx).V(2).Info("No ip6tables: not looking for kube-proxy's IPv6 rules", "err", err6)
-		} else if n6, err6 := RemoveKubeProxy(NewCachedLister(ip6)); err6 != nil {
-			klog.FromContext(ctx).Error(err6, "Removing kube-proxy's ip6tables rules failed")
-		} else {
+		families := []string{"ip"}
+		if ipt6 != nil {
+			n6, err := RemoveKubeProxy(ipt6)
 			n += n6
+			if err != nil {
+				return n, fmt.Errorf("ip6tables: %w", err)
+			}
+			families = append(families, "ip6")
 		}
-		tables, err := RemoveKubeProxyNFT()
+		tables, err := RemoveKubeProxyNFT(families...)
 		return n + tables, err
 	}}
 }

@@ -250,7 +250,8 @@ func splitWords(s string) ([]string, error) {
 }
 
 // RemoveKubeProxyNFT deletes the tables upstream kube-proxy's nftables mode
-// keeps everything in, "ip kube-proxy" and "ip6 kube-proxy", if they exist.
+// keeps everything in, "ip kube-proxy" and "ip6 kube-proxy" (or those of
+// families, "ip" and "ip6"), if they exist.
 // It runs the nft binary; without one it does nothing (kube-proxy itself
 // talks netlink, so the tables may exist on a host without nft;
 // deploy/Dockerfile installs nftables for this). It returns the number of
@@ -260,13 +261,16 @@ func splitWords(s string) ([]string, error) {
 // absent: `nft list tables` would first read the whole ruleset, iptables-nft's
 // tables included (1.9 s at 10,000 services), where a delete by name costs
 // milliseconds.
-func RemoveKubeProxyNFT() (removed int, err error) {
+func RemoveKubeProxyNFT(families ...string) (removed int, err error) {
+	if len(families) == 0 {
+		families = []string{"ip", "ip6"}
+	}
 	nft, err := exec.LookPath("nft")
 	if err != nil {
 		klog.V(2).InfoS("No nft binary: not looking for kube-proxy's nftables tables")
 		return 0, nil
 	}
-	for _, family := range []string{"ip", "ip6"} {
+	for _, family := range families {
 		out, err := exec.Command(nft, "delete", "table", family, "kube-proxy").CombinedOutput()
 		switch {
 		case err == nil:

@@ -3,6 +3,8 @@ package proxy
 import (
 	"context"
 	"errors"
+
+	v1 "k8s.io/api/core/v1"
 )
 
 // Backend is one data plane (--mode): it renders a Snapshot and programs
@@ -77,6 +79,33 @@ type SyncResult struct {
 	// the sync: everything else is in place, and the deletion is tried
 	// again at the next one. The daemon logs and counts it.
 	StaleErr error
+	// ByFamily holds each family's own result when a Backend syncs more
+	// than one (the metrics carry an ip_family label); nil otherwise.
+	ByFamily map[v1.IPFamily]SyncResult
+}
+
+// Add adds the result of one family's sync to r (families synced in one
+// Sync): counts are summed, rules kept per family too.
+func (r *SyncResult) Add(family v1.IPFamily, f SyncResult) {
+	r.Full = r.Full || f.Full
+	r.ChainsWritten += f.ChainsWritten
+	r.ChainsDeleted += f.ChainsDeleted
+	r.Restores += f.Restores
+	r.Chains += f.Chains
+	if r.Rules == nil {
+		r.Rules, r.RulesWritten = map[string]int{}, map[string]int{}
+	}
+	for t, n := range f.Rules {
+		r.Rules[t] += n
+	}
+	for t, n := range f.RulesWritten {
+		r.RulesWritten[t] += n
+	}
+	if r.ByFamily == nil {
+		r.ByFamily = map[v1.IPFamily]SyncResult{}
+	}
+	r.ByFamily[family] = f
+	r.StaleErr = errors.Join(r.StaleErr, f.StaleErr)
 }
 
 // TotalRules sums the rules of every table.

@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
-	"k8s.io/klog/v2"
 
 	"github.com/svcproxy/svcproxy/iptables"
 	"github.com/svcproxy/svcproxy/ipvs"
@@ -117,7 +116,7 @@ func (o *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Kubeconfig, flagKubeconfig, o.Kubeconfig, "Path to a kubeconfig file. Empty with --master empty: in-cluster configuration.")
 	fs.StringVar(&o.Master, "master", o.Master, "Address of the Kubernetes API server (overrides any value in kubeconfig).")
 	fs.StringVar(&o.HostnameOverride, flagHostnameOverride, o.HostnameOverride, "Name of this node, as in EndpointSlices' nodeName. Default: the hostname.")
-	fs.StringVar(&o.ClusterCIDR, flagClusterCIDR, o.ClusterCIDR, "Comma-separated pod network CIDRs. Traffic to ClusterIPs from outside them is masqueraded.")
+	fs.StringVar(&o.ClusterCIDR, flagClusterCIDR, o.ClusterCIDR, "Comma-separated pod network CIDRs of either or both IP families (e.g. 10.244.0.0/16,fd00:10:244::/56). Traffic to ClusterIPs from outside them is masqueraded.")
 	fs.StringSliceVar(&o.NodePortAddresses, flagNodePortAddresses, o.NodePortAddresses, "CIDRs of the local addresses NodePorts answer on. Default: every local address but loopback.")
 	fs.BoolVar(&o.MasqueradeAll, flagMasqueradeAll, o.MasqueradeAll, "SNAT all traffic sent to ClusterIPs.")
 	fs.IntVar(&o.MasqueradeBit, flagMasqueradeBit, o.MasqueradeBit, "The fwmark bit (0-31) that marks packets to masquerade.")
@@ -176,11 +175,7 @@ func (o *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("--cluster-cidr: %w", err))
 			continue
 		}
-		if p.Addr().Is4() {
-			o.clusterCIDRs = append(o.clusterCIDRs, p.Masked())
-		} else {
-			klog.InfoS("Ignoring IPv6 --cluster-cidr in an IPv4 proxier", "cidr", s)
-		}
+		o.clusterCIDRs = append(o.clusterCIDRs, p.Masked())
 	}
 	o.nodePortAddresses = nil
 	for _, s := range o.NodePortAddresses {
@@ -189,9 +184,7 @@ func (o *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("--nodeport-addresses: %w", err))
 			continue
 		}
-		if p.Addr().Is4() {
-			o.nodePortAddresses = append(o.nodePortAddresses, p.Masked())
-		}
+		o.nodePortAddresses = append(o.nodePortAddresses, p.Masked())
 	}
 	if o.MasqueradeBit < 0 || o.MasqueradeBit > 31 {
 		errs = append(errs, fmt.Errorf("--%s %d: must be within 0-31", flagMasqueradeBit, o.MasqueradeBit))
@@ -219,14 +212,27 @@ func (o *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// IPTablesOptions maps the configuration to iptables mode's options.
-func (o *Config) IPTablesOptions() iptables.Options {
+// IPTablesOptions maps the configuration to iptables mode's options for
+// one IP family: the cluster CIDRs and node-port addresses of that family.
+func (o *Config) IPTablesOptions(ipv6 bool) iptables.Options {
 	opts := iptables.DefaultOptions()
-	opts.ClusterCIDRs = o.clusterCIDRs
+	opts.IPv6 = ipv6
+	opts.ClusterCIDRs = prefixesOf(o.clusterCIDRs, ipv6)
 	opts.MasqueradeAll = o.MasqueradeAll
 	opts.MasqueradeBit = o.MasqueradeBit
-	opts.NodePortAddresses = o.nodePortAddresses
+	opts.NodePortAddresses = prefixesOf(o.nodePortAddresses, ipv6)
 	return opts
+}
+
+// prefixesOf returns the prefixes of one family.
+func prefixesOf(ps []netip.Prefix, ipv6 bool) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range ps {
+		if p.Addr().Is6() == ipv6 {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // IPVSOptions maps the configuration to IPVS mode's options; NodeAddresses
@@ -234,7 +240,7 @@ func (o *Config) IPTablesOptions() iptables.Options {
 func (o *Config) IPVSOptions() ipvs.Options {
 	opts := ipvs.DefaultOptions()
 	opts.Scheduler = o.IPVSScheduler
-	opts.ClusterCIDRs = o.clusterCIDRs
+	opts.ClusterCIDRs = prefixesOf(o.clusterCIDRs, false) // IPVS mode is IPv4 only (so far)
 	opts.MasqueradeAll = o.MasqueradeAll
 	opts.MasqueradeBit = o.MasqueradeBit
 	return opts

@@ -54,9 +54,9 @@ const (
 	IPv6 = Family(unix.AF_INET6)
 )
 
-// families are the address families Cleanup looks at. svcproxy programs IPv4
-// only; dual-stack needs IPv6 added here, nothing else in this package.
-var families = []Family{IPv4}
+// families are the address families Cleanup looks at: each is listed and
+// judged on its own (an IPv6 entry only against IPv6 service ports).
+var families = []Family{IPv4, IPv6}
 
 // Tuple is one direction of an entry.
 type Tuple struct {

@@ -271,8 +271,15 @@ func (d *Daemon) sync(ctx context.Context, full bool) error {
 	d.metrics.Synced(now)
 	d.metrics.ObserveNetworkProgramming(d.triggers, now)
 	d.metrics.SetNoLocalEndpoints(snap)
-	for table, n := range res.Rules {
-		d.metrics.SetIPTablesRules(table, n, res.RulesWritten[table])
+	if res.ByFamily == nil {
+		for table, n := range res.Rules {
+			d.metrics.SetIPTablesRules(table, n, res.RulesWritten[table])
+		}
+	}
+	for family, fr := range res.ByFamily {
+		for table, n := range fr.Rules {
+			d.metrics.SetIPTablesRulesOf(string(family), table, n, fr.RulesWritten[table])
+		}
 	}
 	d.services.SyncServices(snap)
 	d.pending, d.triggers = d.pending[:0], d.triggers[:0]

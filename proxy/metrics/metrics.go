@@ -228,8 +228,14 @@ func unixSeconds(t time.Time) float64 { return float64(t.UnixNano()) / 1e9 }
 // SetIPTablesRules sets the number of rules svcproxy owns in table (TableNAT
 // or TableFilter) and how many of them the last sync wrote.
 func (m *Metrics) SetIPTablesRules(table string, total, written int) {
-	m.IPTablesRulesTotal.WithLabelValues(table, IPFamily).Set(float64(total))
-	m.IPTablesRulesLastSync.WithLabelValues(table, IPFamily).Set(float64(written))
+	m.SetIPTablesRulesOf(IPFamily, table, total, written)
+}
+
+// SetIPTablesRulesOf is SetIPTablesRules for one IP family ("IPv4",
+// "IPv6"), kube-proxy's ip_family label.
+func (m *Metrics) SetIPTablesRulesOf(family, table string, total, written int) {
+	m.IPTablesRulesTotal.WithLabelValues(table, family).Set(float64(total))
+	m.IPTablesRulesLastSync.WithLabelValues(table, family).Set(float64(written))
 }
 
 // SyncFailed counts one failed sync; restore says it was iptables-restore
@@ -284,20 +290,28 @@ func codeLabel(code int) string {
 // external policy. Ports with no endpoints at all are rejected instead and
 // not counted, as in kube-proxy.
 func (m *Metrics) SetNoLocalEndpoints(snap *proxy.Snapshot) {
-	var internal, external int
+	internal, external := map[string]int{}, map[string]int{}
+	seen := map[string]bool{IPFamily: true}
 	for _, sp := range snap.ServicePorts() {
+		family := string(sp.IPFamily)
+		if family == "" {
+			family = IPFamily
+		}
+		seen[family] = true
 		if !sp.HasEndpoints() || len(sp.LocalEndpoints) > 0 {
 			continue
 		}
 		if sp.InternalPolicyLocal {
-			internal++
+			internal[family]++
 		}
 		if sp.ExternalPolicyLocal && sp.HasExternal() {
-			external++
+			external[family]++
 		}
 	}
-	m.NoLocalEndpointsTotal.WithLabelValues("internal", IPFamily).Set(float64(internal))
-	m.NoLocalEndpointsTotal.WithLabelValues("external", IPFamily).Set(float64(external))
+	for family := range seen {
+		m.NoLocalEndpointsTotal.WithLabelValues("internal", family).Set(float64(internal[family]))
+		m.NoLocalEndpointsTotal.WithLabelValues("external", family).Set(float64(external[family]))
+	}
 }
 
 // ObserveNetworkProgramming records, for every trigger time (the

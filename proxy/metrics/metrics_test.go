@@ -409,3 +409,19 @@ func TestNewPanicsOnDoubleRegistration(t *testing.T) {
 	}()
 	New(reg)
 }
+
+func TestPerFamilyRuleCounts(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := New(reg)
+	m.SetIPTablesRulesOf("IPv4", TableNAT, 10, 1)
+	m.SetIPTablesRulesOf("IPv6", TableNAT, 6, 2)
+	want := `
+# HELP kubeproxy_sync_proxy_rules_iptables_total [ALPHA] Total number of iptables rules owned by kube-proxy
+# TYPE kubeproxy_sync_proxy_rules_iptables_total gauge
+kubeproxy_sync_proxy_rules_iptables_total{ip_family="IPv4",table="nat"} 10
+kubeproxy_sync_proxy_rules_iptables_total{ip_family="IPv6",table="nat"} 6
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "kubeproxy_sync_proxy_rules_iptables_total"); err != nil {
+		t.Error(err)
+	}
+}

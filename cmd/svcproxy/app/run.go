@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	v1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 
@@ -126,8 +127,16 @@ func daemonConfig(ctx context.Context, o *config.Config) (daemon.Config, error) 
 	// the removal of the other mode's and kube-proxy's, instead of one
 	// listing of each table for each of them (seconds at 10k services).
 	ipt := iptables.NewCachedLister(raw)
+	// IPv6 where ip6tables works; a node without it runs IPv4 only and
+	// leaves IPv6 (kube-proxy's rules included) alone.
+	var ipt6 *iptables.CachedLister
+	if raw6, err := iptables.NewExec6(variant); err != nil {
+		klog.FromContext(ctx).Info("No working ip6tables: IPv4 only", "err", err)
+	} else {
+		ipt6 = iptables.NewCachedLister(raw6)
+	}
 	kernel := ipvs.NewKernel()
-	kubeProxy := []proxy.Leftovers{iptables.KubeProxyLeftovers(ipt, variant)}
+	kubeProxy := []proxy.Leftovers{iptables.KubeProxyLeftovers(ipt, optional(ipt6))}
 	switch o.Mode {
 	case config.ModeIPVS:
 		if !kernel.Available() {
@@ -142,22 +151,38 @@ func daemonConfig(ctx context.Context, o *config.Config) (daemon.Config, error) 
 		}
 		be := ipvs.NewBackend(kernel, ipt, opts)
 		cfg.Backend = be
+		// IPVS mode programs IPv4 only (so far): kube-proxy's IPv6 rules
+		// stay, and so do iptables mode's IPv6 ones after a switch.
 		cfg.Leftovers = []proxy.Leftovers{iptables.ModeLeftovers(ipt)}
-		kubeProxy = append(kubeProxy, be.KubeProxyLeftovers())
+		kubeProxy = []proxy.Leftovers{iptables.KubeProxyLeftovers(ipt, nil), be.KubeProxyLeftovers()}
 		klog.FromContext(ctx).Info("Using IPVS", "scheduler", opts.Scheduler, "nodeAddresses", opts.NodeAddresses, "iptablesVariant", variant)
 	default:
-		cfg.Backend = iptables.NewBackend(ipt, o.IPTablesOptions())
+		cfg.Backend = iptables.NewDualStackBackend(ipt, o.IPTablesOptions(false), optional(ipt6), o.IPTablesOptions(true))
 		cfg.Leftovers = []proxy.Leftovers{ipvs.ModeLeftovers(kernel, ipt)}
 		kubeProxy = append(kubeProxy, ipvs.KubeProxyNodePortLeftovers(kernel))
-		klog.FromContext(ctx).Info("Using iptables", "variant", variant)
+		klog.FromContext(ctx).Info("Using iptables", "variant", variant, "ipv6", ipt6 != nil)
 	}
 	if o.RemoveKubeProxyRules {
 		cfg.Leftovers = append(cfg.Leftovers, kubeProxy...)
 	}
 	// Last: the listing is not needed any more (a retry reads afresh).
 	cfg.Leftovers = append(cfg.Leftovers, proxy.LeftoversFunc{What: "the start-up iptables listing",
-		Func: func(context.Context) (int, error) { ipt.Forget(); return 0, nil }})
+		Func: func(context.Context) (int, error) {
+			ipt.Forget()
+			if ipt6 != nil {
+				ipt6.Forget()
+			}
+			return 0, nil
+		}})
 	return cfg, nil
+}
+
+// optional returns c as an Interface, nil for a nil c (not a typed nil).
+func optional(c *iptables.CachedLister) iptables.Interface {
+	if c == nil {
+		return nil
+	}
+	return c
 }
 
 // newSource returns the --state file source or the API server's.
@@ -213,24 +238,49 @@ func dryRun(ctx context.Context, o *config.Config, out io.Writer) error {
 		}
 		text = ipvs.Render(snap, opts).Dump()
 	default:
-		text = iptables.Render(snap, o.IPTablesOptions()).String()
+		text = dryRunIPTables(snap, o)
 	}
 	_, err := io.WriteString(out, text)
 	return err
 }
 
+// dryRunIPTables renders iptables mode for every family the Snapshot has.
+// With only IPv4 the text is what iptables-restore --noflush takes, as
+// ever; otherwise each family's ruleset follows a comment line naming the
+// command that takes it as it stands.
+func dryRunIPTables(snap *proxy.Snapshot, o *config.Config) string {
+	has := map[v1.IPFamily]bool{}
+	for _, sp := range snap.ServicePorts() {
+		has[sp.IPFamily] = true
+	}
+	v4 := iptables.Render(snap, o.IPTablesOptions(false)).String()
+	if !has[v1.IPv6Protocol] {
+		return v4
+	}
+	v6 := "# ip6tables-restore --noflush\n" + iptables.Render(snap, o.IPTablesOptions(true)).String()
+	if !has[v1.IPv4Protocol] {
+		return v6
+	}
+	return "# iptables-restore --noflush\n" + v4 + v6
+}
+
 // cleanup removes everything of both modes: IPVS mode's first (its
 // virtual servers, dummy link, ipsets and SVCP-IPVS- chains; nothing, and
-// no module loaded, on a host that never ran it), then iptables mode's.
+// no module loaded, on a host that never ran it), then iptables mode's of
+// both families.
 func cleanup(ctx context.Context) error {
 	variant := iptables.DetectVariant()
 	ipt, err := iptables.NewExec(variant)
 	if err != nil {
 		return err
 	}
+	var ipt6 iptables.Interface
+	if e6, err := iptables.NewExec6(variant); err == nil {
+		ipt6 = e6
+	}
 	k := ipvs.NewKernel()
 	defer k.Close()
-	for _, l := range []proxy.Leftovers{ipvs.ModeLeftovers(k, ipt), iptables.ModeLeftovers(ipt)} {
+	for _, l := range []proxy.Leftovers{ipvs.ModeLeftovers(k, ipt), iptables.ModeLeftovers(ipt, ipt6)} {
 		if _, err := l.Remove(ctx); err != nil {
 			return fmt.Errorf("removing %s: %w", l.Name(), err)
 		}
