@@ -323,6 +323,8 @@ func (t *Tracker) buildPorts(key string) []*ServicePort {
 			sp.InternalPolicyLocal = svc.internalLocal
 			sp.AllEndpoints = t.endpointsFor(key, p.name, p.proto, f.family)
 			SelectEndpoints(sp, t.nodeName, t.zone)
+			sp.ClusterEndpoints = shareEndpoints(sp.ClusterEndpoints, sp.AllEndpoints)
+			sp.LocalEndpoints = shareEndpoints(sp.LocalEndpoints, sp.AllEndpoints)
 			out = append(out, sp)
 		}
 	}
@@ -380,6 +382,21 @@ func (t *Tracker) endpointsFor(key, portName string, proto v1.Protocol, family v
 	}
 	sortEndpoints(out)
 	return out
+}
+
+// shareEndpoints returns all (capped, so that an append copies) when eps
+// holds the same endpoints: usually every endpoint is selected, and the
+// copy would live as long as the port.
+func shareEndpoints(eps, all []*Endpoint) []*Endpoint {
+	if len(eps) == 0 || len(eps) != len(all) {
+		return eps
+	}
+	for i := range eps {
+		if eps[i] != all[i] {
+			return eps
+		}
+	}
+	return all[:len(all):len(all)]
 }
 
 func sortEndpoints(eps []*Endpoint) {

@@ -10,6 +10,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 
 	"github.com/svcproxy/svcproxy/proxy"
 	pt "github.com/svcproxy/svcproxy/proxy/proxytest"
@@ -488,5 +489,24 @@ func TestTrackerIPVSSchedulerAnnotation(t *testing.T) {
 				t.Errorf("skip reasons %v: the unknown scheduler was not reported", reasons)
 			}
 		})
+	}
+}
+
+// When every endpoint is selected, the selection is AllEndpoints itself
+// (capped: an append must copy), not a copy kept as long as the port.
+func TestTrackerSharesSelection(t *testing.T) {
+	tr := proxy.NewTracker("node1", nil, nil)
+	tr.OnServiceUpdate(nil, pt.Service("a", "web", "10.96.0.20", "http", 80, func(s *v1.Service) {
+		s.Spec.InternalTrafficPolicy = ptr.To(v1.ServiceInternalTrafficPolicyLocal)
+		s.Spec.ExternalIPs = []string{"192.0.2.10"}
+	}))
+	tr.OnEndpointSliceUpdate(nil, pt.Slice("a", "web", "web-1", "http", 80, pt.Ready("10.244.1.2", "node1"), pt.Ready("10.244.1.3", "node1")))
+	snap, _ := tr.Snapshot()
+	sp := snap.ServicePorts()[0]
+	if len(sp.ClusterEndpoints) != 2 || &sp.ClusterEndpoints[0] != &sp.AllEndpoints[0] || cap(sp.ClusterEndpoints) != 2 {
+		t.Errorf("cluster endpoints not shared (or not capped): %v", sp.ClusterEndpoints)
+	}
+	if len(sp.LocalEndpoints) != 2 || &sp.LocalEndpoints[0] != &sp.AllEndpoints[0] {
+		t.Errorf("local endpoints not shared: %v", sp.LocalEndpoints)
 	}
 }
