@@ -230,6 +230,10 @@ func (c *common) renderPort(sp *proxy.ServicePort) *fragment {
 			f.addDispatch(ip, proto, port, toExternal("-m comment --comment "+comment(cmt+" external IP")+" "+m))
 		}
 	}
+	// Source ranges restrict the load-balancer addresses even when none
+	// is of this family (a dual-stack Service with ranges of the other
+	// family only) or none parsed: then no source may connect.
+	restricted := sp.LoadBalancerSourceRangesSet || len(sp.LoadBalancerSourceRanges) > 0
 	var fw string
 	if len(sp.LoadBalancerIPs) > 0 && len(sp.LoadBalancerSourceRanges) > 0 && toExternal != nil {
 		fw = firewallChain(name)
@@ -241,15 +245,15 @@ func (c *common) renderPort(sp *proxy.ServicePort) *fragment {
 	}
 	for _, ip := range sp.LoadBalancerIPs {
 		m := dst(ip) + " -p " + proto + " --dport " + port
-		if len(sp.LoadBalancerSourceRanges) > 0 {
+		if restricted {
 			// Allowed sources are DNATed in nat; what is left still has
 			// the LB IP as destination and is dropped here.
 			drop(m, "traffic not allowed by loadBalancerSourceRanges")
 		} else if noExternalEndpoints {
 			drop(m, "has no local endpoints")
 		}
-		if toExternal == nil {
-			continue
+		if toExternal == nil || (restricted && fw == "") {
+			continue // nothing to DNAT: no endpoints, or no source allowed
 		}
 		c := "-m comment --comment " + comment(cmt+" loadbalancer IP") + " " + m
 		if fw != "" {
