@@ -247,7 +247,7 @@ func checkPrerequisites(o Options) error {
 	if os.Geteuid() != 0 {
 		errs = append(errs, errors.New("must run as root (network namespaces, iptables)"))
 	}
-	for _, cmd := range []string{"ip", "bridge", "sysctl", "iptables", "iptables-restore", "go"} {
+	for _, cmd := range []string{"ip", "bridge", "sysctl", "iptables", "iptables-restore", "ip6tables", "ip6tables-restore", "go"} {
 		if _, err := exec.LookPath(cmd); err != nil {
 			errs = append(errs, fmt.Errorf("%s is not installed (apt-get install -y iproute2 iptables procps; go from go.dev)", cmd))
 		}
@@ -356,7 +356,7 @@ func (c *Cluster) registerNodes(ctx context.Context) error {
 				"kubernetes.io/hostname": n.Name,
 				"kubernetes.io/os":       "linux",
 			}},
-			Spec: corev1.NodeSpec{PodCIDR: n.PodCIDR.String(), PodCIDRs: []string{n.PodCIDR.String()}},
+			Spec: corev1.NodeSpec{PodCIDR: n.PodCIDR.String(), PodCIDRs: []string{n.PodCIDR.String(), n.PodCIDR6.String()}},
 		}
 		created, err := c.Kube.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
 		if err != nil {
@@ -364,6 +364,7 @@ func (c *Cluster) registerNodes(ctx context.Context) error {
 		}
 		created.Status.Addresses = []corev1.NodeAddress{
 			{Type: corev1.NodeInternalIP, Address: n.IP.String()},
+			{Type: corev1.NodeInternalIP, Address: n.IP6.String()},
 			{Type: corev1.NodeHostName, Address: n.Name},
 		}
 		created.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue,
@@ -439,11 +440,13 @@ func (c *Cluster) DumpLogs(w io.Writer, lines int) {
 		fmt.Fprintf(w, "----- %s (pid %d, %s), last %d lines of %s:\n%s\n", p.Name, p.PID(), state, lines, p.LogPath, p.Tail(lines))
 	}
 	for _, n := range c.Nodes {
-		out, err := n.NetNS.Exec(context.Background(), "iptables-save")
-		if err != nil {
-			out = err.Error()
+		for _, cmd := range []string{"iptables-save", "ip6tables-save"} {
+			out, err := n.NetNS.Exec(context.Background(), cmd)
+			if err != nil {
+				out = err.Error()
+			}
+			fmt.Fprintf(w, "----- %s on %s:\n%s\n", cmd, n.Name, out)
 		}
-		fmt.Fprintf(w, "----- iptables-save on %s:\n%s\n", n.Name, out)
 	}
 }
 

@@ -87,7 +87,7 @@ func (c *Cluster) startControlPlane(ctx context.Context) error {
 		"--tls-cert-file="+p.servingCert,
 		"--tls-private-key-file="+p.servingKey,
 		"--cert-dir="+filepath.Join(dir, "certs"),
-		"--service-cluster-ip-range="+ServiceCIDR,
+		"--service-cluster-ip-range="+ServiceCIDR+","+ServiceCIDR6,
 		"--service-account-issuer=https://kubernetes.default.svc."+ClusterDomain,
 		"--service-account-key-file="+p.saKey,
 		"--service-account-signing-key-file="+p.saKey,

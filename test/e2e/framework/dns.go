@@ -253,12 +253,23 @@ func (p *Pod) Resolver(proto corev1.Protocol, server string) *net.Resolver {
 // the pod's search path and ndots:5. It returns the addresses and the
 // absolute name that answered.
 func (p *Pod) Resolve(ctx context.Context, proto corev1.Protocol, name string) ([]netip.Addr, string, error) {
+	return p.ResolveFamily(ctx, proto, name, corev1.IPv4Protocol)
+}
+
+// ResolveFamily is Resolve for the addresses of family: A records for
+// IPv4, AAAA records for IPv6 (the query still goes to the kube-dns
+// ClusterIP, an IPv4 one, as a dual-stack cluster's resolv.conf says).
+func (p *Pod) ResolveFamily(ctx context.Context, proto corev1.Protocol, name string, family corev1.IPFamily) ([]netip.Addr, string, error) {
 	ctx, cancel := withDefaultTimeout(ctx)
 	defer cancel()
+	network := "ip4"
+	if family == corev1.IPv6Protocol {
+		network = "ip6"
+	}
 	r := p.Resolver(proto, net.JoinHostPort(DNSServiceIP, "53"))
 	var tried []string
 	for _, fqdn := range SearchNames(name, p.SearchDomains(), ndots) {
-		addrs, err := r.LookupNetIP(ctx, "ip4", fqdn)
+		addrs, err := r.LookupNetIP(ctx, network, fqdn)
 		if err == nil && len(addrs) > 0 {
 			for i := range addrs {
 				addrs[i] = addrs[i].Unmap()
@@ -267,11 +278,11 @@ func (p *Pod) Resolve(ctx context.Context, proto corev1.Protocol, name string) (
 		}
 		var de *net.DNSError
 		if err != nil && !(errors.As(err, &de) && de.IsNotFound) {
-			return nil, fqdn, fmt.Errorf("%s: resolving %s over %s: %w", p.Name, fqdn, proto, err)
+			return nil, fqdn, fmt.Errorf("%s: resolving %s (%s) over %s: %w", p.Name, fqdn, network, proto, err)
 		}
 		tried = append(tried, fqdn)
 	}
-	return nil, "", fmt.Errorf("%s: %s not found over %s (tried %s)", p.Name, name, proto, strings.Join(tried, ", "))
+	return nil, "", fmt.Errorf("%s: %s (%s) not found over %s (tried %s)", p.Name, name, network, proto, strings.Join(tried, ", "))
 }
 
 // DNSQuery is a DNS query for the A records of name (RD set).

@@ -37,7 +37,8 @@ func (c *Cluster) StartProxy(ctx context.Context, n *Node) error {
 }
 
 // StartKubeProxy starts upstream kube-proxy (hack/tools/build.sh
-// kube-proxy) on node n in iptables mode, with the admin kubeconfig and
+// kube-proxy) on node n in iptables mode, dual-stack (both cluster CIDRs;
+// it programs IPv6 with ip6tables as well), with the admin kubeconfig and
 // args appended. Stop it with Process.Stop; Close kills it like every
 // other process of the cluster.
 func (c *Cluster) StartKubeProxy(n *Node, args ...string) (*Process, error) {
@@ -45,7 +46,7 @@ func (c *Cluster) StartKubeProxy(n *Node, args ...string) (*Process, error) {
 		c.Tool("kube-proxy"),
 		"--kubeconfig=" + c.AdminKubeconfig,
 		"--hostname-override=" + n.Name,
-		"--cluster-cidr=" + ClusterCIDR,
+		"--cluster-cidr=" + ClusterCIDRs,
 		"--proxy-mode=iptables",
 		fmt.Sprintf("--healthz-bind-address=0.0.0.0:%d", KubeProxyHealthzPort),
 		fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", KubeProxyMetricsPort),

@@ -10,7 +10,8 @@ import (
 	"time"
 )
 
-// PodPort is the port every podserver listens on, TCP and UDP.
+// PodPort is the port every podserver listens on, TCP and UDP, IPv4 and
+// IPv6.
 const PodPort = 8080
 
 // Pod is a pod of the test bed: a network namespace on a node's bridge
@@ -65,9 +66,9 @@ func (c *Cluster) MustStartPod(t testing.TB, namespace, name string, node *Node)
 
 // startPod creates the pod's network and starts argv(pod) in it.
 func (c *Cluster) startPod(ctx context.Context, namespace, name string, node *Node, argv func(*Pod) []string) (*Pod, error) {
-	ns, ip, veth, err := c.podNetwork(ctx, node)
+	ns, ip, ip6, veth, err := c.podNetwork(ctx, node)
 	p := &Pod{
-		Host:      Host{Name: namespace + "/" + name, NetNS: ns, IP: ip},
+		Host:      Host{Name: namespace + "/" + name, NetNS: ns, IP: ip, IP6: ip6},
 		Namespace: namespace,
 		PodName:   name,
 		Node:      node,
@@ -102,5 +103,8 @@ func (c *Cluster) RemovePod(ctx context.Context, p *Pod) error {
 	return errors.Join(errs...)
 }
 
-// Addr is the pod's address with PodPort, as "ip:port".
+// Addr is the pod's IPv4 address with PodPort, as "ip:port".
 func (p *Pod) Addr() string { return net.JoinHostPort(p.IP.String(), strconv.Itoa(PodPort)) }
+
+// Addr6 is the pod's IPv6 address with PodPort, as "[ip]:port".
+func (p *Pod) Addr6() string { return net.JoinHostPort(p.IP6.String(), strconv.Itoa(PodPort)) }

@@ -2,6 +2,7 @@ package framework
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -33,7 +35,7 @@ func (c *Cluster) proxyArgs(n *Node) []string {
 		c.opts.Svcproxy,
 		"--kubeconfig=" + c.ProxyKubeconfig,
 		"--hostname-override=" + n.Name,
-		"--cluster-cidr=" + ClusterCIDR,
+		"--cluster-cidr=" + ClusterCIDRs,
 		"--min-sync-period=100ms",
 		// Short, so that the health test sees /healthz turn 503 after
 		// 2 × sync period without the API server.
@@ -234,7 +236,11 @@ func (sc containerSecurity) wrap(argv []string) []string {
 // endpoints, created now, is refused from the node. The second check is
 // what tells a restarted svcproxy apart from the rules its predecessor left
 // in place. Getting there needs the RBAC of deploy/rbac.yaml (svcproxy's
-// informers sync first) and working ClusterIP rules.
+// informers sync first) and working ClusterIP rules. In iptables mode the
+// canary is dual-stack and must be refused over both families (IPv4 TCP,
+// IPv6 UDP: an IPv6 TCP connect is failed only at the SYN retransmit):
+// svcproxy programs IPv6 too. IPVS mode programs IPv4 only, so there it
+// is an IPv4 Service.
 func (c *Cluster) WaitProxyReady(ctx context.Context, n *Node) error {
 	addr := net.JoinHostPort(KubernetesServiceIP, "443")
 	err := poll(ctx, proxyReadyTimeout, n.Proxy, func() error {
@@ -258,12 +264,17 @@ func (c *Cluster) WaitProxyReady(ctx context.Context, n *Node) error {
 	name := fmt.Sprintf("canary-%s-%d", n.Name, c.canarySeq)
 	c.mu.Unlock()
 	svcs := c.Kube.CoreV1().Services(canaryNamespace)
-	svc, err := svcs.Create(ctx, NewService(canaryNamespace, name, 80, corev1.ProtocolTCP), metav1.CreateOptions{})
+	dualStack := !ipvsMode(c.proxyArgs(n))
+	want := NewService(canaryNamespace, name, 80, corev1.ProtocolTCP)
+	if dualStack {
+		want = DualStack(NewService(canaryNamespace, name, 80, corev1.ProtocolTCP, corev1.ProtocolUDP))
+	}
+	svc, err := svcs.Create(ctx, want, metav1.CreateOptions{})
 	if err != nil {
 		return err
 	}
 	defer func() { _ = svcs.Delete(context.WithoutCancel(ctx), name, metav1.DeleteOptions{}) }()
-	canary := ClusterAddr(svc)
+	canary := ClusterAddrFamily(svc, corev1.ProtocolTCP, corev1.IPv4Protocol)
 	err = poll(ctx, proxyReadyTimeout, n.Proxy, func() error {
 		ctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 		defer cancel()
@@ -279,6 +290,26 @@ func (c *Cluster) WaitProxyReady(ctx context.Context, n *Node) error {
 	})
 	if err != nil {
 		return fmt.Errorf("svcproxy on %s does not follow changes: canary Service %s/%s (%s, no endpoints) never refused: %w", n.Name, canaryNamespace, name, canary, err)
+	}
+	if dualStack {
+		canary6 := ClusterAddrFamily(svc, corev1.ProtocolUDP, corev1.IPv6Protocol)
+		err = poll(ctx, proxyReadyTimeout, n.Proxy, func() error {
+			ctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+			defer cancel()
+			_, err := n.UDP(ctx, canary6)
+			switch {
+			// The node's own datagram, rejected in OUTPUT: EPERM.
+			case IsRefused(err) || errors.Is(err, syscall.EPERM):
+				return nil
+			case err == nil:
+				return fmt.Errorf("canary %s (no endpoints) answered", canary6)
+			default:
+				return err
+			}
+		})
+		if err != nil {
+			return fmt.Errorf("svcproxy on %s does not program IPv6: canary Service %s/%s (%s, no endpoints) never refused: %w", n.Name, canaryNamespace, name, canary6, err)
+		}
 	}
 	return c.checkProxyPrivileges(n)
 }

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -43,6 +45,31 @@ func NewService(namespace, name string, port int32, protocols ...corev1.Protocol
 	return svc
 }
 
+// DualStack makes svc dual-stack (RequireDualStack, IPv4 first, the
+// cluster's primary family) and returns it: the API server gives it a
+// ClusterIP of each family.
+func DualStack(svc *corev1.Service) *corev1.Service {
+	svc.Spec.IPFamilyPolicy = ptr.To(corev1.IPFamilyPolicyRequireDualStack)
+	svc.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv4Protocol, corev1.IPv6Protocol}
+	return svc
+}
+
+// IPv6Only makes svc a single-stack IPv6 Service and returns it.
+func IPv6Only(svc *corev1.Service) *corev1.Service {
+	svc.Spec.IPFamilyPolicy = ptr.To(corev1.IPFamilyPolicySingleStack)
+	svc.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv6Protocol}
+	return svc
+}
+
+// Families returns svc's IP families as the API server set them; a
+// Service not yet created (no families) is IPv4, the primary family.
+func Families(svc *corev1.Service) []corev1.IPFamily {
+	if len(svc.Spec.IPFamilies) == 0 {
+		return []corev1.IPFamily{corev1.IPv4Protocol}
+	}
+	return svc.Spec.IPFamilies
+}
+
 func portName(p corev1.Protocol) string {
 	switch p {
 	case corev1.ProtocolUDP:
@@ -54,10 +81,21 @@ func portName(p corev1.Protocol) string {
 	}
 }
 
-// EndpointSliceFor returns the EndpointSlice name of svc that a controller
-// would write for pods: all ready, each on its node, one slice port per
-// Service port (targetPort must be a number).
+// EndpointSliceFor returns the IPv4 EndpointSlice name of svc that a
+// controller would write for pods: all ready, each on its node, one slice
+// port per Service port (targetPort must be a number).
 func EndpointSliceFor(svc *corev1.Service, name string, pods ...*Pod) *discoveryv1.EndpointSlice {
+	return EndpointSliceOfFamily(svc, name, corev1.IPv4Protocol, pods...)
+}
+
+// EndpointSliceOfFamily is EndpointSliceFor with the pods' addresses of
+// family: addressType IPv4 or IPv6, as the EndpointSlice controller writes
+// one slice per family of a Service.
+func EndpointSliceOfFamily(svc *corev1.Service, name string, family corev1.IPFamily, pods ...*Pod) *discoveryv1.EndpointSlice {
+	addressType := discoveryv1.AddressTypeIPv4
+	if family == corev1.IPv6Protocol {
+		addressType = discoveryv1.AddressTypeIPv6
+	}
 	slice := &discoveryv1.EndpointSlice{
 		ObjectMeta: metav1.ObjectMeta{
 			Name:      name,
@@ -67,7 +105,7 @@ func EndpointSliceFor(svc *corev1.Service, name string, pods ...*Pod) *discovery
 				discoveryv1.LabelManagedBy:   ManagedBy,
 			},
 		},
-		AddressType: discoveryv1.AddressTypeIPv4,
+		AddressType: addressType,
 		Endpoints:   []discoveryv1.Endpoint{},
 	}
 	for _, sp := range svc.Spec.Ports {
@@ -79,7 +117,7 @@ func EndpointSliceFor(svc *corev1.Service, name string, pods ...*Pod) *discovery
 	}
 	for _, p := range pods {
 		slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{
-			Addresses: []string{p.IP.String()},
+			Addresses: []string{p.AddrOf(family).String()},
 			Conditions: discoveryv1.EndpointConditions{
 				Ready: ptr.To(true), Serving: ptr.To(true), Terminating: ptr.To(false),
 			},
@@ -119,11 +157,29 @@ func (c *Cluster) MustCreateService(t testing.TB, svc *corev1.Service) *corev1.S
 	return created
 }
 
-// SetEndpoints writes svc's EndpointSlice "<svc>-e2e" with pods as its
-// endpoints (creating or replacing it) and returns the time the API server
-// accepted it. No pods means an empty slice: a service without endpoints.
+// SetEndpoints writes svc's EndpointSlices with pods as their endpoints
+// (creating or replacing them), one per IP family of svc as the controller
+// does: "<svc>-e2e" of addressType IPv4, "<svc>-e2e-ipv6" of addressType
+// IPv6. It returns the time the API server accepted the last. No pods
+// means empty slices: a service without endpoints.
 func (c *Cluster) SetEndpoints(ctx context.Context, svc *corev1.Service, pods ...*Pod) (time.Time, error) {
-	return c.ApplyEndpointSlice(ctx, EndpointSliceFor(svc, svc.Name+"-e2e", pods...))
+	var at time.Time
+	for _, family := range Families(svc) {
+		var err error
+		if at, err = c.ApplyEndpointSlice(ctx, EndpointSliceOfFamily(svc, SliceName(svc, family), family, pods...)); err != nil {
+			return at, err
+		}
+	}
+	return at, nil
+}
+
+// SliceName is the name of svc's EndpointSlice of family that
+// SetEndpoints writes.
+func SliceName(svc *corev1.Service, family corev1.IPFamily) string {
+	if family == corev1.IPv6Protocol {
+		return svc.Name + "-e2e-ipv6"
+	}
+	return svc.Name + "-e2e"
 }
 
 // MustSetEndpoints is SetEndpoints for a test.
@@ -165,8 +221,11 @@ func (c *Cluster) ApplyEndpointSlice(ctx context.Context, slice *discoveryv1.End
 
 // WaitServiceProgrammed waits until every node's svcproxy has programmed
 // svc: from each node itself (its host network), every TCP and UDP port of
-// the ClusterIP answers, or, with refused set (a Service without
-// endpoints), is refused. Tests call it before their clients touch svc, so
+// each of its ClusterIPs (both families of a dual-stack Service) answers,
+// or, with refused set (a Service without endpoints), is refused. An IPv6
+// TCP port is judged refused only after its SYN retransmit (the kernel
+// does not fail a connect on the ICMPv6 error of a REJECT at once), so
+// a refused IPv6 Service is judged on its UDP ports when it has some. Tests call it before their clients touch svc, so
 // that no client tuple meets rules that are half written: a connection
 // that does leaves a conntrack entry that blackholes its source port for
 // minutes (TCP SYN_SENT lasts 120s), and the test would fail for a reason
@@ -174,33 +233,52 @@ func (c *Cluster) ApplyEndpointSlice(ctx context.Context, slice *discoveryv1.End
 // accepted, a UDP datagram (a DNS query, which podserver echoes and CoreDNS
 // answers) must get a reply.
 func (c *Cluster) WaitServiceProgrammed(ctx context.Context, svc *corev1.Service, refused bool) error {
+	clusterIPs := svc.Spec.ClusterIPs
+	if len(clusterIPs) == 0 {
+		clusterIPs = []string{svc.Spec.ClusterIP}
+	}
+	hasUDP := slices.ContainsFunc(svc.Spec.Ports, func(sp corev1.ServicePort) bool { return sp.Protocol == corev1.ProtocolUDP })
 	for _, n := range c.Nodes {
-		for _, sp := range svc.Spec.Ports {
-			if sp.Protocol != corev1.ProtocolTCP && sp.Protocol != corev1.ProtocolUDP {
-				continue
-			}
-			addr := net.JoinHostPort(svc.Spec.ClusterIP, strconv.Itoa(int(sp.Port)))
-			var last error
-			err := Eventually(ctx, 10*time.Second, func(ctx context.Context) error {
-				ctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
-				defer cancel()
-				last = n.reach(ctx, sp.Protocol, addr)
-				switch {
-				// A UDP datagram that an OUTPUT rule rejects fails
-				// to send with EPERM: the node's own traffic.
-				case refused && (IsRefused(last) || errors.Is(last, syscall.EPERM)):
-					return nil
-				case refused && last == nil:
-					return fmt.Errorf("answered; want refused")
+		for _, clusterIP := range clusterIPs {
+			ipv6 := strings.Contains(clusterIP, ":")
+			for _, sp := range svc.Spec.Ports {
+				if sp.Protocol != corev1.ProtocolTCP && sp.Protocol != corev1.ProtocolUDP {
+					continue
 				}
-				return last
-			})
-			if err != nil {
-				return fmt.Errorf("%s/%s %s %s not programmed on %s: %w", svc.Namespace, svc.Name, sp.Protocol, addr, n.Name, err)
+				timeout := 300 * time.Millisecond
+				if refused && ipv6 && sp.Protocol == corev1.ProtocolTCP {
+					if hasUDP {
+						continue
+					}
+					timeout = 1500 * time.Millisecond
+				}
+				addr := net.JoinHostPort(clusterIP, strconv.Itoa(int(sp.Port)))
+				if err := c.waitPortProgrammed(ctx, n, sp.Protocol, addr, refused, timeout); err != nil {
+					return fmt.Errorf("%s/%s %s %s not programmed on %s: %w", svc.Namespace, svc.Name, sp.Protocol, addr, n.Name, err)
+				}
 			}
 		}
 	}
 	return nil
+}
+
+// waitPortProgrammed waits until addr answers from node n (or is refused,
+// with refused), each try bounded by timeout.
+func (c *Cluster) waitPortProgrammed(ctx context.Context, n *Node, proto corev1.Protocol, addr string, refused bool, timeout time.Duration) error {
+	return Eventually(ctx, 10*time.Second, func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		err := n.reach(ctx, proto, addr)
+		switch {
+		// A UDP datagram that an OUTPUT rule rejects fails to send
+		// with EPERM: the node's own traffic.
+		case refused && (IsRefused(err) || errors.Is(err, syscall.EPERM)):
+			return nil
+		case refused && err == nil:
+			return fmt.Errorf("answered; want refused")
+		}
+		return err
+	})
 }
 
 // MustWaitServing is WaitServiceProgrammed for a Service with endpoints, in
@@ -224,6 +302,22 @@ func (c *Cluster) MustWaitRefusing(t testing.TB, svc *corev1.Service) {
 // ClusterAddr is "clusterIP:port" of svc's first port.
 func ClusterAddr(svc *corev1.Service) string {
 	return net.JoinHostPort(svc.Spec.ClusterIP, strconv.Itoa(int(svc.Spec.Ports[0].Port)))
+}
+
+// ClusterAddrFamily is "clusterIP:port" of svc's port for proto on its
+// ClusterIP of family ("" if svc has none of that family).
+func ClusterAddrFamily(svc *corev1.Service, proto corev1.Protocol, family corev1.IPFamily) string {
+	for i, f := range svc.Spec.IPFamilies {
+		if f != family || i >= len(svc.Spec.ClusterIPs) {
+			continue
+		}
+		for _, p := range svc.Spec.Ports {
+			if p.Protocol == proto {
+				return net.JoinHostPort(svc.Spec.ClusterIPs[i], strconv.Itoa(int(p.Port)))
+			}
+		}
+	}
+	return ""
 }
 
 // ClusterAddrOf is "clusterIP:port" of svc's port for proto.

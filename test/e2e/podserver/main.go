@@ -8,8 +8,8 @@
 //	     connection can be checked by writing to it).
 //	UDP: each datagram gets "name=<name> src=<ip:port> data=<payload>\n".
 //
-// It listens on 0.0.0.0 on every port of -ports (TCP and UDP each) and
-// prints "ready" on stdout once all listeners are open.
+// It listens on 0.0.0.0 and [::] (IPv6 only) on every port of -ports (TCP
+// and UDP each) and prints "ready" on stdout once all listeners are open.
 package main
 
 import (
@@ -45,16 +45,20 @@ func run(name, ports string) error {
 		if err != nil || port <= 0 || port > 65535 {
 			return fmt.Errorf("bad port %q", p)
 		}
-		ln, err := net.ListenTCP("tcp4", &net.TCPAddr{Port: port})
-		if err != nil {
-			return err
+		// One socket per family ("tcp6" is IPV6_V6ONLY), so that an IPv4
+		// client's address never shows as ::ffff:a.b.c.d.
+		for _, family := range []string{"4", "6"} {
+			ln, err := net.ListenTCP("tcp"+family, &net.TCPAddr{Port: port})
+			if err != nil {
+				return err
+			}
+			pc, err := net.ListenUDP("udp"+family, &net.UDPAddr{Port: port})
+			if err != nil {
+				return err
+			}
+			go func() { errc <- serveTCP(ln, name) }()
+			go func() { errc <- serveUDP(pc, name) }()
 		}
-		pc, err := net.ListenUDP("udp4", &net.UDPAddr{Port: port})
-		if err != nil {
-			return err
-		}
-		go func() { errc <- serveTCP(ln, name) }()
-		go func() { errc <- serveUDP(pc, name) }()
 	}
 	fmt.Println("ready")
 	sig := make(chan os.Signal, 1)
