@@ -145,7 +145,9 @@ func (r *renderer) port(sp *proxy.ServicePort) {
 			continue
 		}
 		r.add(externalSet, ipPortEntry(key))
-		if len(sp.LoadBalancerSourceRanges) > 0 {
+		// Ranges given but none of this family (or none parsed): in
+		// LB-FW with no LB-SRC entry, no source is allowed (fail closed).
+		if sp.LoadBalancerSourceRangesSet || len(sp.LoadBalancerSourceRanges) > 0 {
 			r.add(SetLBFirewall, ipPortEntry(key))
 			for _, src := range sp.LoadBalancerSourceRanges {
 				for _, q := range splitZero(src.Masked()) {
