@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 	"unique"
 
 	v1 "k8s.io/api/core/v1"
@@ -61,6 +62,10 @@ type Tracker struct {
 	dirty    map[string]bool           // ns/service keys changed since the last Snapshot
 	ports    map[string][]*ServicePort // ns/service -> ports at the last Snapshot, sorted
 	order    []string                  // keys of ports, sorted; nil when to be rebuilt
+	// conflicts are the address conflicts reported by the last Snapshot,
+	// so that each is logged once.
+	conflicts map[string]bool
+	claims    map[destination]*ServicePort // scratch space of resolveConflicts
 }
 
 var _ Handler = (*Tracker)(nil)
@@ -83,6 +88,7 @@ func NewTracker(nodeName string, onChange func(), onSkip SkipFunc) *Tracker {
 		slices:   map[string][]*sliceInfo{},
 		dirty:    map[string]bool{},
 		ports:    map[string][]*ServicePort{},
+		claims:   map[destination]*ServicePort{},
 	}
 }
 
@@ -244,6 +250,15 @@ func (t *Tracker) Snapshot() (*Snapshot, []Change) {
 	for _, k := range t.order {
 		all = append(all, t.ports[k]...)
 	}
+	all, t.conflicts = resolveConflicts(all, func(sp *ServicePort) time.Time {
+		if svc := t.services[sp.Name.Namespace+"/"+sp.Name.Name]; svc != nil {
+			return svc.created
+		}
+		return time.Time{}
+	}, t.conflicts, t.claims, func(msg string, kv ...any) {
+		klog.InfoS(msg, kv...)
+		t.onSkip("Service", "conflict")
+	})
 	return &Snapshot{NodeName: t.nodeName, NodeZone: t.zone, ports: all}, changes
 }
 

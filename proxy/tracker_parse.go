@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
@@ -24,7 +25,8 @@ type serviceInfo struct {
 	// one and a dual-stack one two.
 	families            []familyInfo
 	affinityTimeout     int32
-	scheduler           string // IPVS scheduler from an annotation; "" for the default
+	scheduler           string    // IPVS scheduler from an annotation; "" for the default
+	created             time.Time // creationTimestamp: the oldest Service wins an address conflict
 	externalLocal       bool
 	healthCheckNodePort int32 // only for a LoadBalancer with externalTrafficPolicy Local
 	internalLocal       bool
@@ -55,7 +57,7 @@ type portInfo struct {
 // parseService parses svc; it reads nothing but svc.
 func parseService(svc *v1.Service) *serviceInfo {
 	key := svc.Namespace + "/" + svc.Name
-	info := &serviceInfo{namespace: intern(svc.Namespace), name: svc.Name}
+	info := &serviceInfo{namespace: intern(svc.Namespace), name: svc.Name, created: svc.CreationTimestamp.Time}
 	note := func(level klog.Level, reason, msg string, kv ...any) {
 		info.notes = append(info.notes, skipNote{kind: "Service", reason: reason, level: level, msg: msg, kv: kv})
 	}

@@ -77,7 +77,8 @@ func Strip(obj any) (any, error) {
 	return obj, nil
 }
 
-// stripMeta keeps the name, namespace, resourceVersion, deletion time, the
+// stripMeta keeps the name, namespace, resourceVersion, creation and
+// deletion time, the
 // annotations svcproxy reads and, with filterLabels, only the labels it
 // reads (all labels without).
 func stripMeta(m *metav1.ObjectMeta, filterLabels bool) {
@@ -85,6 +86,7 @@ func stripMeta(m *metav1.ObjectMeta, filterLabels bool) {
 		Name:              m.Name,
 		Namespace:         m.Namespace,
 		ResourceVersion:   m.ResourceVersion,
+		CreationTimestamp: m.CreationTimestamp, // the oldest Service wins an address conflict
 		DeletionTimestamp: m.DeletionTimestamp,
 		Labels:            m.Labels,
 		Annotations:       m.Annotations,

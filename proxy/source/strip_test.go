@@ -78,7 +78,7 @@ func TestStripKeepsLittle(t *testing.T) {
 	}
 	Strip(svc)
 	want := &v1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "shop", ResourceVersion: "42",
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "shop", ResourceVersion: "42", CreationTimestamp: created,
 			Labels: map[string]string{proxy.LabelServiceProxyName: "x"}},
 		Spec: v1.ServiceSpec{
 			Type: v1.ServiceTypeLoadBalancer, ClusterIP: "10.96.0.1", ClusterIPs: []string{"10.96.0.1"},
