@@ -12,23 +12,28 @@ import (
 // runnerHarness drives a Runner with a fake clock; every sync reports
 // whether it was full and returns the next queued error (nil by default).
 type runnerHarness struct {
-	t      *testing.T
-	clock  *clocktesting.FakeClock
-	r      *Runner
-	calls  chan bool
-	errs   chan error
-	cancel context.CancelFunc
+	t       *testing.T
+	clock   *clocktesting.FakeClock
+	r       *Runner
+	calls   chan bool
+	errs    chan error // errors for the next syncs the test expects
+	replies chan error
+	cancel  context.CancelFunc
 }
 
 func newRunnerHarness(t *testing.T, minI, maxI time.Duration) *runnerHarness {
-	h := &runnerHarness{t: t, clock: clocktesting.NewFakeClock(time.Unix(1000, 0)), calls: make(chan bool, 100), errs: make(chan error, 100)}
+	h := &runnerHarness{t: t, clock: clocktesting.NewFakeClock(time.Unix(1000, 0)), calls: make(chan bool, 100), errs: make(chan error, 100),
+		replies: make(chan error, 1)}
 	h.r = NewRunner(func(ctx context.Context, full bool) error {
+		// Each sync waits for the test to see it (expectSync), which
+		// answers with the next queued error or nil: an error queued
+		// before an expectSync is that sync's, whatever the timing.
 		h.calls <- full
 		select {
-		case err := <-h.errs:
+		case err := <-h.replies:
 			return err
-		default:
-			return nil
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 	}, minI, maxI, h.clock)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -44,6 +49,12 @@ func (h *runnerHarness) expectSync(full bool) {
 	h.t.Helper()
 	select {
 	case got := <-h.calls:
+		var err error
+		select {
+		case err = <-h.errs:
+		default:
+		}
+		h.replies <- err
 		if got != full {
 			h.t.Fatalf("sync full=%v, want full=%v", got, full)
 		}
@@ -68,6 +79,9 @@ func (h *runnerHarness) waitIdle() {
 	h.t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for !h.clock.HasWaiters() {
+		if len(h.calls) > 0 {
+			h.t.Fatal("unexpected sync")
+		}
 		if time.Now().After(deadline) {
 			h.t.Fatal("runner never went idle")
 		}
