@@ -113,6 +113,9 @@ bash hack/tools/build.sh staticcheck
 log "unit, rules, behaviour and fuzz-seed tests (race detector on; a skip fails)"
 before=$([ -z "$git_tree" ] || generated_state)
 run_tests -race -count=1 ./...
+
+log "memory tests (heap figures; not under -race, whose allocations are not svcproxy's)"
+run_tests -count=1 -run 'Memory' ./proxy/ ./proxy/source/
 check_generated "$before"
 
 if [ "$what" = unit ]; then

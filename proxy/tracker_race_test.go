@@ -1,6 +1,0 @@
-//go:build race
-
-package proxy_test
-
-// raceEnabled: allocation figures are not those of a normal build.
-const raceEnabled = true
