@@ -1,0 +1,612 @@
+//go:build integration
+
+package integration
+
+// Dual-stack: the real svcproxy binary (and the --dry-run output of
+// examples/dual-stack.yaml) programs IPv4 through iptables-restore and
+// IPv6 through ip6tables-restore in a node namespace, and real IPv4 and
+// IPv6 connections are checked.
+//
+// Address plan, examples/dual-stack.yaml's (see its header), on top of
+// newTopology's:
+//
+//	node     192.168.50.1/24, 2001:db8:50::1/64 (link to client)
+//	         192.168.51.1/24, 2001:db8:51::1/64 (link to client2)
+//	         10.244.1.1/32 and fe80::1/64 on every pod veth
+//	client   192.168.50.2, 2001:db8:50::2: inside lb's source ranges of
+//	         both families and inside lb6's IPv6 one
+//	client2  192.168.51.2, 2001:db8:51::2: outside every range
+//	pods     srv1 10.244.1.10 fd00:10:244:1::10, srv2 10.244.1.11
+//	         fd00:10:244:1::11, cli 10.244.1.20 fd00:10:244:1::20
+//	services 10.96.10.0/24, fd00:10:96::/112; LB 203.0.113.10-11,
+//	         2001:db8:ffff::10-11; node ports 30080 (np), 30081 (local,
+//	         ETP Local), 30083 (empty), 30090 (lb), 30091 (lb6)
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	discovery "k8s.io/api/discovery/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/svcproxy/svcproxy/proxy/source"
+)
+
+const (
+	dualStackExample = "../../examples/dual-stack.yaml"
+	dualStackCIDRs   = "10.244.0.0/16,fd00:10:244::/56"
+)
+
+// dsTopology is newTopology with IPv6 everywhere and a second outside
+// client.
+type dsTopology struct {
+	*topology
+	client2 string
+}
+
+func newDualStackTopology(t *testing.T) *dsTopology {
+	t.Helper()
+	tp := &dsTopology{topology: newTopology(t)}
+	node := tp.node
+	// A router forwards IPv6; REJECT's ICMP errors must not be rate
+	// limited (ICMPv6 shares the namespace-wide limiter with ICMP).
+	nsRun(t, node, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1", "net.ipv6.icmp.ratelimit=0",
+		"net.ipv4.icmp_ratelimit=0", "net.ipv4.icmp_msgs_per_sec=1000000", "net.ipv4.icmp_msgs_burst=1000000")
+	c0 := tp.prefix + "c0"
+	nsRun(t, node, "ip", "-6", "addr", "add", "2001:db8:50::1/64", "dev", c0, "nodad")
+	nsRun(t, node, "ip", "-6", "route", "add", "default", "via", "2001:db8:50::2")
+	nsRun(t, tp.client, "ip", "-6", "addr", "add", "2001:db8:50::2/64", "dev", "eth0", "nodad")
+	nsRun(t, tp.client, "ip", "-6", "route", "add", "default", "via", "2001:db8:50::1")
+
+	tp.client2 = addNS(t, tp.prefix+"-client2")
+	c2 := tp.prefix + "c2"
+	run(t, "ip", "link", "add", c2, "netns", node, "type", "veth", "peer", "name", "eth0", "netns", tp.client2)
+	nsRun(t, node, "ip", "addr", "add", "192.168.51.1/24", "dev", c2)
+	nsRun(t, node, "ip", "-6", "addr", "add", "2001:db8:51::1/64", "dev", c2, "nodad")
+	nsRun(t, node, "ip", "link", "set", c2, "up")
+	nsRun(t, tp.client2, "ip", "addr", "add", "192.168.51.2/24", "dev", "eth0")
+	nsRun(t, tp.client2, "ip", "-6", "addr", "add", "2001:db8:51::2/64", "dev", "eth0", "nodad")
+	nsRun(t, tp.client2, "ip", "link", "set", "eth0", "up")
+	nsRun(t, tp.client2, "ip", "route", "add", "default", "via", "192.168.51.1")
+	nsRun(t, tp.client2, "ip", "-6", "route", "add", "default", "via", "2001:db8:51::1")
+	return tp
+}
+
+// addPod46 creates a pod with an IPv4 and an IPv6 address, routed from the
+// node; the pod's IPv6 gateway is fe80::1 on its veth.
+func (tp *dsTopology) addPod46(t *testing.T, name, ip4, ip6 string) string {
+	t.Helper()
+	ns := tp.addPod(t, name, ip4)
+	host := tp.prefix + name
+	nsRun(t, tp.node, "ip", "-6", "addr", "add", "fe80::1/64", "dev", host, "nodad")
+	nsRun(t, tp.node, "ip", "-6", "route", "add", ip6+"/128", "dev", host)
+	nsRun(t, ns, "ip", "-6", "addr", "add", ip6+"/128", "dev", "eth0", "nodad")
+	nsRun(t, ns, "ip", "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0")
+	return ns
+}
+
+// dsPods creates srv1, srv2 and cli with the example's addresses; srv1
+// and srv2 serve TCP and UDP on port 8080 over both families.
+func (tp *dsTopology) dsPods(t *testing.T) (srv1, srv2, cli string) {
+	t.Helper()
+	srv1 = tp.addPod46(t, "srv1", "10.244.1.10", "fd00:10:244:1::10")
+	srv2 = tp.addPod46(t, "srv2", "10.244.1.11", "fd00:10:244:1::11")
+	cli = tp.addPod46(t, "cli", "10.244.1.20", "fd00:10:244:1::20")
+	for ns, name := range map[string]string{srv1: "srv1", srv2: "srv2"} {
+		startServer(t, ns, name, 8080)
+		startServer6(t, ns, name, 8080)
+	}
+	return srv1, srv2, cli
+}
+
+// startServer6 is startServer over IPv6: TCP and UDP servers on [::]:port
+// (IPv6 only) that answer "<name> <source address>".
+func startServer6(t testing.TB, ns, name string, port int) {
+	t.Helper()
+	var ln net.Listener
+	var pc net.PacketConn
+	err := inNS(ns, func() error {
+		var err error
+		if ln, err = net.Listen("tcp6", fmt.Sprintf("[::]:%d", port)); err != nil {
+			return err
+		}
+		pc, err = net.ListenPacket("udp6", fmt.Sprintf("[::]:%d", port))
+		return err
+	})
+	if err != nil {
+		t.Fatalf("server %s: %v", name, err)
+	}
+	t.Cleanup(func() { ln.Close(); pc.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				fmt.Fprintf(c, "%s %s\n", name, c.RemoteAddr().(*net.TCPAddr).IP)
+			}()
+		}
+	}()
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			_, addr, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo([]byte(fmt.Sprintf("%s %s\n", name, addr.(*net.UDPAddr).IP)), addr)
+		}
+	}()
+}
+
+// dialNet is dial with an explicit network: tcp4, udp4, tcp6 or udp6.
+func dialNet(ns, network, addr string, timeout time.Duration) (answer, error) {
+	var c net.Conn
+	err := inNS(ns, func() error {
+		var err error
+		c, err = net.DialTimeout(network, addr, timeout)
+		return err
+	})
+	if err != nil {
+		return answer{}, err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(timeout))
+	if strings.HasPrefix(network, "udp") {
+		if _, err := c.Write([]byte("hi")); err != nil {
+			return answer{}, err
+		}
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return answer{}, err
+	}
+	f := strings.Fields(line)
+	if len(f) != 2 {
+		return answer{}, fmt.Errorf("bad answer %q", line)
+	}
+	return answer{Server: f[0], Source: f[1]}, nil
+}
+
+// serversNet is servers over an explicit network.
+func serversNet(ns, network, addr string, n int) (map[string]int, map[string]bool, error) {
+	hits, sources := map[string]int{}, map[string]bool{}
+	for i := 0; i < n; i++ {
+		a, err := dialNet(ns, network, addr, 2*time.Second)
+		if err != nil {
+			return hits, sources, fmt.Errorf("connection %d to %s/%s: %w", i, network, addr, err)
+		}
+		hits[a.Server]++
+		sources[a.Source] = true
+	}
+	return hits, sources, nil
+}
+
+// families are the two halves of every dual-stack check.
+var families = []struct {
+	name     string
+	tcp, udp string
+	// addresses: pod client, outside client, node (on the client link)
+	cli, client, node string
+}{
+	{"IPv4", "tcp4", "udp4", "10.244.1.20", "192.168.50.2", "192.168.50.1"},
+	{"IPv6", "tcp6", "udp6", "fd00:10:244:1::20", "2001:db8:50::2", "2001:db8:50::1"},
+}
+
+// hp joins an address and a port.
+func hp(addr string, port int) string { return net.JoinHostPort(addr, fmt.Sprint(port)) }
+
+// refusedUDP sends one datagram from ns to addr and returns how long the
+// ICMP error took to arrive as ECONNREFUSED, or an error.
+func refusedUDP(ns, network, addr string) (time.Duration, error) {
+	start := time.Now()
+	_, err := dialNet(ns, network, addr, 2*time.Second)
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		return 0, fmt.Errorf("%s %s: got %v, want connection refused", network, addr, err)
+	}
+	return time.Since(start), nil
+}
+
+// dropped connects over TCP from ns to addr and expects silence: a
+// timeout, not an answer, a refusal or an unreachable.
+func dropped(ns, network, addr string) error {
+	a, err := dialNet(ns, network, addr, 1500*time.Millisecond)
+	if err == nil {
+		return fmt.Errorf("%s %s: answered by %s (source %s), want it dropped", network, addr, a.Server, a.Source)
+	}
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		return fmt.Errorf("%s %s: %v, want a timeout (dropped)", network, addr, err)
+	}
+	return nil
+}
+
+// checkDualStackExample checks examples/dual-stack.yaml's services, as
+// programmed in tp's node, with real connections over both families.
+func checkDualStackExample(t *testing.T, tp *dsTopology, srv1, cli string) {
+	web := map[string]string{"IPv4": "10.96.10.10", "IPv6": "fd00:10:96::a"}
+	t.Run("ClusterIP TCP and UDP from a pod reach the family's endpoints, no masquerade", func(t *testing.T) {
+		for _, f := range families {
+			for _, network := range []string{f.tcp, f.udp} {
+				hits, sources, err := serversNet(cli, network, hp(web[f.name], 80), 30)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if hits["srv1"] == 0 || hits["srv2"] == 0 || len(hits) != 2 {
+					t.Errorf("%s: endpoints reached %v, want srv1 and srv2", network, hits)
+				}
+				if len(sources) != 1 || !sources[f.cli] {
+					t.Errorf("%s: servers saw %v, want only the pod %s", network, sources, f.cli)
+				}
+			}
+		}
+	})
+	t.Run("IPv6-only Service reaches its one IPv6 endpoint", func(t *testing.T) {
+		for _, network := range []string{"tcp6", "udp6"} {
+			hits, sources, err := serversNet(cli, network, "[fd00:10:96::14]:80", 10)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if hits["srv2"] != 10 || !sources["fd00:10:244:1::20"] {
+				t.Errorf("%s: %v from %v, want srv2 every time from the pod", network, hits, sources)
+			}
+		}
+	})
+	t.Run("the node itself reaches a ClusterIP of each family", func(t *testing.T) {
+		for _, f := range families {
+			if _, err := dialNet(tp.node, f.tcp, hp(web[f.name], 80), 2*time.Second); err != nil {
+				t.Errorf("%s: %v", f.name, err)
+			}
+		}
+	})
+	t.Run("NodePort from outside is masqueraded (ETP Cluster), both cluster IPs of an IPv6-primary Service work", func(t *testing.T) {
+		for _, f := range families {
+			for _, network := range []string{f.tcp, f.udp} {
+				hits, sources, err := serversNet(tp.client, network, hp(f.node, 30080), 30)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if hits["srv1"] == 0 || hits["srv2"] == 0 {
+					t.Errorf("%s: endpoints reached %v, want both", network, hits)
+				}
+				if sources[f.client] {
+					t.Errorf("%s: servers saw the client address %v; want it masqueraded", network, sources)
+				}
+			}
+		}
+		for _, addr := range []string{"[fd00:10:96::1e]:80", "10.96.10.30:80"} {
+			if _, _, err := serversNet(cli, "tcp", addr, 5); err != nil {
+				t.Errorf("np's cluster IP: %v", err)
+			}
+		}
+	})
+	t.Run("NodePort with ETP Local keeps the client address, local endpoint only", func(t *testing.T) {
+		for _, f := range families {
+			for _, network := range []string{f.tcp, f.udp} {
+				hits, sources, err := serversNet(tp.client, network, hp(f.node, 30081), 20)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if hits["srv1"] != 20 {
+					t.Errorf("%s: endpoints reached %v, want only srv1 (the other one is on node2)", network, hits)
+				}
+				if len(sources) != 1 || !sources[f.client] {
+					t.Errorf("%s: servers saw %v, want the client's own %s", network, sources, f.client)
+				}
+			}
+		}
+	})
+	t.Run("no endpoints: REJECT", func(t *testing.T) {
+		empty := map[string]string{"IPv4": "10.96.10.80", "IPv6": "fd00:10:96::50"}
+		for _, f := range families {
+			for _, target := range []struct{ ns, addr string }{{cli, hp(empty[f.name], 80)}, {tp.client, hp(f.node, 30083)}} {
+				udpTook, err := refusedUDP(target.ns, f.udp, target.addr)
+				if err != nil {
+					t.Error(err)
+					continue
+				}
+				if udpTook > 500*time.Millisecond {
+					t.Errorf("%s %s: refused after %v, want at once", f.udp, target.addr, udpTook)
+				}
+				// TCP: a REJECTed IPv4 SYN is refused at once; an IPv6
+				// one only at the SYN retransmit (about 1 s).
+				start := time.Now()
+				_, err = dialNet(target.ns, f.tcp, target.addr, 3*time.Second)
+				tcpTook := time.Since(start)
+				if !errors.Is(err, syscall.ECONNREFUSED) {
+					t.Errorf("%s %s: got %v, want connection refused", f.tcp, target.addr, err)
+				} else if f.name == "IPv4" && tcpTook > 500*time.Millisecond {
+					t.Errorf("%s %s: refused after %v, want at once", f.tcp, target.addr, tcpTook)
+				}
+				t.Logf("%s %s: UDP refused after %v, TCP after %v", f.name, target.addr, udpTook, tcpTook)
+			}
+		}
+	})
+	t.Run("ClientIP affinity sticks", func(t *testing.T) {
+		sticky := map[string]string{"IPv4": "10.96.10.60", "IPv6": "fd00:10:96::3c"}
+		for _, f := range families {
+			hits, _, err := serversNet(cli, f.tcp, hp(sticky[f.name], 80), 20)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(hits) != 1 {
+				t.Errorf("%s: reached %v, want one endpoint every time", f.name, hits)
+			}
+		}
+	})
+	t.Run("loadBalancerSourceRanges per family; an IPv6-only range list drops every IPv4 source", func(t *testing.T) {
+		type c struct {
+			ns, network, addr string
+			open              bool
+		}
+		for _, tc := range []c{
+			{tp.client, "tcp4", "203.0.113.10:80", true},
+			{tp.client2, "tcp4", "203.0.113.10:80", false},
+			{tp.client, "tcp6", "[2001:db8:ffff::10]:80", true},
+			{tp.client2, "tcp6", "[2001:db8:ffff::10]:80", false},
+			{tp.client, "tcp4", "203.0.113.11:80", false}, // lb6: no IPv4 range
+			{tp.client2, "tcp4", "203.0.113.11:80", false},
+			{cli, "tcp4", "203.0.113.11:80", false},
+			{tp.client, "tcp6", "[2001:db8:ffff::11]:80", true},
+			{tp.client2, "tcp6", "[2001:db8:ffff::11]:80", false},
+			// Source ranges do not apply to node ports.
+			{tp.client2, "tcp4", "192.168.51.1:30091", true},
+			{tp.client2, "tcp6", "[2001:db8:51::1]:30091", true},
+		} {
+			who := map[string]string{tp.client: "client", tp.client2: "client2", cli: "pod cli"}[tc.ns]
+			if tc.open {
+				if _, _, err := serversNet(tc.ns, tc.network, tc.addr, 5); err != nil {
+					t.Errorf("%s: %v, want it allowed", who, err)
+				}
+			} else if err := dropped(tc.ns, tc.network, tc.addr); err != nil {
+				t.Errorf("%s: %v", who, err)
+			}
+		}
+	})
+	t.Run("hairpin: a pod reaches itself through its service", func(t *testing.T) {
+		for _, f := range families {
+			hits, _, err := serversNet(srv1, f.tcp, hp(web[f.name], 80), 20)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if hits["srv1"] == 0 {
+				t.Errorf("%s: srv1 never reached itself: %v", f.name, hits)
+			}
+		}
+	})
+}
+
+// pods6 are the pods' IPv6 addresses.
+var pods6 = map[string]string{"srv1": "fd00:10:244:1::10", "srv2": "fd00:10:244:1::11"}
+
+// dualStackState writes examples/dual-stack.yaml's Services and
+// EndpointSlices to path as a kubectl-shaped List, with the endpoints of
+// web's IPv6 slice limited to the pods named in web6 (nil: unchanged).
+func dualStackState(t *testing.T, path string, web6 []string) {
+	t.Helper()
+	st, err := source.LoadFile(dualStackExample)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var items []any
+	for _, s := range st.Services {
+		s.APIVersion, s.Kind = "v1", "Service"
+		items = append(items, s)
+	}
+	for _, s := range st.EndpointSlices {
+		s.APIVersion, s.Kind = "discovery.k8s.io/v1", "EndpointSlice"
+		if web6 != nil && s.Labels[discovery.LabelServiceName] == "web" && s.AddressType == discovery.AddressTypeIPv6 {
+			var keep []discovery.Endpoint
+			for _, e := range s.Endpoints {
+				if slices.ContainsFunc(web6, func(pod string) bool { return slices.Contains(e.Addresses, pods6[pod]) }) {
+					keep = append(keep, e)
+				}
+			}
+			if len(keep) != len(web6) {
+				t.Fatalf("web's IPv6 slice: kept %d endpoints of %v", len(keep), web6)
+			}
+			s.Endpoints = keep
+		}
+		items = append(items, s)
+	}
+	b, err := yaml.Marshal(map[string]any{"apiVersion": "v1", "kind": "List", "items": items, "metadata": map[string]any{"resourceVersion": ""}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path+".tmp", b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(path+".tmp", path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// startDualStackProxy runs svcproxy in the node namespace with the
+// cluster CIDRs of both families.
+func startDualStackProxy(t *testing.T, tp *dsTopology, state string) *exec.Cmd {
+	t.Helper()
+	log, err := os.Create(filepath.Join(t.TempDir(), "svcproxy.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("ip", "netns", "exec", tp.node, svcproxyBin, "--state", state,
+		"--hostname-override", "node1", "--cluster-cidr", dualStackCIDRs,
+		"--min-sync-period", "100ms", "--state-poll-interval", "100ms", "-v", "2")
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		if t.Failed() {
+			out, _ := os.ReadFile(log.Name())
+			t.Logf("svcproxy log:\n%s", out)
+		}
+	})
+	return cmd
+}
+
+// pinnedUDP opens UDP sockets from ns to addr until one is answered by
+// want, and returns it: its conntrack entry pins it to want.
+func pinnedUDP(t *testing.T, ns, network, addr, want string) net.Conn {
+	t.Helper()
+	for range 40 {
+		var c net.Conn
+		if err := inNS(ns, func() error {
+			var err error
+			c, err = net.Dial(network, addr)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := ask(c); err == nil && got == want {
+			t.Cleanup(func() { c.Close() })
+			return c
+		}
+		c.Close()
+	}
+	t.Fatalf("%s %s: no socket answered by %s in 40 tries", network, addr, want)
+	return nil
+}
+
+// TestDualStackProxy runs the svcproxy binary on a dual-stack --state file
+// (examples/dual-stack.yaml) and checks real IPv4 and IPv6 connections,
+// then a partial sync that changes only web's IPv6 endpoints: new IPv6
+// connections follow it, a long-lived IPv6 UDP socket on the removed
+// endpoint moves (conntrack cleanup), the IPv4 side is untouched.
+func TestDualStackProxy(t *testing.T) {
+	tp := newDualStackTopology(t)
+	srv1, _, cli := tp.dsPods(t)
+	state := filepath.Join(t.TempDir(), "state.yaml")
+	dualStackState(t, state, nil)
+	proxy := startDualStackProxy(t, tp, state)
+	eventually(t, "first sync, both families", 10*time.Second, func() error {
+		if _, err := dialNet(cli, "tcp4", "10.96.10.10:80", time.Second); err != nil {
+			return err
+		}
+		_, err := dialNet(cli, "tcp6", "[fd00:10:96::a]:80", time.Second)
+		return err
+	})
+	for _, cmd := range []string{"iptables-save", "ip6tables-save"} {
+		if out := nsRun(t, tp.node, cmd, "-t", "nat"); !strings.Contains(out, "-A PREROUTING -m comment --comment svcproxy-services -j SVCP-SERVICES") {
+			t.Errorf("%s: no jump to SVCP-SERVICES:\n%s", cmd, out)
+		}
+	}
+
+	checkDualStackExample(t, tp, srv1, cli)
+
+	t.Run("partial sync of IPv6 endpoints; conntrack cleanup of an IPv6 UDP flow; IPv4 untouched", func(t *testing.T) {
+		long6 := pinnedUDP(t, cli, "udp6", "[fd00:10:96::a]:80", "srv1")
+		long4 := pinnedUDP(t, cli, "udp4", "10.96.10.10:80", "srv1")
+		full := metricValue(t, tp.topology, "kubeproxy_sync_full_proxy_rules_duration_seconds_count")
+		partial := metricValue(t, tp.topology, "kubeproxy_sync_partial_proxy_rules_duration_seconds_count")
+
+		dualStackState(t, state, []string{"srv2"})
+		eventually(t, "new IPv6 connections reach srv2 only", 5*time.Second, func() error {
+			for _, network := range []string{"tcp6", "udp6"} {
+				hits, _, err := serversNet(cli, network, "[fd00:10:96::a]:80", 20)
+				if err != nil {
+					return err
+				}
+				if hits["srv1"] != 0 {
+					return fmt.Errorf("%s: srv1 still reached: %v", network, hits)
+				}
+			}
+			return nil
+		})
+		eventually(t, "the long-lived IPv6 socket moves to srv2", 2*time.Second, func() error {
+			got, err := ask(long6)
+			if err == nil && got != "srv2" {
+				err = fmt.Errorf("still answered by %s", got)
+			}
+			return err
+		})
+		if got, err := ask(long4); err != nil || got != "srv1" {
+			t.Errorf("the long-lived IPv4 socket: %q %v, want srv1 still (its endpoint stays)", got, err)
+		}
+		for _, network := range []string{"tcp4", "udp4"} {
+			hits, _, err := serversNet(cli, network, "10.96.10.10:80", 30)
+			if err != nil || hits["srv1"] == 0 || hits["srv2"] == 0 {
+				t.Errorf("IPv4 %s after the IPv6 change: %v %v, want both endpoints", network, hits, err)
+			}
+		}
+		if f := metricValue(t, tp.topology, "kubeproxy_sync_full_proxy_rules_duration_seconds_count"); f != full {
+			t.Errorf("full syncs went from %v to %v: the change was not applied by a partial sync", full, f)
+		}
+		if p := metricValue(t, tp.topology, "kubeproxy_sync_partial_proxy_rules_duration_seconds_count"); p <= partial {
+			t.Errorf("partial syncs: %v, then %v", partial, p)
+		}
+	})
+
+	t.Run("--cleanup removes the rules of both families", func(t *testing.T) {
+		proxy.Process.Signal(syscall.SIGTERM)
+		proxy.Wait()
+		nsRun(t, tp.node, svcproxyBin, "--cleanup")
+		for _, cmd := range []string{"iptables-save", "ip6tables-save"} {
+			if out := nsRun(t, tp.node, cmd); strings.Contains(out, "SVCP-") {
+				t.Errorf("%s after --cleanup:\n%s", cmd, out)
+			}
+		}
+	})
+}
+
+// TestDualStackDryRunProgramsANamespace splits the --dry-run output of
+// examples/dual-stack.yaml at its comment lines, feeds each section to the
+// command its comment names inside an empty node namespace, and checks
+// real connections there.
+func TestDualStackDryRunProgramsANamespace(t *testing.T) {
+	tp := newDualStackTopology(t)
+	srv1, _, cli := tp.dsPods(t)
+
+	out, err := exec.Command(svcproxyBin, "--dry-run", "--state", dualStackExample,
+		"--hostname-override", "node1", "--cluster-cidr", dualStackCIDRs).Output()
+	if err != nil {
+		t.Fatalf("svcproxy --dry-run: %v", err)
+	}
+	type section struct {
+		cmd  string
+		text strings.Builder
+	}
+	var sections []*section
+	for _, line := range strings.SplitAfter(string(out), "\n") {
+		if strings.HasPrefix(line, "# ") {
+			sections = append(sections, &section{cmd: strings.TrimSpace(line[2:])})
+			continue
+		}
+		if len(sections) == 0 {
+			if strings.TrimSpace(line) != "" {
+				t.Fatalf("--dry-run output starts with %q, not with a comment naming a command", line)
+			}
+			continue
+		}
+		sections[len(sections)-1].text.WriteString(line)
+	}
+	var cmds []string
+	for _, s := range sections {
+		cmds = append(cmds, s.cmd)
+	}
+	if want := []string{"iptables-restore --noflush", "ip6tables-restore --noflush"}; !slices.Equal(cmds, want) {
+		t.Fatalf("sections %q, want %q", cmds, want)
+	}
+	for _, s := range sections {
+		restore := exec.Command("ip", append([]string{"netns", "exec", tp.node}, strings.Fields(s.cmd)...)...)
+		restore.Stdin = strings.NewReader(s.text.String())
+		if out, err := restore.CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v\n%s", s.cmd, err, out)
+		}
+	}
+	checkDualStackExample(t, tp, srv1, cli)
+}
