@@ -82,18 +82,14 @@ var builtinChains = map[string][]string{
 // chains plus deleted chains. It is idempotent: with nothing left it
 // changes nothing and returns 0.
 //
-// The mangle table is best effort: an Interface that cannot list it (the
-// test fake models filter and nat only) is skipped.
+// An error in any table, mangle included, is returned (and the removal
+// retried after the next sync).
 func RemoveKubeProxy(ipt Interface) (removed int, err error) {
 	for _, table := range []string{TableNAT, TableFilter, "mangle"} {
 		n, err := removeKubeProxyTable(ipt, table)
 		removed += n
 		if err != nil {
-			if table == "mangle" {
-				klog.V(2).InfoS("Not removing kube-proxy's chains from mangle", "err", err)
-				continue
-			}
-			return removed, err
+			return removed, fmt.Errorf("%s table: %w", table, err)
 		}
 	}
 	return removed, nil

@@ -281,3 +281,23 @@ func TestRemoveKubeProxyIPVSMode(t *testing.T) {
 		t.Errorf("destroying kube-proxy's sets after RemoveKubeProxy: %v", err)
 	}
 }
+
+// kube-proxy keeps a canary chain in mangle too; kubelet's hint chain there
+// stays.
+func TestRemoveKubeProxyMangle(t *testing.T) {
+	fake := iptablestest.NewFake()
+	if err := fake.Restore([]byte("*mangle\n:KUBE-PROXY-CANARY - [0:0]\n:KUBE-IPTABLES-HINT - [0:0]\nCOMMIT\n")); err != nil {
+		t.Fatal(err)
+	}
+	removed, err := iptables.RemoveKubeProxy(fake)
+	if err != nil || removed != 1 {
+		t.Fatalf("RemoveKubeProxy = %d, %v; want 1, nil", removed, err)
+	}
+	chains, err := fake.ListChains("mangle")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slices.Contains(chains, "KUBE-PROXY-CANARY") || !slices.Contains(chains, "KUBE-IPTABLES-HINT") {
+		t.Errorf("mangle chains %v: want kube-proxy's canary gone, kubelet's hint kept", chains)
+	}
+}

@@ -665,6 +665,9 @@ func (f *Fake) Dump() string {
 	for _, tname := range tableOrder {
 		t := f.tables[tname]
 		names := chainNames(tname, t)
+		if tname == "mangle" && unused(t) {
+			continue // like a table iptables-nft never created
+		}
 		fmt.Fprintf(&b, "*%s\n", tname)
 		for _, n := range names {
 			p := t.chains[n].policy
@@ -681,6 +684,16 @@ func (f *Fake) Dump() string {
 		b.WriteString("COMMIT\n")
 	}
 	return b.String()
+}
+
+// unused reports whether t holds only built-in chains without rules.
+func unused(t *table) bool {
+	for _, c := range t.chains {
+		if c.policy == "" || len(c.rules) > 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // Restores returns a copy of the input of every Restore call so far, failed

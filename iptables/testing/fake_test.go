@@ -41,7 +41,7 @@ func TestRestoreRejects(t *testing.T) {
 		{"goto a standard target", []string{"*nat", "-A A -g ACCEPT", "COMMIT"}, "not a chain"},
 		{"jump to a built-in chain", []string{"*nat", "-A A -j PREROUTING", "COMMIT"}, "built-in chain"},
 		{"jump to a chain of another table", []string{"*filter", ":F - [0:0]", "-A F -j A", "COMMIT"}, "line 3"},
-		{"unknown table", []string{"*mangle", "COMMIT"}, `line 1 failed: "*mangle": unknown table`},
+		{"unknown table", []string{"*raw", "COMMIT"}, `line 1 failed: "*raw": unknown table`},
 		{"rule for a missing chain", []string{"*nat", "-A NOPE -j ACCEPT", "COMMIT"}, `line 2 failed: "-A NOPE -j ACCEPT": chain "NOPE" does not exist`},
 		{"missing COMMIT", []string{"*nat", ":C - [0:0]"}, "missing COMMIT"},
 		{"second table without COMMIT", []string{"*nat", "*filter", "COMMIT"}, "line 2"},

@@ -15,10 +15,14 @@ import (
 var builtinChains = map[string][]string{
 	"filter": {"INPUT", "FORWARD", "OUTPUT"},
 	"nat":    {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"},
+	// mangle holds no rule of svcproxy's; it is modelled because
+	// kubelet and kube-proxy keep chains there (KUBE-PROXY-CANARY,
+	// KUBE-IPTABLES-HINT) that the takeover reads and removes.
+	"mangle": {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"},
 }
 
 // tableOrder is the order Dump prints tables in.
-var tableOrder = []string{"filter", "nat"}
+var tableOrder = []string{"filter", "nat", "mangle"}
 
 func isBuiltin(table, chain string) bool {
 	return slices.Contains(builtinChains[table], chain)
