@@ -348,3 +348,63 @@ func TestFaultKilledInAFullSyncConvergesToTheFreshRuleset(t *testing.T) {
 		return nil
 	})
 }
+
+// A writer caught halfway: a 0-byte file, then a kubectl List cut short
+// (kubectl writes kind: List last). Neither may cost a rule.
+func TestFaultEmptyAndTruncatedStateChangeNothing(t *testing.T) {
+	tp := newTopology(t)
+	srv1 := tp.addPod(t, "srv1", "10.244.1.10")
+	cli := tp.addPod(t, "cli", "10.244.1.20")
+	startServer(t, srv1, "srv1", 8080)
+	state := filepath.Join(t.TempDir(), "state.yaml")
+	writeState(t, state, stateData{Web: []string{"10.244.1.10"}, Extra: true})
+	good, err := os.ReadFile(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	startProxyWith(t, tp, state, nil)
+	eventually(t, "first sync", 10*time.Second, func() error {
+		_, err := dial(cli, "tcp", "10.96.1.10:80", time.Second)
+		return err
+	})
+	rules := func() string {
+		var out []string
+		for _, l := range strings.Split(nsRun(t, tp.node, "iptables-save", "-t", "nat"), "\n") {
+			if strings.HasPrefix(l, "-A SVCP-") {
+				out = append(out, l)
+			}
+		}
+		return strings.Join(out, "\n")
+	}
+	before := rules()
+	// A kubectl-shaped file: items first, kind last; cut after the first
+	// item, it still parses as YAML.
+	kubectl := "apiVersion: v1\nitems:\n" + strings.SplitN(string(good), "items:\n", 2)[1] + "kind: List\nmetadata:\n  resourceVersion: \"\"\n"
+	cut := kubectl[:strings.Index(kubectl, "- apiVersion: discovery.k8s.io/v1")]
+	for _, bad := range []struct{ name, data string }{{"0-byte", ""}, {"cut short", cut}} {
+		// Written in place, as a writer caught halfway leaves it.
+		if err := os.WriteFile(state, []byte(bad.data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(2 * time.Second)
+		for time.Now().Before(deadline) {
+			if _, err := dial(cli, "tcp", "10.96.1.10:80", time.Second); err != nil {
+				t.Fatalf("%s state file: the service failed: %v", bad.name, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if after := rules(); after != before {
+			t.Errorf("%s state file changed the rules", bad.name)
+		}
+		if n := metricValue(t, tp, "kubeproxy_sync_proxy_rules_last_timestamp_seconds"); n == 0 {
+			t.Errorf("no sync recorded")
+		}
+	}
+	// The whole file again, kind last: taken.
+	if err := os.WriteFile(state, []byte(kubectl), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dial(cli, "tcp", "10.96.1.10:80", time.Second); err != nil {
+		t.Fatalf("after the whole file came back: %v", err)
+	}
+}
