@@ -28,6 +28,8 @@ import (
 // driftSeed makes the state file's changes the same every run.
 const driftSeed = 9
 
+const fullSyncCount = "kubeproxy_sync_full_proxy_rules_duration_seconds_count"
+
 // driftRepairBound is how fast svcproxy must repair each fault: it checks
 // for drift every 2 s and then runs a full sync.
 const driftRepairBound = 5 * time.Second
@@ -45,17 +47,20 @@ const driftRepairBound = 5 * time.Second
 //   - one address (the streamed ClusterIP) deleted from svcproxy-ipvs0.
 //
 // Each time, within 5 s, svcproxy's iptables rules must be back exactly as
-// before the fault, the link must hold the ClusterIP again, and a new
-// connection must be answered; the time each repair took is logged. Stream
-// connections may fail only between a fault and its repair.
+// before the fault, the link must hold the ClusterIP again, and new
+// connections must be answered: the pod's to the ClusterIP, and srv1's to
+// itself through a second Service (hairpin: answered only if svcproxy's nat
+// rules masquerade it, so the nat faults break it). The time each repair
+// took is logged, with svcproxy's drift detections and syncs meanwhile.
+// Stream connections may fail only while a fault is unrepaired.
 func TestDriftRepairWithTheBinary(t *testing.T) {
 	if _, err := os.Stat(svcproxyBin); err != nil {
 		t.Fatalf("%s: %v (run hack/vm/run.sh with VM_WITH_SVCPROXY=1)", svcproxyBin, err)
 	}
 	tp := newTopology(t)
-	for _, n := range []struct{ name, ip string }{{"srv1", "10.244.1.10"}, {"srv2", "10.244.1.11"}} {
-		startServer(t, tp.addPod(t, n.name, n.ip), n.name, 8080)
-	}
+	srv1 := tp.addPod(t, "srv1", "10.244.1.10")
+	startServer(t, srv1, "srv1", 8080)
+	startServer(t, tp.addPod(t, "srv2", "10.244.1.11"), "srv2", 8080)
 	cli := tp.addPod(t, "cli", "10.244.1.20")
 	p := newProxier(t, tp) // only to look at the kernel
 	hn := handle(t, tp.node)
@@ -93,12 +98,16 @@ func TestDriftRepairWithTheBinary(t *testing.T) {
 
 	const target = "10.96.1.10:80"
 	targetIP := netip.MustParseAddr("10.96.1.10")
-	// probe is one new connection with a short timeout.
-	probe := func() error {
+	// hairpin is a Service whose only endpoint, srv1, calls it: the
+	// answer comes back only if svcproxy's nat POSTROUTING rules
+	// masquerade it (the nat faults break this one).
+	const hairpin = "10.96.1.11:80"
+	// probe is one new connection from ns to addr with a short timeout.
+	probe := func(ns nsHandle, addr string) error {
 		var c net.Conn
-		err := inNS(cli, func() error {
+		err := inNS(ns, func() error {
 			var err error
-			c, err = net.DialTimeout("tcp4", target, 300*time.Millisecond)
+			c, err = net.DialTimeout("tcp4", addr, 300*time.Millisecond)
 			return err
 		})
 		if err != nil {
@@ -109,10 +118,25 @@ func TestDriftRepairWithTheBinary(t *testing.T) {
 		_, err = io.ReadAll(io.LimitReader(c, 1)) // the greeting's first byte
 		return err
 	}
+	// works: the pod's connection to target and srv1's to itself through
+	// hairpin are both answered.
+	works := func() error {
+		if err := probe(cli, target); err != nil {
+			return fmt.Errorf("cli -> %s: %w", target, err)
+		}
+		if err := probe(srv1, hairpin); err != nil {
+			return fmt.Errorf("srv1 -> %s (hairpin): %w", hairpin, err)
+		}
+		return nil
+	}
 	deadline := time.Now().Add(30 * time.Second)
-	for probe() != nil {
+	for {
+		err := works()
+		if err == nil {
+			break
+		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s never answered after svcproxy started", target)
+			t.Fatalf("never answered after svcproxy started: %v", err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -142,17 +166,30 @@ func TestDriftRepairWithTheBinary(t *testing.T) {
 		slices.Sort(out)
 		return out
 	}
+	// The rules are complete once the six jumps from the built-in chains
+	// are in (they go in last).
+	jumps := func(rules []string) int {
+		n := 0
+		for _, l := range rules {
+			for _, c := range []string{"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"} {
+				if strings.Contains(l, " -A "+c+" ") {
+					n++
+				}
+			}
+		}
+		return n
+	}
 	var want []string
-	deadline = time.Now().Add(10 * time.Second)
+	deadline = time.Now().Add(30 * time.Second)
 	for {
 		want = ourRules()
-		if slices.ContainsFunc(want, func(l string) bool { return strings.Contains(l, "-A PREROUTING") }) {
+		if jumps(want) == 6 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("svcproxy's nat jumps never appeared: %v", want)
+			t.Fatalf("svcproxy's jumps never all appeared: %v", want)
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(200 * time.Millisecond)
 	}
 	t.Logf("svcproxy's iptables rules (%d lines): %s", len(want), strings.Join(want, " | "))
 
@@ -186,7 +223,8 @@ func TestDriftRepairWithTheBinary(t *testing.T) {
 		return out
 	}
 
-	// The stream: a new connection every 5 ms, all the test long.
+	// The stream: a new connection every 20 ms, all the test long (the VM
+	// has one emulated CPU: the test's own load slows svcproxy down).
 	type try struct {
 		at, end time.Time
 		err     error
@@ -202,7 +240,7 @@ func TestDriftRepairWithTheBinary(t *testing.T) {
 			select {
 			case <-streamStop:
 				return
-			case <-time.After(5 * time.Millisecond):
+			case <-time.After(20 * time.Millisecond):
 			}
 			start := time.Now()
 			_, err := dial(cli, "tcp", target)
@@ -235,6 +273,16 @@ func TestDriftRepairWithTheBinary(t *testing.T) {
 			stateWrites++
 		}
 	}()
+	var stopOnce sync.Once
+	stopBackground := func() {
+		stopOnce.Do(func() {
+			close(stateStop)
+			<-stateDone
+			close(streamStop)
+			<-streamDone
+		})
+	}
+	defer stopBackground()
 	time.Sleep(2 * time.Second)
 
 	inNode := func(name string, args ...string) error {
@@ -300,6 +348,15 @@ func TestDriftRepairWithTheBinary(t *testing.T) {
 		start, end time.Time
 	}
 	var windows []window
+	type outcome struct {
+		round                         int
+		name                          string
+		start                         time.Time
+		rulesBack, linkBack, answered time.Duration
+		drift, syncFailures           float64
+		broke                         error
+	}
+	var outcomes []outcome
 	for round := 1; round <= 2; round++ {
 		for _, f := range faults {
 			m0 := metrics()
@@ -307,50 +364,77 @@ func TestDriftRepairWithTheBinary(t *testing.T) {
 			if err := f.inject(); err != nil {
 				t.Fatalf("injecting %q: %v", f.name, err)
 			}
+			o := outcome{round: round, name: f.name, start: start}
 			// Did the fault break the service? One try right away.
-			brokeErr := probe()
-			var rulesBack, linkBack, answered time.Duration
-			for time.Since(start) < 2*driftRepairBound {
-				if rulesBack == 0 && slices.Equal(ourRules(), want) {
-					rulesBack = time.Since(start)
+			o.broke = works()
+			// Light polling: the VM has one emulated CPU, and every
+			// iptables-save here (hundreds of milliseconds under tcg) is
+			// CPU that svcproxy does not get. The rules are listed at
+			// once, after each full sync svcproxy reports, and once a
+			// second; addresses (netlink) and probes are cheap.
+			fulls := m0[fullSyncCount]
+			for i := 0; time.Since(start) < 4*driftRepairBound; i++ {
+				if o.rulesBack == 0 {
+					m := metrics()
+					if i == 0 || i%10 == 9 || m[fullSyncCount] > fulls {
+						fulls = m[fullSyncCount]
+						if slices.Equal(ourRules(), want) {
+							o.rulesBack = time.Since(start)
+						}
+					}
 				}
-				if linkBack == 0 && hasTarget() {
-					linkBack = time.Since(start)
+				if o.linkBack == 0 && hasTarget() {
+					o.linkBack = time.Since(start)
 				}
-				if rulesBack > 0 && linkBack > 0 {
-					if err := probe(); err == nil {
-						answered = time.Since(start)
+				if o.rulesBack > 0 && o.linkBack > 0 {
+					if err := works(); err == nil {
+						o.answered = time.Since(start)
 						break
 					}
 				}
-				time.Sleep(20 * time.Millisecond)
+				time.Sleep(100 * time.Millisecond)
 			}
 			end := time.Now()
 			windows = append(windows, window{f.name, start, end})
 			m1 := metrics()
-			drift := m1["svcproxy_drift_detected_total"] - m0["svcproxy_drift_detected_total"]
-			syncFailures := m1["svcproxy_sync_proxy_rules_failures_total"] - m0["svcproxy_sync_proxy_rules_failures_total"]
-			broke := "the service still answered right after the fault"
-			if brokeErr != nil {
-				broke = "right after the fault a new connection failed: " + brokeErr.Error()
-			}
-			t.Logf("round %d, %s: rules back after %v, %s holds %s after %v, answered after %v; drift detections %v, failed syncs %v; %s",
-				round, f.name, rulesBack.Round(time.Millisecond), ipvs.DummyInterface, targetIP, linkBack.Round(time.Millisecond),
-				answered.Round(time.Millisecond), drift, syncFailures, broke)
-			switch {
-			case answered == 0:
-				t.Errorf("round %d, %s: not repaired within %v (rules back: %v, address back: %v); rules now:\n%s\nwant:\n%s",
-					round, f.name, 2*driftRepairBound, rulesBack > 0, linkBack > 0, strings.Join(ourRules(), "\n"), strings.Join(want, "\n"))
-			case answered > driftRepairBound:
-				t.Errorf("round %d, %s: repaired after %v, want within %v", round, f.name, answered, driftRepairBound)
+			o.drift = m1["svcproxy_drift_detected_total"] - m0["svcproxy_drift_detected_total"]
+			o.syncFailures = m1["svcproxy_sync_proxy_rules_failures_total"] - m0["svcproxy_sync_proxy_rules_failures_total"]
+			outcomes = append(outcomes, o)
+			if o.answered == 0 {
+				logText, _ := os.ReadFile(logPath)
+				t.Errorf("round %d, %s (at %s): not repaired within %v (rules back: %v, address back: %v); svcproxy meanwhile:\n%s\nrules now:\n%s\nwant:\n%s",
+					round, f.name, start.Format("15:04:05.000"), 4*driftRepairBound, o.rulesBack > 0, o.linkBack > 0,
+					syncTimeline(string(logText), start, time.Now()), strings.Join(ourRules(), "\n"), strings.Join(want, "\n"))
+				// Where is svcproxy stuck? SIGQUIT makes the Go runtime
+				// print every goroutine's stack (to the log) and exit.
+				cmd.Process.Signal(syscall.SIGQUIT)
+				time.Sleep(3 * time.Second)
+				stopBackground()
+				t.FailNow() // the log, with the stacks, is printed by the cleanup
 			}
 			time.Sleep(time.Duration(1000+r.Intn(1000)) * time.Millisecond)
 		}
 	}
-	close(stateStop)
-	<-stateDone
-	close(streamStop)
-	<-streamDone
+	logText, _ := os.ReadFile(logPath)
+	for _, o := range outcomes {
+		broke := "right after the fault both probes were still answered"
+		if o.broke != nil {
+			broke = "right after the fault: " + o.broke.Error()
+		}
+		ms := func(d time.Duration) string {
+			if d == 0 {
+				return "never"
+			}
+			return d.Round(time.Millisecond).String()
+		}
+		t.Logf("round %d, %s at %s: rules as before after %s, %s on %s after %s, answered after %s; drift detections %v, failed syncs %v; %s\n%s",
+			o.round, o.name, o.start.Format("15:04:05.000"), ms(o.rulesBack), targetIP, ipvs.DummyInterface, ms(o.linkBack), ms(o.answered),
+			o.drift, o.syncFailures, broke, syncTimeline(string(logText), o.start, o.start.Add(max(o.answered, o.rulesBack, o.linkBack)+time.Second)))
+		if o.answered > driftRepairBound {
+			t.Errorf("round %d, %s: service answered again after %v, want within %v", o.round, o.name, o.answered.Round(time.Millisecond), driftRepairBound)
+		}
+	}
+	stopBackground()
 
 	mu.Lock()
 	defer mu.Unlock()
@@ -362,7 +446,8 @@ func TestDriftRepairWithTheBinary(t *testing.T) {
 			continue
 		}
 		failed++
-		i := slices.IndexFunc(windows, func(w window) bool { return !tr.at.Before(w.start) && !tr.at.After(w.end) })
+		// A connection under way when a fault hit counts for that fault.
+		i := slices.IndexFunc(windows, func(w window) bool { return !tr.end.Before(w.start) && !tr.at.After(w.end) })
 		if i >= 0 {
 			perWindow[i]++
 			continue
@@ -383,7 +468,8 @@ func TestDriftRepairWithTheBinary(t *testing.T) {
 }
 
 // driftState returns a --state file: the streamed Service web
-// (10.96.1.10:80 -> srv1, srv2), always the same, and 5 to 25 other
+// (10.96.1.10:80 -> srv1, srv2) and hairpin (10.96.1.11:80 -> srv1),
+// always the same, and 5 to 25 other
 // Services whose addresses, ports, types and endpoints change with every
 // generation.
 func driftState(r *rand.Rand, gen int) string {
@@ -405,6 +491,19 @@ items:
   endpoints:
   - {addresses: [10.244.1.10], conditions: {ready: true}, nodeName: node1}
   - {addresses: [10.244.1.11], conditions: {ready: true}, nodeName: node1}
+- apiVersion: v1
+  kind: Service
+  metadata: {name: hairpin, namespace: it}
+  spec:
+    clusterIP: 10.96.1.11
+    ports: [{name: http, port: 80, protocol: TCP}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: hairpin-1, namespace: it, labels: {kubernetes.io/service-name: hairpin}}
+  addressType: IPv4
+  ports: [{name: http, port: 8080, protocol: TCP}]
+  endpoints:
+  - {addresses: [10.244.1.10], conditions: {ready: true}, nodeName: node1}
 `)
 	n := 5 + r.Intn(21)
 	names, ips, nodePorts := map[string]bool{}, map[string]bool{}, map[int]bool{}
@@ -455,4 +554,41 @@ items:
 `, name, name, 1+r.Intn(65535), proto, strings.Join(eps, "\n"))
 	}
 	return b.String()
+}
+
+// syncTimeline picks from svcproxy's log the drift detections, syncs and
+// sync failures logged between from and to, each with its offset from
+// from: where the time to repair went.
+func syncTimeline(log string, from, to time.Time) string {
+	var b strings.Builder
+	for _, l := range strings.Split(log, "\n") {
+		f := strings.Fields(l)
+		if len(f) < 4 || len(f[0]) != 5 || (f[0][0] != 'I' && f[0][0] != 'E') {
+			continue
+		}
+		at, err := time.ParseInLocation("0102 15:04:05.000000", f[0][1:]+" "+f[1], from.Location())
+		if err != nil {
+			continue
+		}
+		at = at.AddDate(from.Year(), 0, 0)
+		if at.Before(from) || at.After(to) {
+			continue
+		}
+		msg := strings.Join(f[4:], " ")
+		switch {
+		case strings.Contains(msg, `"Rules changed outside svcproxy`):
+			i := strings.Index(msg, "drift=")
+			fmt.Fprintf(&b, "        +%v drift detected: %s\n", at.Sub(from).Round(time.Millisecond), msg[i:])
+		case strings.Contains(msg, `"Synced rules"`):
+			took := ""
+			if i := strings.Index(msg, "took=\""); i >= 0 {
+				took = msg[i+6:]
+				took = took[:strings.Index(took, "\"")]
+			}
+			fmt.Fprintf(&b, "        +%v sync ended: %s took %s\n", at.Sub(from).Round(time.Millisecond), strings.Fields(msg)[2], took)
+		case strings.Contains(msg, `"Sync failed`):
+			fmt.Fprintf(&b, "        +%v sync failed: %s\n", at.Sub(from).Round(time.Millisecond), msg)
+		}
+	}
+	return strings.TrimRight(b.String(), "\n")
 }
