@@ -36,6 +36,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	discovery "k8s.io/api/discovery/v1"
 	"sigs.k8s.io/yaml"
 
@@ -66,6 +67,10 @@ func newDualStackTopology(t *testing.T) *dsTopology {
 	nsRun(t, node, "ip", "-6", "addr", "add", "2001:db8:50::1/64", "dev", c0, "nodad")
 	nsRun(t, node, "ip", "-6", "route", "add", "default", "via", "2001:db8:50::2")
 	nsRun(t, tp.client, "ip", "-6", "addr", "add", "2001:db8:50::2/64", "dev", "eth0", "nodad")
+	// Link-local addresses usable at once: node ports must not answer on
+	// the node's.
+	nsRun(t, node, "ip", "-6", "addr", "add", "fe80::50:1/64", "dev", c0, "nodad")
+	nsRun(t, tp.client, "ip", "-6", "addr", "add", "fe80::50:2/64", "dev", "eth0", "nodad")
 	nsRun(t, tp.client, "ip", "-6", "route", "add", "default", "via", "2001:db8:50::1")
 
 	tp.client2 = addNS(t, tp.prefix+"-client2")
@@ -292,6 +297,21 @@ func checkDualStackExample(t *testing.T, tp *dsTopology, srv1, cli string) {
 			}
 		}
 	})
+	t.Run("the node itself reaches a NodePort on its own address of each family", func(t *testing.T) {
+		for _, f := range families {
+			for _, network := range []string{f.tcp, f.udp} {
+				if _, _, err := serversNet(tp.node, network, hp(f.node, 30080), 5); err != nil {
+					t.Error(err)
+				}
+			}
+		}
+	})
+	t.Run("no node port on the node's IPv6 link-local address", func(t *testing.T) {
+		// Not DNATed: nothing listens there on the node, so refused.
+		if a, err := dialNet(tp.client, "tcp6", "[fe80::50:1%eth0]:30080", 2*time.Second); !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Errorf("[fe80::50:1]:30080: %v %v, want connection refused (no node port on link-local)", a, err)
+		}
+	})
 	t.Run("NodePort with ETP Local keeps the client address, local endpoint only", func(t *testing.T) {
 		for _, f := range families {
 			for _, network := range []string{f.tcp, f.udp} {
@@ -392,9 +412,9 @@ func checkDualStackExample(t *testing.T, tp *dsTopology, srv1, cli string) {
 var pods6 = map[string]string{"srv1": "fd00:10:244:1::10", "srv2": "fd00:10:244:1::11"}
 
 // dualStackState writes examples/dual-stack.yaml's Services and
-// EndpointSlices to path as a kubectl-shaped List, with the endpoints of
-// web's IPv6 slice limited to the pods named in web6 (nil: unchanged).
-func dualStackState(t *testing.T, path string, web6 []string) {
+// EndpointSlices to path as a kubectl-shaped List, without the IPv6
+// endpoints of the pods without[service] lists.
+func dualStackState(t *testing.T, path string, without map[string][]string) {
 	t.Helper()
 	st, err := source.LoadFile(dualStackExample)
 	if err != nil {
@@ -407,15 +427,15 @@ func dualStackState(t *testing.T, path string, web6 []string) {
 	}
 	for _, s := range st.EndpointSlices {
 		s.APIVersion, s.Kind = "discovery.k8s.io/v1", "EndpointSlice"
-		if web6 != nil && s.Labels[discovery.LabelServiceName] == "web" && s.AddressType == discovery.AddressTypeIPv6 {
+		if gone := without[s.Labels[discovery.LabelServiceName]]; gone != nil && s.AddressType == discovery.AddressTypeIPv6 {
 			var keep []discovery.Endpoint
 			for _, e := range s.Endpoints {
-				if slices.ContainsFunc(web6, func(pod string) bool { return slices.Contains(e.Addresses, pods6[pod]) }) {
+				if !slices.ContainsFunc(gone, func(pod string) bool { return slices.Contains(e.Addresses, pods6[pod]) }) {
 					keep = append(keep, e)
 				}
 			}
-			if len(keep) != len(web6) {
-				t.Fatalf("web's IPv6 slice: kept %d endpoints of %v", len(keep), web6)
+			if len(keep) != len(s.Endpoints)-len(gone) {
+				t.Fatalf("%s: removing %v left %d of %d endpoints", s.Name, gone, len(keep), len(s.Endpoints))
 			}
 			s.Endpoints = keep
 		}
@@ -510,11 +530,12 @@ func TestDualStackProxy(t *testing.T) {
 
 	t.Run("partial sync of IPv6 endpoints; conntrack cleanup of an IPv6 UDP flow; IPv4 untouched", func(t *testing.T) {
 		long6 := pinnedUDP(t, cli, "udp6", "[fd00:10:96::a]:80", "srv1")
+		longNP := pinnedUDP(t, tp.client, "udp6", "[2001:db8:50::1]:30080", "srv1")
 		long4 := pinnedUDP(t, cli, "udp4", "10.96.10.10:80", "srv1")
 		full := metricValue(t, tp.topology, "kubeproxy_sync_full_proxy_rules_duration_seconds_count")
 		partial := metricValue(t, tp.topology, "kubeproxy_sync_partial_proxy_rules_duration_seconds_count")
 
-		dualStackState(t, state, []string{"srv2"})
+		dualStackState(t, state, map[string][]string{"web": {"srv1"}, "np": {"srv1"}})
 		eventually(t, "new IPv6 connections reach srv2 only", 5*time.Second, func() error {
 			for _, network := range []string{"tcp6", "udp6"} {
 				hits, _, err := serversNet(cli, network, "[fd00:10:96::a]:80", 20)
@@ -527,13 +548,17 @@ func TestDualStackProxy(t *testing.T) {
 			}
 			return nil
 		})
-		eventually(t, "the long-lived IPv6 socket moves to srv2", 2*time.Second, func() error {
-			got, err := ask(long6)
-			if err == nil && got != "srv2" {
-				err = fmt.Errorf("still answered by %s", got)
-			}
-			return err
-		})
+		for name, c := range map[string]net.Conn{"to the ClusterIP": long6, "from outside to the node port": longNP} {
+			// srv1 still runs: without the cleanup it would keep answering.
+			// (The cleanup follows the rules: allow for the moment between.)
+			eventually(t, "the long-lived IPv6 socket "+name+" moves to srv2", 2*time.Second, func() error {
+				got, err := ask(c)
+				if err == nil && got != "srv2" {
+					err = fmt.Errorf("still answered by %s", got)
+				}
+				return err
+			})
+		}
 		if got, err := ask(long4); err != nil || got != "srv1" {
 			t.Errorf("the long-lived IPv4 socket: %q %v, want srv1 still (its endpoint stays)", got, err)
 		}
@@ -548,6 +573,35 @@ func TestDualStackProxy(t *testing.T) {
 		}
 		if p := metricValue(t, tp.topology, "kubeproxy_sync_partial_proxy_rules_duration_seconds_count"); p <= partial {
 			t.Errorf("partial syncs: %v, then %v", partial, p)
+		}
+	})
+
+	t.Run("IPv6 drift is repaired: a deleted jump, a flushed nat table", func(t *testing.T) {
+		detected := metricValue(t, tp.topology, "svcproxy_drift_detected_total")
+		for _, damage := range [][]string{
+			{"ip6tables", "-w", "-t", "nat", "-D", "PREROUTING", "-m", "comment", "--comment", "svcproxy-services", "-j", "SVCP-SERVICES"},
+			{"ip6tables", "-w", "-t", "nat", "-F"},
+		} {
+			nsRun(t, tp.node, damage...)
+			start := time.Now()
+			if _, err := dialNet(cli, "tcp6", "[fd00:10:96::14]:80", 300*time.Millisecond); err == nil {
+				t.Errorf("after %v: the IPv6 ClusterIP still answers", damage)
+			}
+			if _, err := dialNet(cli, "tcp4", "10.96.10.14:80", 300*time.Millisecond); err == nil {
+				// 10.96.10.14 is no service: just proves the probe fails.
+				t.Errorf("10.96.10.14 answers")
+			}
+			eventually(t, "repair", 8*time.Second, func() error {
+				_, err := dialNet(cli, "tcp6", "[fd00:10:96::14]:80", 300*time.Millisecond)
+				return err
+			})
+			t.Logf("%v: repaired after %v", damage[4:], time.Since(start).Round(10*time.Millisecond))
+			if _, _, err := serversNet(cli, "tcp4", "10.96.10.10:80", 5); err != nil {
+				t.Errorf("IPv4 after IPv6 damage: %v", err)
+			}
+		}
+		if d := metricValue(t, tp.topology, "svcproxy_drift_detected_total"); d < detected+2 {
+			t.Errorf("svcproxy_drift_detected_total %v, then %v: want 2 more", detected, d)
 		}
 	})
 
@@ -609,4 +663,143 @@ func TestDualStackDryRunProgramsANamespace(t *testing.T) {
 		}
 	}
 	checkDualStackExample(t, tp, srv1, cli)
+}
+
+// dsFlow is a long-lived UDP socket, the server that answers it and its
+// conntrack entry's start time.
+type dsFlow struct {
+	name   string
+	conn   net.Conn
+	server string
+	start  uint64
+}
+
+// dsEntries returns the node's UDP conntrack entries of both families, by
+// "src:sport dst:dport" of the original direction.
+func dsEntries(t *testing.T, node string) map[string]*netlink.ConntrackFlow {
+	t.Helper()
+	out := map[string]*netlink.ConntrackFlow{}
+	for _, fam := range []netlink.InetFamily{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		var flows []*netlink.ConntrackFlow
+		if err := inNS(node, func() error {
+			var err error
+			flows, err = netlink.ConntrackTableList(netlink.ConntrackTable, fam)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range flows {
+			if f.Forward.Protocol == syscall.IPPROTO_UDP {
+				out[ctKey(f.Forward.SrcIP, f.Forward.SrcPort, f.Forward.DstIP, f.Forward.DstPort)] = f
+			}
+		}
+	}
+	return out
+}
+
+// entry returns f's conntrack entry: the flows are not masqueraded on the
+// client side, so the socket's addresses are the original tuple.
+func (f *dsFlow) entry(entries map[string]*netlink.ConntrackFlow) *netlink.ConntrackFlow {
+	l, r := f.conn.LocalAddr().(*net.UDPAddr), f.conn.RemoteAddr().(*net.UDPAddr)
+	return entries[ctKey(l.IP, uint16(l.Port), r.IP, uint16(r.Port))]
+}
+
+// TestDualStackConntrackRestart: long-lived IPv6 UDP flows (pods to a
+// ClusterIP, an outside client to a node port) and IPv4 ones keep their
+// conntrack entries across a restart of svcproxy; after IPv6 endpoints
+// went while svcproxy was down, the first sync moves the IPv6 flows of
+// those endpoints at once, and only those: the IPv4 flows to the same
+// pods (whose IPv4 endpoints stay) keep their entries.
+func TestDualStackConntrackRestart(t *testing.T) {
+	tp := newDualStackTopology(t)
+	nsRun(t, tp.node, "sysctl", "-qw", "net.netfilter.nf_conntrack_timestamp=1")
+	_, _, cli := tp.dsPods(t)
+	state := filepath.Join(t.TempDir(), "state.yaml")
+	dualStackState(t, state, nil)
+	p1 := startDualStackProxy(t, tp, state)
+	ctWaitSync(t, tp.node, "svcproxy's first sync", 0)
+
+	var flows []*dsFlow
+	for _, target := range []struct{ name, ns, network, addr string }{
+		{"pod to the IPv6 ClusterIP", cli, "udp6", "[fd00:10:96::a]:80"},
+		{"outside to the IPv6 node port", tp.client, "udp6", "[2001:db8:50::1]:30080"},
+		{"pod to the IPv4 ClusterIP", cli, "udp4", "10.96.10.10:80"},
+		{"outside to the IPv4 node port", tp.client, "udp4", "192.168.50.1:30080"},
+	} {
+		seen := map[string]int{}
+		for i := 0; i < 40 && (seen["srv1"] < 2 || seen["srv2"] < 2); i++ {
+			var c net.Conn
+			if err := inNS(target.ns, func() error {
+				var err error
+				c, err = net.Dial(target.network, target.addr)
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+			f := &dsFlow{name: fmt.Sprintf("%s #%d", target.name, i), conn: c}
+			var err error
+			if f.server, err = ask(c); err != nil {
+				t.Fatalf("%s: %v", f.name, err)
+			}
+			seen[f.server]++
+			flows = append(flows, f)
+		}
+		if seen["srv1"] < 2 || seen["srv2"] < 2 {
+			t.Fatalf("%s: 40 flows, endpoints %v", target.name, seen)
+		}
+	}
+	entries := dsEntries(t, tp.node)
+	for _, f := range flows {
+		e := f.entry(entries)
+		if e == nil || e.TimeStart == 0 {
+			t.Fatalf("%s: no conntrack entry with a start time: %v", f.name, e)
+		}
+		f.start = e.TimeStart
+	}
+	checkKept := func(when string, fs []*dsFlow) {
+		t.Helper()
+		for _, f := range fs {
+			if got, err := ask(f.conn); err != nil || got != f.server {
+				t.Errorf("%s: %s answered by %q (%v), want %s", when, f.name, got, err, f.server)
+			}
+		}
+		entries := dsEntries(t, tp.node)
+		kept := 0
+		for _, f := range fs {
+			if e := f.entry(entries); e == nil || e.TimeStart != f.start {
+				t.Errorf("%s: %s: conntrack entry deleted and re-created (%v)", when, f.name, e)
+			} else {
+				kept++
+			}
+		}
+		t.Logf("%s: %d/%d flows kept their conntrack entry and their endpoint", when, kept, len(fs))
+	}
+
+	ctStop(t, p1)
+	p2 := startDualStackProxy(t, tp, state)
+	ctWaitSync(t, tp.node, "the restarted svcproxy's first sync", 0)
+	checkKept("after a restart", flows)
+
+	// srv2's IPv6 endpoints of web and np go while svcproxy is down.
+	ctStop(t, p2)
+	dualStackState(t, state, map[string][]string{"web": {"srv2"}, "np": {"srv2"}})
+	startDualStackProxy(t, tp, state)
+	ctWaitSync(t, tp.node, "the first sync without srv2's IPv6 endpoints", 0)
+	var stay []*dsFlow
+	moved := 0
+	for _, f := range flows {
+		v6 := f.conn.RemoteAddr().(*net.UDPAddr).IP.To4() == nil
+		if !v6 || f.server != "srv2" {
+			stay = append(stay, f)
+			continue
+		}
+		moved++
+		// srv2 still runs: without the cleanup it would keep answering.
+		if got, err := ask(f.conn); err != nil || got != "srv1" {
+			t.Errorf("%s was on srv2, whose IPv6 endpoint went during the restart: answered by %q (%v), want srv1 at once", f.name, got, err)
+		}
+	}
+	t.Logf("after a restart without srv2's IPv6 endpoints: %d IPv6 flows moved to srv1", moved)
+	checkKept("after a restart without srv2's IPv6 endpoints", stay)
 }
