@@ -4,7 +4,9 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -171,4 +173,236 @@ func TestDualStackInternalTrafficPolicyLocal(t *testing.T) {
 			t.Logf("%s %s from %s (no local endpoint): %v", proto, addr, c2.Name, err)
 		}
 	}
+}
+
+// TestDualStackManyServices: 60 dual-stack NodePort Services, each with one
+// endpoint among 12 pods on node1, so that the IPv6 dispatch tree (on
+// ClusterIPs), the node-port tree and the hairpin tree (on node1's 12
+// local endpoints) have more than one level in both families. Every
+// Service's IPv6 and IPv4 ClusterIP, from a pod on node2, and its node
+// port on node1's IPv6 and IPv4 address, from the outside client, lead to
+// exactly its own endpoint; every pod reaches itself through its Service
+// over IPv6, masqueraded.
+func TestDualStackManyServices(t *testing.T) {
+	requireIPv6Proxy(t)
+	const ns = "dualstack-many"
+	const nPods, nSvcs = 12, 60
+	node1, node2 := cluster.Nodes[0], cluster.Nodes[1]
+	client := cluster.MustStartPod(t, ns, "client", node2)
+	var pods []*framework.Pod
+	for i := range nPods {
+		pods = append(pods, cluster.MustStartPod(t, ns, "web-"+strconv.Itoa(i), node1))
+	}
+	var svcs []*corev1.Service
+	for i := range nSvcs {
+		s := framework.DualStack(framework.NewService(ns, "svc-"+strconv.Itoa(i), 80, corev1.ProtocolTCP))
+		s.Spec.Type = corev1.ServiceTypeNodePort
+		svc := cluster.MustCreateService(t, s)
+		mustBeDualStack(t, svc)
+		cluster.MustSetEndpoints(t, svc, pods[i%nPods])
+		svcs = append(svcs, svc)
+	}
+	start := time.Now()
+	for _, svc := range svcs {
+		cluster.MustWaitServing(t, svc)
+	}
+	t.Logf("%d dual-stack Services programmed on both nodes within %v", nSvcs, time.Since(start).Round(time.Millisecond))
+	for _, n := range cluster.Nodes {
+		for _, cmd := range []string{"iptables-save", "ip6tables-save"} {
+			save, err := n.NetNS.Exec(context.Background(), cmd, "-t", "nat")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("%s %s: %d tree chains (SVCP-T*)", n.Name, cmd, strings.Count(save, "\n:SVCP-T"))
+		}
+	}
+
+	var wrong []string
+	for i, svc := range svcs {
+		want := pods[i%nPods]
+		for _, family := range bothFamilies {
+			for _, tc := range []struct {
+				from *framework.Host
+				addr string
+			}{
+				{&client.Host, framework.ClusterAddrFamily(svc, corev1.ProtocolTCP, family)},
+				{cluster.Client, nodePortAddr(node1, svc, corev1.ProtocolTCP, family)},
+			} {
+				r, err := tc.from.TCP(context.Background(), tc.addr)
+				switch {
+				case err != nil:
+					wrong = append(wrong, fmt.Sprintf("%s -> %s (%s): %v", tc.from.Name, tc.addr, svc.Name, err))
+				case r.Name != want.Name:
+					wrong = append(wrong, fmt.Sprintf("%s -> %s (%s): answered by %s, want %s", tc.from.Name, tc.addr, svc.Name, r.Name, want.Name))
+				}
+			}
+		}
+	}
+	for i, p := range pods {
+		for _, family := range bothFamilies {
+			addr := framework.ClusterAddrFamily(svcs[i], corev1.ProtocolTCP, family)
+			r, err := p.TCP(context.Background(), addr)
+			switch {
+			case err != nil:
+				wrong = append(wrong, fmt.Sprintf("hairpin %s -> %s: %v", p.Name, addr, err))
+			case r.Name != p.Name:
+				wrong = append(wrong, fmt.Sprintf("hairpin %s -> %s: answered by %s", p.Name, addr, r.Name))
+			case r.Src.Addr() == p.AddrOf(family):
+				wrong = append(wrong, fmt.Sprintf("hairpin %s -> %s: not masqueraded (source %v)", p.Name, addr, r.Src))
+			}
+		}
+	}
+	if len(wrong) > 0 {
+		t.Errorf("%d of %d requests went wrong:\n%s", len(wrong), nSvcs*4+nPods*2, strings.Join(wrong, "\n"))
+	}
+}
+
+// TestDualStackFamilyChanges: a Service's families change under svcproxy.
+// A single-stack IPv4 Service is upgraded to dual-stack (its IPv6
+// ClusterIP serves once its IPv6 slice is written); its IPv6 slice is
+// deleted (IPv6 refused, IPv4 still served: no endpoint crosses families);
+// it is downgraded back to IPv4 only (no rule of node1's or node2's names
+// the old IPv6 ClusterIP any more, though the IPv6 slice is still there).
+// Then, while node1's svcproxy is stopped, a dual-stack Service is deleted
+// and another created: once svcproxy is back, the first one's IPv6 rules
+// are gone and the second one's IPv6 ClusterIP serves.
+func TestDualStackFamilyChanges(t *testing.T) {
+	requireIPv6Proxy(t)
+	const ns = "dualstack-change"
+	liftICMPRateLimit(t)
+	ctx := context.Background()
+	node1, node2 := cluster.Nodes[0], cluster.Nodes[1]
+	client := cluster.MustStartPod(t, ns, "client", node1)
+	b1 := cluster.MustStartPod(t, ns, "web-1", node1)
+	b2 := cluster.MustStartPod(t, ns, "web-2", node2)
+	svcs := cluster.Kube.CoreV1().Services(ns)
+	svc := cluster.MustCreateService(t, framework.NewService(ns, "web", 80, corev1.ProtocolTCP, corev1.ProtocolUDP))
+	if len(svc.Spec.ClusterIPs) != 1 {
+		t.Fatalf("a Service asking for no family got clusterIPs %v; want one IPv4 address", svc.Spec.ClusterIPs)
+	}
+	cluster.MustSetEndpoints(t, svc, b1, b2)
+	cluster.MustWaitServing(t, svc)
+	v4 := svc.Spec.ClusterIP
+
+	// Upgrade.
+	svc.Spec.IPFamilyPolicy = ptr.To(corev1.IPFamilyPolicyRequireDualStack)
+	svc.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv4Protocol, corev1.IPv6Protocol}
+	svc, err := svcs.Update(ctx, svc, metav1.UpdateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustBeDualStack(t, svc)
+	v6 := svc.Spec.ClusterIPs[1]
+	cluster.MustSetEndpoints(t, svc, b1, b2)
+	cluster.MustWaitServing(t, svc)
+	for _, proto := range bothProtos {
+		addr := framework.ClusterAddrFamily(svc, proto, corev1.IPv6Protocol)
+		waitAnswer(t, &client.Host, proto, addr, 10*time.Second)
+		got, _ := tally(t, &client.Host, proto, addr, 20)
+		expectBackends(t, "after the upgrade: "+string(proto)+" "+addr, got, b1, b2)
+	}
+	t.Logf("upgraded to dual-stack: %s and %s", v4, v6)
+
+	// The IPv6 slice goes; the IPv4 one stays.
+	if err := cluster.Kube.DiscoveryV1().EndpointSlices(ns).Delete(ctx, framework.SliceName(svc, corev1.IPv6Protocol), metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	udp6 := framework.ClusterAddrFamily(svc, corev1.ProtocolUDP, corev1.IPv6Protocol)
+	if err := waitRefused(&client.Host, udp6); err != nil {
+		t.Errorf("UDP %s without an IPv6 slice (the IPv4 slice has endpoints): %v, want refused", udp6, err)
+	}
+	for _, proto := range bothProtos {
+		addr := framework.ClusterAddrFamily(svc, proto, corev1.IPv4Protocol)
+		got, _ := tally(t, &client.Host, proto, addr, 10)
+		expectBackends(t, "without an IPv6 slice: "+string(proto)+" "+addr, got, b1, b2)
+	}
+
+	// Back, then downgrade: the IPv6 slice stays, as if no controller
+	// had cleaned it up yet.
+	cluster.MustSetEndpoints(t, svc, b1, b2)
+	cluster.MustWaitServing(t, svc)
+	svc.Spec.IPFamilyPolicy = ptr.To(corev1.IPFamilyPolicySingleStack)
+	svc.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv4Protocol}
+	svc.Spec.ClusterIPs = []string{v4}
+	if svc, err = svcs.Update(ctx, svc, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if len(svc.Spec.ClusterIPs) != 1 {
+		t.Fatalf("after the downgrade: clusterIPs %v", svc.Spec.ClusterIPs)
+	}
+	err = framework.Eventually(ctx, 10*time.Second, func(ctx context.Context) error {
+		for _, n := range cluster.Nodes {
+			save, err := n.NetNS.Exec(ctx, "ip6tables-save")
+			if err != nil {
+				return err
+			}
+			if strings.Contains(save, v6+"/128") {
+				return fmt.Errorf("%s still has rules for %s:\n%s", n.Name, v6, grepLines(save, v6+"/128"))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Errorf("after the downgrade to IPv4: %v", err)
+	}
+	for _, proto := range bothProtos {
+		addr := framework.ClusterAddrOf(svc, proto)
+		got, _ := tally(t, &client.Host, proto, addr, 10)
+		expectBackends(t, "after the downgrade: "+string(proto)+" "+addr, got, b1, b2)
+	}
+
+	// Changes while node1's svcproxy is down.
+	gone := cluster.MustCreateService(t, framework.DualStack(framework.NewService(ns, "gone", 80, corev1.ProtocolTCP, corev1.ProtocolUDP)))
+	cluster.MustSetEndpoints(t, gone, b1, b2)
+	cluster.MustWaitServing(t, gone)
+	goneV6 := gone.Spec.ClusterIPs[1]
+	if err := cluster.StopProxy(ctx, node1, false); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if exited, _ := node1.Proxy.Exited(); exited {
+			if err := cluster.StartProxy(context.Background(), node1); err != nil {
+				t.Errorf("restarting svcproxy on node1: %v", err)
+			}
+		}
+	})
+	if err := svcs.Delete(ctx, gone.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	born := cluster.MustCreateService(t, framework.DualStack(framework.NewService(ns, "born", 80, corev1.ProtocolTCP, corev1.ProtocolUDP)))
+	cluster.MustSetEndpoints(t, born, b2)
+	if err := cluster.StartProxy(ctx, node1); err != nil {
+		t.Fatal(err)
+	}
+	cluster.MustWaitServing(t, born)
+	for _, family := range bothFamilies {
+		for _, proto := range bothProtos {
+			addr := framework.ClusterAddrFamily(born, proto, family)
+			got, _ := tally(t, &client.Host, proto, addr, 10)
+			expectBackends(t, "created while svcproxy was down: "+string(proto)+" "+addr, got, b2)
+		}
+	}
+	save, err := node1.NetNS.Exec(ctx, "ip6tables-save")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(save, goneV6+"/128") || strings.Contains(save, ns+"/gone") {
+		t.Errorf("node1 still has IPv6 rules of %s/gone (%s), deleted while svcproxy was down:\n%s", ns, goneV6, grepLines(save, "gone"))
+	}
+}
+
+// waitRefused waits until a UDP datagram from h to addr is refused.
+func waitRefused(h *framework.Host, addr string) error {
+	return framework.Eventually(context.Background(), 10*time.Second, func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		defer cancel()
+		_, err := h.UDP(ctx, addr)
+		switch {
+		case framework.IsRefused(err):
+			return nil
+		case err == nil:
+			return errString("answered")
+		}
+		return err
+	})
 }
