@@ -370,13 +370,13 @@ func TestDriftRepairWithTheBinary(t *testing.T) {
 			// Light polling: the VM has one emulated CPU, and every
 			// iptables-save here (hundreds of milliseconds under tcg) is
 			// CPU that svcproxy does not get. The rules are listed at
-			// once, after each full sync svcproxy reports, and once a
-			// second; addresses (netlink) and probes are cheap.
+			// once, after each full sync svcproxy reports, and every
+			// 2 s; addresses (netlink) and probes are cheap.
 			fulls := m0[fullSyncCount]
 			for i := 0; time.Since(start) < 4*driftRepairBound; i++ {
 				if o.rulesBack == 0 {
 					m := metrics()
-					if i == 0 || i%10 == 9 || m[fullSyncCount] > fulls {
+					if i == 0 || i%20 == 19 || m[fullSyncCount] > fulls {
 						fulls = m[fullSyncCount]
 						if slices.Equal(ourRules(), want) {
 							o.rulesBack = time.Since(start)
