@@ -364,15 +364,26 @@ func TestDryRunOutputProgramsANamespace(t *testing.T) {
 	if err != nil {
 		t.Fatalf("svcproxy --dry-run: %v", err)
 	}
+	// The file has a dual-stack Service: each family's section follows
+	// the comment naming its command, and is fed to it as it stands.
+	v4, v6, ok := strings.Cut(string(dump), "# ip6tables-restore --noflush\n")
+	if !ok || !strings.HasPrefix(v4, "# iptables-restore --noflush\n") {
+		t.Fatalf("the dump has no IPv4 and IPv6 sections:\n%s", dump)
+	}
 	for _, absent := range []string{"10.96.5.14", "198.18.0.77", "fd00", "10.244.1.99"} {
-		if strings.Contains(string(dump), absent) {
-			t.Errorf("the dump programs %s, which must be skipped", absent)
+		if strings.Contains(v4, absent) {
+			t.Errorf("the IPv4 section programs %s, which must be skipped", absent)
 		}
 	}
-	restore := exec.Command("ip", "netns", "exec", tp.node, "iptables-restore", "--noflush")
-	restore.Stdin = strings.NewReader(string(dump))
-	if out, err := restore.CombinedOutput(); err != nil {
-		t.Fatalf("iptables-restore --noflush of the dump: %v\n%s", err, out)
+	if !strings.Contains(v6, "fd00:10:96::5a") || strings.Contains(v6, "10.96.5.10") {
+		t.Errorf("the IPv6 section does not program the dual-stack Service's IPv6 ClusterIP alone:\n%s", v6)
+	}
+	for _, sec := range []struct{ cmd, text string }{{"iptables-restore", v4}, {"ip6tables-restore", v6}} {
+		restore := exec.Command("ip", "netns", "exec", tp.node, sec.cmd, "--noflush")
+		restore.Stdin = strings.NewReader(sec.text)
+		if out, err := restore.CombinedOutput(); err != nil {
+			t.Fatalf("%s --noflush of its section: %v\n%s", sec.cmd, err, out)
+		}
 	}
 
 	hits, _, err := servers(cli, "tcp", "10.96.5.10:80", 30)
