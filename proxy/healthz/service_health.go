@@ -30,8 +30,9 @@ type ServiceConfig struct {
 	// NodePortAddresses are the --nodeport-addresses prefixes. As in
 	// kube-proxy, a health-check node port listens on each local IPv4
 	// address within them (loopback addresses excepted, as for NodePorts),
-	// taken when the port is opened; empty means every address
-	// (0.0.0.0). A port for which no local address matches is not opened:
+	// taken when the port is opened; empty means every address of both
+	// families (0.0.0.0 as Go's dual-stack socket). IPv6 addresses within
+	// IPv6 prefixes are not listened on (yet). A port for which no local address matches is not opened:
 	// that is reported like a listen error, and tried again on the next
 	// SyncServices.
 	NodePortAddresses []netip.Prefix
@@ -101,8 +102,9 @@ func NewServiceServer(cfg ServiceConfig) *ServiceServer {
 // upstream kube-proxy's dummy links), not the node's.
 var ipvsInterfaces = []string{"svcproxy-ipvs0", "kube-ipvs0"}
 
-// HostAddresses returns the IPv4 addresses of the host's interfaces (in the
-// caller's network namespace), but those of IPVS mode's dummy links.
+// HostAddresses returns the addresses of the host's interfaces (in the
+// caller's network namespace), both families, but those of IPVS mode's
+// dummy links.
 func HostAddresses() ([]netip.Addr, error) {
 	ifaces, err := net.Interfaces()
 	if err != nil {
@@ -122,7 +124,7 @@ func HostAddresses() ([]netip.Addr, error) {
 			if !ok {
 				continue
 			}
-			if ip, ok := netip.AddrFromSlice(ipn.IP); ok && ip.Unmap().Is4() {
+			if ip, ok := netip.AddrFromSlice(ipn.IP); ok {
 				out = append(out, ip.Unmap())
 			}
 		}
@@ -131,8 +133,9 @@ func HostAddresses() ([]netip.Addr, error) {
 }
 
 // listenAddresses returns the addresses a health-check port listens on:
-// 0.0.0.0 without NodePortAddresses, otherwise the local addresses within
-// them, sorted, without loopback addresses and duplicates.
+// 0.0.0.0 (both families) without NodePortAddresses, otherwise the local
+// addresses of either family within them, sorted, without loopback and
+// link-local addresses and duplicates.
 func (s *ServiceServer) listenAddresses() ([]netip.Addr, error) {
 	prefixes := s.cfg.NodePortAddresses
 	if len(prefixes) == 0 {
@@ -145,15 +148,15 @@ func (s *ServiceServer) listenAddresses() ([]netip.Addr, error) {
 	var out []netip.Addr
 	for _, a := range local {
 		a = a.Unmap()
-		if !a.Is4() || a.IsLoopback() || slices.Contains(out, a) {
-			continue
+		if a.IsLoopback() || a.IsLinkLocalUnicast() || slices.Contains(out, a) {
+			continue // node ports never answer there
 		}
 		if slices.ContainsFunc(prefixes, func(p netip.Prefix) bool { return p.Contains(a) }) {
 			out = append(out, a)
 		}
 	}
 	if len(out) == 0 {
-		return nil, fmt.Errorf("no local IPv4 address within --nodeport-addresses %v", prefixes)
+		return nil, fmt.Errorf("no local address within --nodeport-addresses %v", prefixes)
 	}
 	slices.SortFunc(out, netip.Addr.Compare)
 	return out, nil
@@ -170,24 +173,32 @@ type want struct {
 // the number of distinct ready local endpoint IPs over all its ports (a pod
 // serving 80 and 443 is one endpoint). Terminating endpoints do not count:
 // a node with only those must fail the check so that load balancers drain
-// it, as in kube-proxy.
+// it, as in kube-proxy. A dual-stack pod is an endpoint of each family's
+// ports, with one address of each: the families are counted apart and the
+// larger count is the service's, as kube-proxy counts per family.
 func desired(snap *proxy.Snapshot) map[serviceKey]want {
 	out := map[serviceKey]want{}
-	ips := map[serviceKey]map[netip.Addr]bool{}
+	ips := map[serviceKey][2]map[netip.Addr]bool{}
 	for _, sp := range snap.ServicePorts() {
 		if sp.HealthCheckNodePort == 0 {
 			continue
 		}
 		k := serviceKey{sp.Name.Namespace, sp.Name.Name}
-		if ips[k] == nil {
-			ips[k] = map[netip.Addr]bool{}
+		fam, ok := ips[k]
+		if !ok {
+			fam = [2]map[netip.Addr]bool{{}, {}}
+			ips[k] = fam
 		}
 		for _, ep := range sp.AllEndpoints {
 			if ep.Ready && ep.IsLocal {
-				ips[k][ep.IP] = true
+				i := 0
+				if ep.IP.Is6() {
+					i = 1
+				}
+				fam[i][ep.IP] = true
 			}
 		}
-		out[k] = want{port: sp.HealthCheckNodePort, endpoints: len(ips[k])}
+		out[k] = want{port: sp.HealthCheckNodePort, endpoints: max(len(fam[0]), len(fam[1]))}
 	}
 	return out
 }
@@ -248,7 +259,16 @@ func (s *ServiceServer) open(k serviceKey, port int32, addrs []netip.Addr, addrs
 	handler := hcHandler{key: k, s: s}
 	for _, a := range addrs {
 		addr := net.JoinHostPort(a.String(), strconv.Itoa(int(port)))
-		l, err := s.cfg.Listener.Listen(context.Background(), "tcp4", addr)
+		network := "tcp4"
+		if a.Is6() {
+			network = "tcp6"
+		}
+		if a.IsUnspecified() {
+			// Every address of both families, like kube-proxy's: Go
+			// listens on 0.0.0.0 with "tcp" as a dual-stack [::] socket.
+			network = "tcp"
+		}
+		l, err := s.cfg.Listener.Listen(context.Background(), network, addr)
 		if err != nil {
 			inst.close() // whatever this service opened already
 			return nil, fmt.Errorf("listening on %s: %w", addr, err)

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -374,8 +375,8 @@ func TestServiceServerNoMatchingAddress(t *testing.T) {
 	snap := snapshot(lbPort("shop", "web", "", 30100), lbPort("shop", "api", "", 30101))
 	s.SyncServices(snap)
 	if diff := cmp.Diff([]string{
-		"shop/api:30101: no local IPv4 address within --nodeport-addresses [192.168.1.0/24 127.0.0.0/8]",
-		"shop/web:30100: no local IPv4 address within --nodeport-addresses [192.168.1.0/24 127.0.0.0/8]",
+		"shop/api:30101: no local address within --nodeport-addresses [192.168.1.0/24 127.0.0.0/8]",
+		"shop/web:30100: no local address within --nodeport-addresses [192.168.1.0/24 127.0.0.0/8]",
 	}, reported); diff != "" {
 		t.Errorf("reported (-want +got):\n%s", diff)
 	}
@@ -468,3 +469,21 @@ type brokenConnListener struct{ addr net.Addr }
 func (l brokenConnListener) Accept() (net.Conn, error) { return nil, errors.New("accept: broken") }
 func (l brokenConnListener) Close() error              { return nil }
 func (l brokenConnListener) Addr() net.Addr            { return l.addr }
+
+// With --nodeport-addresses of both families, a health-check port listens
+// on the node's addresses of both within them, never on loopback or
+// link-local ones.
+func TestServiceServerDualStackAddresses(t *testing.T) {
+	fl := newFakeListener()
+	s := NewServiceServer(ServiceConfig{Listener: fl, NodePortAddresses: prefixes("192.168.1.0/24", "2001:db8::/64", "fe80::/10", "::1/128"),
+		InterfaceAddresses: func() ([]netip.Addr, error) {
+			return addrs("127.0.0.1", "::1", "192.168.1.10", "2001:db8::10", "fe80::10", "fd00::10"), nil
+		}})
+	defer s.Close()
+	s.SyncServices(snapshot(lbPort("shop", "web", "", 30100)))
+	got := fl.addresses()
+	slices.Sort(got)
+	if diff := cmp.Diff([]string{"192.168.1.10:30100", "[2001:db8::10]:30100"}, got); diff != "" {
+		t.Errorf("listening on (-want +got):\n%s", diff)
+	}
+}
