@@ -3,14 +3,16 @@
 #   - first full sync of N services × 5 endpoints with the real
 #     iptables-restore (the nft variant, Debian's default);
 #   - one endpoint change applied (partial sync);
-#   - svcproxy's resident memory (settled, and the peak, which with --state is
-#     the YAML parse of the whole file);
+#   - svcproxy's resident memory (settled, and the peak: with --state, reading
+#     the file, which is streamed item by item);
 #   - new TCP connections per second through the rules to one service,
 #     compared with the same measurement with 1 service.
 #
 #   hack/bench/bench.sh [N...]      default: 1000 10000 30000
 #
 # Needs root (it creates network namespaces; nothing outside them changes).
+# The same against a real API server, with upstream kube-proxy beside it:
+# hack/bench/live.sh.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 

@@ -73,6 +73,8 @@ func run() int {
 	settle := flag.Duration("settle", 5*time.Second, "wait before reading RSS after the first sync and after the changes")
 	svcproxy := flag.String("svcproxy", "", "svcproxy binary to measure (also the test bed's)")
 	before := flag.String("before", "", "another svcproxy binary to measure, reported as svcproxy (before)")
+	quiet := flag.Duration("quiet", 20*time.Second, "wait after creating the objects, before the first proxy starts")
+	also := flag.String("also", "", "more svcproxy binaries to measure: label=path,...")
 	kubeProxyModes := flag.String("kube-proxy-modes", "iptables,nftables", "upstream kube-proxy modes to measure (comma-separated; empty for none)")
 	timeout := flag.Duration("timeout", 30*time.Minute, "how long one proxy may take to sync or to apply a change")
 	svcproxyEnv := flag.String("svcproxy-env", "", "environment of svcproxy (both builds), e.g. GOGC=50 (comma-separated)")
@@ -90,6 +92,16 @@ func run() int {
 	proxies = append(proxies, svcproxyOf("svcproxy", *svcproxy, env))
 	if *before != "" {
 		proxies = append(proxies, svcproxyOf("svcproxy (before)", *before, env))
+	}
+	if *also != "" {
+		for _, lp := range strings.Split(*also, ",") {
+			label, path, ok := strings.Cut(lp, "=")
+			if !ok {
+				fmt.Fprintf(os.Stderr, "live: -also %q: want label=path\n", lp)
+				return 2
+			}
+			proxies = append(proxies, svcproxyOf("svcproxy ("+label+")", path, env))
+		}
 	}
 	for _, m := range strings.Split(*kubeProxyModes, ",") {
 		if m = strings.TrimSpace(m); m != "" {
@@ -132,6 +144,9 @@ func run() int {
 		return 1
 	}
 	logf("live: created %d Services and EndpointSlices × %d endpoints in %v", *services, *endpoints, time.Since(start).Round(time.Millisecond))
+	// Let the API server, etcd and CoreDNS finish with the creates before
+	// the first proxy is timed.
+	sleep(ctx, *quiet)
 
 	var results []result
 	code := 0
@@ -437,8 +452,11 @@ func measure(ctx context.Context, c *framework.Cluster, n *framework.Node, p pro
 		if addr, err = b.change(ctx); err != nil {
 			return failed(fmt.Errorf("updating the EndpointSlice: %w", err))
 		}
+		// Polled at 10/s: a scrape makes garbage, and a proxy is not
+		// scraped 50 times a second in real life. The latency is the
+		// histogram's exact sum, not the time the poll noticed.
 		var after metrics
-		err = waitFor(ctx, timeout, exited, 20*time.Millisecond, func() (bool, error) {
+		err = waitFor(ctx, timeout, exited, 100*time.Millisecond, func() (bool, error) {
 			mm, err := m.get(ctx)
 			if err != nil {
 				return false, err
@@ -465,7 +483,8 @@ func measure(ctx context.Context, c *framework.Cluster, n *framework.Node, p pro
 	sleep(ctx, settle)
 	r.rssChanged = rss(pid, "VmRSS")
 	r.hwm = rss(pid, "VmHWM")
-	logf("live: %s: RSS after the first sync %s, after %d changes %s, peak %s", p.name, mib(r.rssSynced), changes, mib(r.rssChanged), mib(r.hwm))
+	logf("live: %s: RSS after the first sync %s, after %d changes %s (anonymous %s, file %s), peak %s", p.name, mib(r.rssSynced), changes,
+		mib(r.rssChanged), mib(rss(pid, "RssAnon")), mib(rss(pid, "RssFile")), mib(r.hwm))
 	return r, ctx.Err()
 }
 
