@@ -37,7 +37,9 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
 	"github.com/svcproxy/svcproxy/proxy/source"
@@ -312,10 +314,14 @@ func checkDualStackExample(t *testing.T, tp *dsTopology, srv1, cli string) {
 			t.Errorf("[fe80::50:1]:30080: %v %v, want connection refused (no node port on link-local)", a, err)
 		}
 	})
-	t.Run("NodePort with ETP Local keeps the client address, local endpoint only", func(t *testing.T) {
+	t.Run("NodePort and LB IP with ETP Local keep the client address, local endpoint only", func(t *testing.T) {
+		lbLocal := map[string]string{"IPv4": "203.0.113.12", "IPv6": "2001:db8:ffff::12"}
 		for _, f := range families {
-			for _, network := range []string{f.tcp, f.udp} {
-				hits, sources, err := serversNet(tp.client, network, hp(f.node, 30081), 20)
+			for _, target := range []struct{ network, addr string }{
+				{f.tcp, hp(f.node, 30081)}, {f.udp, hp(f.node, 30081)}, {f.tcp, hp(lbLocal[f.name], 80)}, {f.udp, hp(lbLocal[f.name], 80)},
+			} {
+				network := target.network
+				hits, sources, err := serversNet(tp.client, network, target.addr, 20)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -416,18 +422,12 @@ var pods6 = map[string]string{"srv1": "fd00:10:244:1::10", "srv2": "fd00:10:244:
 // endpoints of the pods without[service] lists.
 func dualStackState(t *testing.T, path string, without map[string][]string) {
 	t.Helper()
-	st, err := source.LoadFile(dualStackExample)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var items []any
-	for _, s := range st.Services {
-		s.APIVersion, s.Kind = "v1", "Service"
-		items = append(items, s)
-	}
-	for _, s := range st.EndpointSlices {
-		s.APIVersion, s.Kind = "discovery.k8s.io/v1", "EndpointSlice"
-		if gone := without[s.Labels[discovery.LabelServiceName]]; gone != nil && s.AddressType == discovery.AddressTypeIPv6 {
+	writeExampleState(t, path, func(st *source.State) {
+		for _, s := range st.EndpointSlices {
+			gone := without[s.Labels[discovery.LabelServiceName]]
+			if gone == nil || s.AddressType != discovery.AddressTypeIPv6 {
+				continue
+			}
 			var keep []discovery.Endpoint
 			for _, e := range s.Endpoints {
 				if !slices.ContainsFunc(gone, func(pod string) bool { return slices.Contains(e.Addresses, pods6[pod]) }) {
@@ -439,6 +439,72 @@ func dualStackState(t *testing.T, path string, without map[string][]string) {
 			}
 			s.Endpoints = keep
 		}
+	})
+}
+
+// ipv4OnlyState writes examples/dual-stack.yaml as the cluster was before
+// it became dual-stack: every Service single-stack IPv4 (the IPv6-only one
+// absent), no IPv6 slice, no IPv6 load-balancer address.
+func ipv4OnlyState(t *testing.T, path string) {
+	t.Helper()
+	writeExampleState(t, path, func(st *source.State) {
+		var svcs []*v1.Service
+		for _, s := range st.Services {
+			var ips []string
+			for _, ip := range s.Spec.ClusterIPs {
+				if !strings.Contains(ip, ":") {
+					ips = append(ips, ip)
+				}
+			}
+			if len(ips) == 0 {
+				continue
+			}
+			s.Spec.ClusterIP, s.Spec.ClusterIPs = ips[0], ips
+			s.Spec.IPFamilies = []v1.IPFamily{v1.IPv4Protocol}
+			s.Spec.IPFamilyPolicy = ptr.To(v1.IPFamilyPolicySingleStack)
+			var ranges []string
+			for _, r := range s.Spec.LoadBalancerSourceRanges {
+				if !strings.Contains(r, ":") {
+					ranges = append(ranges, r)
+				}
+			}
+			s.Spec.LoadBalancerSourceRanges = ranges
+			var ing []v1.LoadBalancerIngress
+			for _, i := range s.Status.LoadBalancer.Ingress {
+				if !strings.Contains(i.IP, ":") {
+					ing = append(ing, i)
+				}
+			}
+			s.Status.LoadBalancer.Ingress = ing
+			svcs = append(svcs, s)
+		}
+		st.Services = svcs
+		var slices4 []*discovery.EndpointSlice
+		for _, s := range st.EndpointSlices {
+			if s.AddressType == discovery.AddressTypeIPv4 {
+				slices4 = append(slices4, s)
+			}
+		}
+		st.EndpointSlices = slices4
+	})
+}
+
+// writeExampleState writes examples/dual-stack.yaml's Services and
+// EndpointSlices, changed by mod, to path as a kubectl-shaped List.
+func writeExampleState(t *testing.T, path string, mod func(*source.State)) {
+	t.Helper()
+	st, err := source.LoadFile(dualStackExample)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mod(st)
+	var items []any
+	for _, s := range st.Services {
+		s.APIVersion, s.Kind = "v1", "Service"
+		items = append(items, s)
+	}
+	for _, s := range st.EndpointSlices {
+		s.APIVersion, s.Kind = "discovery.k8s.io/v1", "EndpointSlice"
 		items = append(items, s)
 	}
 	b, err := yaml.Marshal(map[string]any{"apiVersion": "v1", "kind": "List", "items": items, "metadata": map[string]any{"resourceVersion": ""}})
@@ -527,6 +593,27 @@ func TestDualStackProxy(t *testing.T) {
 	}
 
 	checkDualStackExample(t, tp, srv1, cli)
+
+	t.Run("health-check node port of the ETP Local LoadBalancer answers on each family", func(t *testing.T) {
+		for _, f := range families {
+			code, body, err := httpGet(tp.client, "http://"+hp(f.node, 30082)+"/")
+			if err != nil || code != 200 || !strings.Contains(body, `"localEndpoints": 1`) {
+				t.Errorf("%s: GET http://%s/: %d %q %v, want 200 with one local endpoint", f.name, hp(f.node, 30082), code, body, err)
+			}
+		}
+	})
+	t.Run("metrics per IP family", func(t *testing.T) {
+		_, body, err := httpGet(tp.node, "http://127.0.0.1:10249/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range []string{`kubeproxy_sync_proxy_rules_iptables_total{ip_family="IPv4",table="nat"}`,
+			`kubeproxy_sync_proxy_rules_iptables_total{ip_family="IPv6",table="nat"}`} {
+			if !strings.Contains(body, m) {
+				t.Errorf("/metrics lacks %s", m)
+			}
+		}
+	})
 
 	t.Run("partial sync of IPv6 endpoints; conntrack cleanup of an IPv6 UDP flow; IPv4 untouched", func(t *testing.T) {
 		long6 := pinnedUDP(t, cli, "udp6", "[fd00:10:96::a]:80", "srv1")
@@ -802,4 +889,63 @@ func TestDualStackConntrackRestart(t *testing.T) {
 	}
 	t.Logf("after a restart without srv2's IPv6 endpoints: %d IPv6 flows moved to srv1", moved)
 	checkKept("after a restart without srv2's IPv6 endpoints", stay)
+}
+
+// ourChains6 returns svcproxy's chains in the node's ip6tables nat table.
+func ourChains6(t *testing.T, node string) []string {
+	t.Helper()
+	var out []string
+	for _, l := range strings.Split(nsRun(t, node, "ip6tables-save", "-t", "nat"), "\n") {
+		if strings.HasPrefix(l, ":SVCP-") {
+			out = append(out, strings.Fields(l)[0][1:])
+		}
+	}
+	return out
+}
+
+// TestDualStackConversion: a cluster turns dual-stack while svcproxy runs
+// (IPv4-only Services gain an IPv6 cluster IP, IPv6 slices and LB
+// addresses, an IPv6-only Service appears), then back: each step is a
+// partial sync; IPv6 works after the first, its chains are gone after the
+// second, and IPv4 works throughout.
+func TestDualStackConversion(t *testing.T) {
+	tp := newDualStackTopology(t)
+	srv1, _, cli := tp.dsPods(t)
+	state := filepath.Join(t.TempDir(), "state.yaml")
+	ipv4OnlyState(t, state)
+	startDualStackProxy(t, tp, state)
+	eventually(t, "first sync", 10*time.Second, func() error {
+		_, err := dialNet(cli, "tcp4", "10.96.10.10:80", time.Second)
+		return err
+	})
+	fixed := ourChains6(t, tp.node)
+	t.Logf("ip6tables nat chains with no IPv6 service: %v", fixed)
+	if _, err := dialNet(cli, "tcp6", "[fd00:10:96::a]:80", 500*time.Millisecond); err == nil {
+		t.Fatal("the IPv6 ClusterIP answers before the Service has it")
+	}
+	full := metricValue(t, tp.topology, "kubeproxy_sync_full_proxy_rules_duration_seconds_count")
+
+	dualStackState(t, state, nil)
+	eventually(t, "IPv6 after the cluster went dual-stack", 5*time.Second, func() error {
+		_, err := dialNet(cli, "tcp6", "[fd00:10:96::14]:80", 500*time.Millisecond)
+		return err
+	})
+	checkDualStackExample(t, tp, srv1, cli)
+
+	ipv4OnlyState(t, state)
+	eventually(t, "IPv6 chains gone after the cluster went back to IPv4 only", 5*time.Second, func() error {
+		if got := ourChains6(t, tp.node); !slices.Equal(got, fixed) {
+			return fmt.Errorf("ip6tables nat chains %v, want %v", got, fixed)
+		}
+		return nil
+	})
+	if _, err := dialNet(cli, "tcp6", "[fd00:10:96::a]:80", 500*time.Millisecond); err == nil {
+		t.Error("the IPv6 ClusterIP still answers")
+	}
+	if hits, _, err := serversNet(cli, "tcp4", "10.96.10.10:80", 20); err != nil || len(hits) != 2 {
+		t.Errorf("IPv4 after going back: %v %v", hits, err)
+	}
+	if f := metricValue(t, tp.topology, "kubeproxy_sync_full_proxy_rules_duration_seconds_count"); f != full {
+		t.Errorf("full syncs went from %v to %v: the conversions were not partial syncs", full, f)
+	}
 }
