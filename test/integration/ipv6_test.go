@@ -520,16 +520,16 @@ func writeExampleState(t *testing.T, path string, mod func(*source.State)) {
 }
 
 // startDualStackProxy runs svcproxy in the node namespace with the
-// cluster CIDRs of both families.
-func startDualStackProxy(t *testing.T, tp *dsTopology, state string) *exec.Cmd {
+// cluster CIDRs of both families, and args.
+func startDualStackProxy(t *testing.T, tp *dsTopology, state string, args ...string) *exec.Cmd {
 	t.Helper()
 	log, err := os.Create(filepath.Join(t.TempDir(), "svcproxy.log"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("ip", "netns", "exec", tp.node, svcproxyBin, "--state", state,
+	cmd := exec.Command("ip", append([]string{"netns", "exec", tp.node, svcproxyBin, "--state", state,
 		"--hostname-override", "node1", "--cluster-cidr", dualStackCIDRs,
-		"--min-sync-period", "100ms", "--state-poll-interval", "100ms", "-v", "2")
+		"--min-sync-period", "100ms", "--state-poll-interval", "100ms", "-v", "2"}, args...)...)
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -947,5 +947,71 @@ func TestDualStackConversion(t *testing.T) {
 	}
 	if f := metricValue(t, tp.topology, "kubeproxy_sync_full_proxy_rules_duration_seconds_count"); f != full {
 		t.Errorf("full syncs went from %v to %v: the conversions were not partial syncs", full, f)
+	}
+}
+
+// TestDualStackNodePortAddresses: with --nodeport-addresses of both
+// families, node ports (and their REJECT rules, and health-check node
+// ports) answer on the node's addresses within them only: the client
+// link's, not client2's.
+func TestDualStackNodePortAddresses(t *testing.T) {
+	tp := newDualStackTopology(t)
+	_, _, cli := tp.dsPods(t)
+	state := filepath.Join(t.TempDir(), "state.yaml")
+	dualStackState(t, state, nil)
+	startDualStackProxy(t, tp, state, "--nodeport-addresses", "192.168.50.0/24,2001:db8:50::/64")
+	eventually(t, "first sync", 10*time.Second, func() error {
+		_, err := dialNet(cli, "tcp6", "[fd00:10:96::a]:80", time.Second)
+		return err
+	})
+	// client2 reaches the node's client-link addresses through the node.
+	for _, tc := range []struct {
+		network, addr string
+		open          bool
+	}{
+		{"tcp4", "192.168.50.1:30080", true},
+		{"tcp6", "[2001:db8:50::1]:30080", true},
+		{"udp6", "[2001:db8:50::1]:30080", true},
+		{"tcp4", "192.168.51.1:30080", false},
+		{"tcp6", "[2001:db8:51::1]:30080", false},
+	} {
+		a, err := dialNet(tp.client2, tc.network, tc.addr, 2*time.Second)
+		switch {
+		case tc.open && err != nil:
+			t.Errorf("%s %s: %v, want an answer", tc.network, tc.addr, err)
+		case !tc.open && !errors.Is(err, syscall.ECONNREFUSED):
+			// Nothing listens on the node: refused when not DNATed.
+			t.Errorf("%s %s: %v %v, want refused (not a node-port address)", tc.network, tc.addr, a, err)
+		}
+	}
+	// Without endpoints: REJECTed within the addresses; outside them not
+	// touched (refused by the node's own stack all the same, so judged by
+	// the rule counters below instead).
+	for _, addr := range []string{"192.168.50.1:30083", "[2001:db8:50::1]:30083"} {
+		network := "udp4"
+		if strings.HasPrefix(addr, "[") {
+			network = "udp6"
+		}
+		if _, err := refusedUDP(tp.client, network, addr); err != nil {
+			t.Error(err)
+		}
+	}
+	for _, cmd := range []string{"iptables-save", "ip6tables-save"} {
+		out := nsRun(t, tp.node, cmd)
+		if strings.Contains(out, "! -d 127.0.0.0/8 -m addrtype") || strings.Contains(out, "! -d ::1/128 -m addrtype") {
+			t.Errorf("%s: node-port rules for every local address despite --nodeport-addresses:\n%s", cmd, out)
+		}
+	}
+	for _, tc := range []struct {
+		host string
+		open bool
+	}{{"192.168.50.1", true}, {"2001:db8:50::1", true}, {"192.168.51.1", false}, {"2001:db8:51::1", false}} {
+		code, _, err := httpGet(tp.client2, "http://"+hp(tc.host, 30082)+"/")
+		if tc.open && (err != nil || code != 200) {
+			t.Errorf("health-check node port on %s: %d %v, want 200", tc.host, code, err)
+		}
+		if !tc.open && err == nil {
+			t.Errorf("health-check node port answers on %s, outside --nodeport-addresses", tc.host)
+		}
 	}
 }
