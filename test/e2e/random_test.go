@@ -48,23 +48,27 @@ var churnNamespaces = []string{"churn-a", "churn-b", "churn-c", "churn-d"}
 
 // TestRandomChurn: 1,000 random valid Services with their EndpointSlices
 // are written through the API server (odd ports, TCP/UDP/SCTP, ClusterIP,
-// NodePort and LoadBalancer with status, external IPs, source ranges,
-// externalTrafficPolicy and internalTrafficPolicy Local, ClientIP
-// affinity, headless services, IPv6 and FQDN slices, endpoints ready,
-// terminating or not serving, on either node, on unknown nodes or on none,
-// up to 150 in a slice), then a burst of random updates and deletes as
-// fast as the API server takes them (endpoints added and removed, ports
-// and protocols changed, policies and types flipped, slices deleted,
-// services deleted and recreated). Meanwhile a pod on node1 opens a
-// continuous stream of new TCP and UDP connections to a steady Service
-// whose backends are on node1 and node2: not one may fail. After each
-// phase, once svcproxy has settled (its metrics: the last sync is later
-// than the last queued change, and nothing was queued for a second), each
-// node's svcproxy chains — every SVCP- chain with its rules in order, and
+// NodePort and LoadBalancer with status, IPv4, IPv6 and dual-stack of
+// either primary family, external IPs and load-balancer IPs of both
+// families, source ranges, externalTrafficPolicy and internalTrafficPolicy
+// Local, ClientIP affinity, headless services, slices of the Service's
+// families and of the other one, FQDN slices, endpoints ready, terminating
+// or not serving, on either node, on unknown nodes or on none, up to 150
+// in a slice), then a burst of random updates and deletes as fast as the
+// API server takes them (endpoints added and removed, ports and protocols
+// changed, policies, types and IP families flipped, slices deleted,
+// services deleted and recreated), then a trickle of a few more. Meanwhile
+// a pod on node1 opens a continuous stream of new connections to a steady
+// dual-stack Service whose backends are on node1 and node2 (TCP and UDP
+// over IPv4, TCP over IPv6): not one may fail. After each phase, once
+// svcproxy has settled (its metrics: nothing queued for a second, and its
+// last sync began after the last queued change), each node's svcproxy
+// chains of both families — every SVCP- chain with its rules in order, and
 // the jumps into them from the built-in chains — must equal what
 // `svcproxy --dry-run` with the node's own flags renders from the API
-// server's state at that moment, both spelled by iptables-save (the
-// render is loaded into a scratch namespace and saved again).
+// server's state at that moment, both spelled by iptables-save and
+// ip6tables-save (the render is loaded into scratch namespaces and saved
+// again).
 func TestRandomChurn(t *testing.T) {
 	seed := int64(churnDefaultSeed)
 	if s := os.Getenv("E2E_CHURN_SEED"); s != "" {
@@ -83,13 +87,20 @@ func TestRandomChurn(t *testing.T) {
 		cluster.MustStartPod(t, steadyNS, "web-1", node1),
 		cluster.MustStartPod(t, steadyNS, "web-2", node2),
 	}
-	steady := cluster.MustCreateService(t, framework.NewService(steadyNS, "steady", 80, corev1.ProtocolTCP, corev1.ProtocolUDP))
+	steady := cluster.MustCreateService(t, framework.DualStack(framework.NewService(steadyNS, "steady", 80, corev1.ProtocolTCP, corev1.ProtocolUDP)))
 	cluster.MustSetEndpoints(t, steady, backends...)
 	cluster.MustWaitServing(t, steady)
 	tcpAddr := framework.ClusterAddrOf(steady, corev1.ProtocolTCP)
 	udpAddr := framework.ClusterAddrOf(steady, corev1.ProtocolUDP)
+	// The steady Service is dual-stack: one more
+	// stream over its IPv6 ClusterIP.
+	tcp6Addr := framework.ClusterAddrFamily(steady, corev1.ProtocolTCP, corev1.IPv6Protocol)
+	if tcp6Addr == "" {
+		t.Fatalf("steady Service %s has no IPv6 ClusterIP: %v", steady.Name, steady.Spec.ClusterIPs)
+	}
 	waitAnswer(t, &client.Host, corev1.ProtocolTCP, tcpAddr, 10*time.Second)
 	waitAnswer(t, &client.Host, corev1.ProtocolUDP, udpAddr, 10*time.Second)
+	waitAnswer(t, &client.Host, corev1.ProtocolTCP, tcp6Addr, 10*time.Second)
 
 	// As fast as the API server takes them: no client-side rate limit.
 	cfg := rest.CopyConfig(cluster.RESTConfig)
@@ -117,6 +128,7 @@ func TestRandomChurn(t *testing.T) {
 	streamStart := time.Now()
 	tcpResults := prober(&client.Host, corev1.ProtocolTCP, tcpAddr, 2*time.Second, 10*time.Millisecond, stop)
 	udpResults := prober(&client.Host, corev1.ProtocolUDP, udpAddr, 2*time.Second, 10*time.Millisecond, stop)
+	tcp6Results := prober(&client.Host, corev1.ProtocolTCP, tcp6Addr, 2*time.Second, 10*time.Millisecond, stop)
 
 	start := time.Now()
 	ch.run(ctx, func(w *churnWorker) {
@@ -159,9 +171,9 @@ func TestRandomChurn(t *testing.T) {
 	stopStream()
 	streamTook := time.Since(streamStart)
 	for _, res := range []struct {
-		proto  string
-		probes []probe
-	}{{"TCP", <-tcpResults}, {"UDP", <-udpResults}} {
+		proto, addr string
+		probes      []probe
+	}{{"TCP", tcpAddr, <-tcpResults}, {"UDP", udpAddr, <-udpResults}, {"TCP", tcp6Addr, <-tcp6Results}} {
 		var failed []string
 		seen := map[string]int{}
 		for _, p := range res.probes {
@@ -172,17 +184,17 @@ func TestRandomChurn(t *testing.T) {
 			seen[p.reply.Name]++
 		}
 		t.Logf("steady %s stream %s from %s: %d connections in %v, %d failed; backends %v",
-			res.proto, map[string]string{"TCP": tcpAddr, "UDP": udpAddr}[res.proto], client.Name, len(res.probes), streamTook.Round(time.Millisecond), len(failed), seen)
+			res.proto, res.addr, client.Name, len(res.probes), streamTook.Round(time.Millisecond), len(failed), seen)
 		if len(failed) > 0 {
 			if len(failed) > 30 {
 				failed = append(failed[:30], fmt.Sprintf("... and %d more", len(failed)-30))
 			}
-			t.Errorf("steady %s stream: %d of %d connections failed during the churn:\n%s", res.proto, len(failed), len(res.probes), strings.Join(failed, "\n"))
+			t.Errorf("steady %s stream to %s: %d of %d connections failed during the churn:\n%s", res.proto, res.addr, len(failed), len(res.probes), strings.Join(failed, "\n"))
 		}
 		if len(res.probes) < 100 {
-			t.Errorf("steady %s stream: only %d connections were tried", res.proto, len(res.probes))
+			t.Errorf("steady %s stream to %s: only %d connections were tried", res.proto, res.addr, len(res.probes))
 		}
-		expectBackends(t, "steady "+res.proto+" stream", seen, backends...)
+		expectBackends(t, "steady "+res.proto+" stream to "+res.addr, seen, backends...)
 	}
 	if n := ch.stats.rejectedCount(); n*20 > ch.stats.totalWrites()+n {
 		t.Errorf("the API server refused %d writes (more than 5%%): the generator writes invalid objects; first refusals:\n%s", n, ch.stats.rejectionSample())
@@ -192,40 +204,51 @@ func TestRandomChurn(t *testing.T) {
 // ---------------------------------------------------------------------
 // Comparing a node's rules with a fresh render.
 
-// checkRulesMatchRender waits until every node's svcproxy has settled and
-// compares its rules with what --dry-run renders from the API server now.
+// checkRulesMatchRender waits until every node's svcproxy has settled,
+// reads its rules at once, and compares them with what --dry-run renders
+// from the API server (whose state no longer changes).
 func checkRulesMatchRender(t *testing.T, when string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	settled := map[*framework.Node]syncWatch{}
-	for _, n := range cluster.Nodes {
-		w, err := waitSettled(ctx, n, time.Second, 90*time.Second)
-		if err != nil {
-			t.Errorf("%s: svcproxy on %s did not settle: %v\nlog tail:\n%s", when, n.Name, err, n.Proxy.Tail(30))
+	type result struct {
+		w      syncWatch
+		live   ruleset
+		during string
+		err    error
+	}
+	results := make([]result, len(cluster.Nodes))
+	var wg sync.WaitGroup
+	for i, n := range cluster.Nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res := &results[i]
+			if res.w, res.err = waitSettled(ctx, n, time.Second, 90*time.Second); res.err != nil {
+				res.err = fmt.Errorf("svcproxy on %s did not settle: %w\nlog tail:\n%s", n.Name, res.err, n.Proxy.Tail(30))
+				return
+			}
+			res.live, res.during, res.err = liveRules(ctx, n)
+		}()
+	}
+	wg.Wait()
+	for i, n := range cluster.Nodes {
+		res := results[i]
+		if res.err != nil {
+			t.Errorf("%s: %v", when, res.err)
 			continue
 		}
-		settled[n] = w
-		t.Logf("%s: svcproxy on %s settled: nothing queued for %v, and the last sync (%s) began after the last queued change",
-			when, n.Name, w.quietFor.Round(time.Millisecond), w.last)
-	}
-	for _, n := range cluster.Nodes {
-		if w, ok := settled[n]; ok {
-			compareNodeWithRender(ctx, t, n, when, w)
-		}
+		t.Logf("%s: svcproxy on %s settled: nothing queued for %v, and its last sync (%s) began after the last queued change",
+			when, n.Name, res.w.quietFor.Round(time.Millisecond), res.w.last)
+		compareNodeWithRender(ctx, t, n, when, res.w, res.live, res.during)
 	}
 }
 
 // compareNodeWithRender compares n's live rules with a fresh render; on a
 // difference it also waits for svcproxy's next full sync and compares
 // again, to tell whether a full sync repairs it.
-func compareNodeWithRender(ctx context.Context, t *testing.T, n *framework.Node, when string, w syncWatch) {
+func compareNodeWithRender(ctx context.Context, t *testing.T, n *framework.Node, when string, w syncWatch, live ruleset, during string) {
 	t.Helper()
-	live, during, err := liveRules(ctx, n)
-	if err != nil {
-		t.Errorf("%s: %v", when, err)
-		return
-	}
 	renderStart := time.Now()
 	want, err := renderedRules(ctx, n)
 	if err != nil {
@@ -235,8 +258,8 @@ func compareNodeWithRender(ctx context.Context, t *testing.T, n *framework.Node,
 	renderTook := time.Since(renderStart)
 	diff := diffRulesets(live, want)
 	if diff == "" {
-		t.Logf("%s: %s's rules equal a fresh render: %d SVCP- chains, %d rules in them, %d jumps from built-in chains (dry run and canonical form %v); last sync before the comparison: %s%s",
-			when, n.Name, len(live.chains), live.rules(), len(live.jumps), renderTook.Round(time.Millisecond), w.last, during)
+		t.Logf("%s: %s's rules equal a fresh render: %s (dry run and canonical forms %v); last sync before the comparison: %s%s",
+			when, n.Name, live.summary(), renderTook.Round(time.Millisecond), w.last, during)
 		return
 	}
 	t.Errorf("%s: %s's rules differ from a fresh render of the API server's state (node %d chains/%d rules, render %d chains/%d rules); last sync before the comparison: %s%s\n%s",
@@ -247,13 +270,13 @@ func compareNodeWithRender(ctx context.Context, t *testing.T, n *framework.Node,
 		t.Errorf("%v", err)
 		return
 	}
-	fullCount := before["kubeproxy_sync_full_proxy_rules_duration_seconds_count"]
+	fullCount := before[fullSyncCount]
 	err = framework.Eventually(ctx, 30*time.Second, func(context.Context) error {
 		m, err := scrapeMetrics(n)
 		if err != nil {
 			return err
 		}
-		if m["kubeproxy_sync_full_proxy_rules_duration_seconds_count"] <= fullCount {
+		if m[fullSyncCount] <= fullCount {
 			return fmt.Errorf("no full sync yet")
 		}
 		return nil
@@ -285,40 +308,57 @@ func liveRules(ctx context.Context, n *framework.Node) (ruleset, string, error) 
 	if err != nil {
 		return ruleset{}, "", err
 	}
+	save6, err := n.NetNS.IP6TablesSave(ctx)
+	if err != nil {
+		return ruleset{}, "", err
+	}
 	m1, err := scrapeMetrics(n)
 	if err != nil {
 		return ruleset{}, "", err
 	}
 	note := ""
 	if c0, c1 := m0[syncCount], m1[syncCount]; c1 != c0 {
-		note = fmt.Sprintf(" (%v more syncs, %v of them full, ended while iptables-save ran)", c1-c0,
-			m1["kubeproxy_sync_full_proxy_rules_duration_seconds_count"]-m0["kubeproxy_sync_full_proxy_rules_duration_seconds_count"])
+		note = fmt.Sprintf(" (%v more syncs, %v of them full, ended while iptables-save ran)", c1-c0, m1[fullSyncCount]-m0[fullSyncCount])
 	}
-	return parseRuleset(save), note, nil
+	return parseRuleset("IPv4", save).merge(parseRuleset("IPv6", save6)), note, nil
 }
 
-// renderedRules returns what svcproxy --dry-run renders for n now, in
-// iptables-save's spelling.
+// renderedRules returns what svcproxy --dry-run renders for n now, both
+// families, in iptables-save's and ip6tables-save's spelling.
 func renderedRules(ctx context.Context, n *framework.Node) (ruleset, error) {
 	text, err := cluster.DryRun(ctx, n)
 	if err != nil {
 		return ruleset{}, fmt.Errorf("dry run for %s: %w", n.Name, err)
 	}
+	var v4, v6 string
 	if cluster.IPVSMode() {
 		// Only the iptables section is compared in IPVS mode (virtual
-		// servers, ipsets and addresses are not).
+		// servers, ipsets and addresses are not); IPVS mode is IPv4 only.
 		const marker = "# iptables-save (restore with: iptables-restore --noflush)\n"
 		i := strings.Index(text, marker)
 		if i < 0 {
 			return ruleset{}, fmt.Errorf("dry run for %s (IPVS mode): no iptables section", n.Name)
 		}
-		text = text[i+len(marker):]
-	}
-	canon, err := cluster.CanonicalRules(ctx, text)
-	if err != nil {
+		v4 = text[i+len(marker):]
+	} else if v4, v6, err = framework.SplitDryRun(text); err != nil {
 		return ruleset{}, fmt.Errorf("dry run for %s: %w", n.Name, err)
 	}
-	return parseRuleset(canon), nil
+	out := ruleset{chains: map[string][]string{}}
+	if v4 != "" {
+		canon, err := cluster.CanonicalRules(ctx, v4)
+		if err != nil {
+			return ruleset{}, fmt.Errorf("dry run for %s: %w", n.Name, err)
+		}
+		out = out.merge(parseRuleset("IPv4", canon))
+	}
+	if v6 != "" {
+		canon, err := cluster.CanonicalRules6(ctx, v6)
+		if err != nil {
+			return ruleset{}, fmt.Errorf("dry run for %s: %w", n.Name, err)
+		}
+		out = out.merge(parseRuleset("IPv6", canon))
+	}
+	return out, nil
 }
 
 const (
@@ -433,9 +473,9 @@ func fetchMetrics(n *framework.Node) (string, error) {
 	return string(body), nil
 }
 
-// ruleset is svcproxy's part of an iptables-save: every SVCP- chain with
-// its rules in order, by "table/chain", and the rules of other chains that
-// jump to one, sorted.
+// ruleset is svcproxy's part of an iptables-save and an ip6tables-save:
+// every SVCP- chain with its rules in order, by "family table/chain", and
+// the rules of other chains that jump to one, sorted.
 type ruleset struct {
 	chains map[string][]string
 	jumps  []string
@@ -449,7 +489,39 @@ func (r ruleset) rules() int {
 	return n
 }
 
-func parseRuleset(save string) ruleset {
+// summary counts chains, rules and jumps per family.
+func (r ruleset) summary() string {
+	var parts []string
+	for _, fam := range []string{"IPv4", "IPv6"} {
+		chains, rules, jumps := 0, 0, 0
+		for k, rs := range r.chains {
+			if strings.HasPrefix(k, fam+" ") {
+				chains++
+				rules += len(rs)
+			}
+		}
+		for _, j := range r.jumps {
+			if strings.HasPrefix(j, fam+" ") {
+				jumps++
+			}
+		}
+		parts = append(parts, fmt.Sprintf("%s %d SVCP- chains with %d rules and %d jumps from built-in chains", fam, chains, rules, jumps))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// merge returns r with o's chains and jumps added.
+func (r ruleset) merge(o ruleset) ruleset {
+	for k, v := range o.chains {
+		r.chains[k] = v
+	}
+	r.jumps = append(r.jumps, o.jumps...)
+	slices.Sort(r.jumps)
+	return r
+}
+
+// parseRuleset reads the save output of family fam.
+func parseRuleset(fam, save string) ruleset {
 	r := ruleset{chains: map[string][]string{}}
 	table := ""
 	for _, line := range strings.Split(save, "\n") {
@@ -457,7 +529,7 @@ func parseRuleset(save string) ruleset {
 		switch {
 		case line == "" || line[0] == '#' || line == "COMMIT":
 		case line[0] == '*':
-			table = line[1:]
+			table = fam + " " + line[1:]
 		case line[0] == ':':
 			name, _, _ := strings.Cut(line[1:], " ")
 			if strings.HasPrefix(name, "SVCP-") {
@@ -806,6 +878,22 @@ func (w *churnWorker) create(ctx context.Context, o *churnObj) {
 	}
 }
 
+// changeFamilies upgrades a single-stack Service to dual-stack or
+// downgrades a dual-stack one to its primary family (the primary family
+// cannot change).
+func (w *churnWorker) changeFamilies(svc *corev1.Service) {
+	s := &svc.Spec
+	if len(s.IPFamilies) < 2 {
+		s.IPFamilyPolicy = ptr.To([]corev1.IPFamilyPolicy{corev1.IPFamilyPolicyPreferDualStack, corev1.IPFamilyPolicyRequireDualStack}[w.r.Intn(2)])
+		return
+	}
+	s.IPFamilyPolicy = ptr.To(corev1.IPFamilyPolicySingleStack)
+	s.IPFamilies = s.IPFamilies[:1]
+	if len(s.ClusterIPs) > 1 {
+		s.ClusterIPs = s.ClusterIPs[:1]
+	}
+}
+
 func (w *churnWorker) newSliceName(o *churnObj) string {
 	o.sliceSeq++
 	return fmt.Sprintf("%s-e%d", o.name, o.sliceSeq)
@@ -848,8 +936,11 @@ func (w *churnWorker) setLBStatus(ctx context.Context, o *churnObj) {
 	svc := o.svc.DeepCopy()
 	svc.Status.LoadBalancer.Ingress = nil
 	for i := 0; i < 1+w.r.Intn(2); i++ {
-		svc.Status.LoadBalancer.Ingress = append(svc.Status.LoadBalancer.Ingress,
-			corev1.LoadBalancerIngress{IP: fmt.Sprintf("198.51.100.%d", 1+w.r.Intn(254))})
+		ip := fmt.Sprintf("198.51.100.%d", 1+w.r.Intn(254))
+		if w.r.Intn(3) == 0 {
+			ip = fmt.Sprintf("2001:db8:1b::%x", 1+w.r.Intn(254))
+		}
+		svc.Status.LoadBalancer.Ingress = append(svc.Status.LoadBalancer.Ingress, corev1.LoadBalancerIngress{IP: ip})
 	}
 	if len(svc.Status.LoadBalancer.Ingress) == 2 && svc.Status.LoadBalancer.Ingress[0].IP == svc.Status.LoadBalancer.Ingress[1].IP {
 		svc.Status.LoadBalancer.Ingress = svc.Status.LoadBalancer.Ingress[:1]
@@ -955,10 +1046,21 @@ func (w *churnWorker) randomOp(ctx context.Context) {
 				w.writeSlice(ctx, o, slice)
 			}
 		}
-	case x < 70:
+	case x < 65:
 		svc := o.svc.DeepCopy()
 		w.stats.op("flip " + w.flipPolicy(o, svc))
 		w.updateService(ctx, o, svc)
+	case x < 70:
+		w.stats.op("change IP families")
+		svc := o.svc.DeepCopy()
+		w.changeFamilies(svc)
+		if w.updateService(ctx, o, svc) && len(o.svc.Spec.IPFamilies) > 1 && w.r.Intn(2) == 0 {
+			// The new family's endpoints, as the controller would add.
+			slice := w.genSlice(o, w.newSliceName(o))
+			if slice.AddressType == discoveryv1.AddressTypeIPv4 || slice.AddressType == discoveryv1.AddressTypeIPv6 {
+				w.writeSlice(ctx, o, slice)
+			}
+		}
 	case x < 78:
 		w.stats.op("change type")
 		if o.headless {
@@ -1105,6 +1207,19 @@ func (w *churnWorker) genService(o *churnObj) *corev1.Service {
 		svc.Spec.Type = corev1.ServiceTypeLoadBalancer
 		svc.Spec.AllocateLoadBalancerNodePorts = ptr.To(r.Intn(5) > 0)
 	}
+	switch x := r.Intn(100); {
+	case x < 55: // the default: single-stack, the primary family (IPv4)
+	case x < 65:
+		svc.Spec.IPFamilyPolicy = ptr.To(corev1.IPFamilyPolicySingleStack)
+		svc.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv6Protocol}
+	case x < 80:
+		svc.Spec.IPFamilyPolicy = ptr.To(corev1.IPFamilyPolicyPreferDualStack)
+	default:
+		svc.Spec.IPFamilyPolicy = ptr.To(corev1.IPFamilyPolicyRequireDualStack)
+		if r.Intn(3) == 0 { // IPv6 primary
+			svc.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv6Protocol, corev1.IPv4Protocol}
+		}
+	}
 	svc.Spec.Ports = genPorts(r)
 	svc.Spec.ExternalTrafficPolicy = randETP(r)
 	svc.Spec.InternalTrafficPolicy = randITP(r)
@@ -1129,9 +1244,15 @@ func setAffinity(r *rand.Rand, svc *corev1.Service) {
 }
 
 func genExternalIPs(r *rand.Rand) []string {
-	ips := []string{fmt.Sprintf("203.0.113.%d", 1+r.Intn(254))}
+	gen := func() string {
+		if r.Intn(3) == 0 {
+			return fmt.Sprintf("2001:db8:e::%x", 1+r.Intn(254))
+		}
+		return fmt.Sprintf("203.0.113.%d", 1+r.Intn(254))
+	}
+	ips := []string{gen()}
 	if r.Intn(3) == 0 {
-		if ip := fmt.Sprintf("203.0.113.%d", 1+r.Intn(254)); ip != ips[0] {
+		if ip := gen(); ip != ips[0] {
 			ips = append(ips, ip)
 		}
 	}
@@ -1139,8 +1260,9 @@ func genExternalIPs(r *rand.Rand) []string {
 }
 
 func genSourceRanges(r *rand.Rand) []string {
-	all := []string{"192.0.2.0/24", "198.51.100.128/25", "10.0.0.0/8", "192.168.77.100/32", "0.0.0.0/0"}
-	n := 1 + r.Intn(2)
+	all := []string{"192.0.2.0/24", "198.51.100.128/25", "10.0.0.0/8", "192.168.77.100/32", "0.0.0.0/0",
+		"2001:db8::/32", "fd00:77::/64", "::/0"}
+	n := 1 + r.Intn(3)
 	r.Shuffle(len(all), func(i, j int) { all[i], all[j] = all[j], all[i] })
 	return all[:n]
 }
@@ -1287,9 +1409,23 @@ func (w *churnWorker) genSlice(o *churnObj, name string) *discoveryv1.EndpointSl
 		AddressType: discoveryv1.AddressTypeIPv4,
 		Endpoints:   []discoveryv1.Endpoint{},
 	}
+	// A family of the Service's (the EndpointSlice controller writes one
+	// slice per family), sometimes the other one or FQDN (ignored).
+	families := []corev1.IPFamily{corev1.IPv4Protocol}
+	if o.svc != nil && len(o.svc.Spec.IPFamilies) > 0 {
+		families = o.svc.Spec.IPFamilies
+	}
+	family := families[r.Intn(len(families))]
 	switch x := r.Intn(100); {
 	case x < 95:
 	case x < 98:
+		family = map[corev1.IPFamily]corev1.IPFamily{corev1.IPv4Protocol: corev1.IPv6Protocol, corev1.IPv6Protocol: corev1.IPv4Protocol}[family]
+	default:
+		family = ""
+	}
+	switch family {
+	case corev1.IPv4Protocol:
+	case corev1.IPv6Protocol:
 		slice.AddressType = discoveryv1.AddressTypeIPv6
 	default:
 		slice.AddressType = discoveryv1.AddressTypeFQDN
@@ -1316,7 +1452,7 @@ func (w *churnWorker) genSlice(o *churnObj, name string) *discoveryv1.EndpointSl
 	}
 	// Sometimes an address that another slice of the service has too (a
 	// pod moving between slices).
-	if slice.AddressType == discoveryv1.AddressTypeIPv4 && r.Intn(100) < 5 {
+	if slice.AddressType != discoveryv1.AddressTypeFQDN && r.Intn(100) < 5 {
 		for _, other := range w.sliceNames(o) {
 			if s := o.slices[other]; s.AddressType == slice.AddressType && len(s.Endpoints) > 0 {
 				ep := s.Endpoints[r.Intn(len(s.Endpoints))]
