@@ -299,6 +299,25 @@ func checkDualStackExample(t *testing.T, tp *dsTopology, srv1, cli string) {
 			}
 		}
 	})
+	t.Run("externalIPs of each family: from outside masqueraded, from a pod too (ETP Cluster)", func(t *testing.T) {
+		ext := map[string]string{"IPv4": "198.51.100.30", "IPv6": "2001:db8:eeee::30"}
+		for _, f := range families {
+			for _, network := range []string{f.tcp, f.udp} {
+				for _, from := range []struct{ ns, src string }{{tp.client, f.client}, {cli, f.cli}} {
+					hits, sources, err := serversNet(from.ns, network, hp(ext[f.name], 80), 20)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if hits["srv1"] == 0 || hits["srv2"] == 0 {
+						t.Errorf("%s from %s: endpoints reached %v, want both", network, from.src, hits)
+					}
+					if sources[from.src] {
+						t.Errorf("%s from %s: servers saw %v; want it masqueraded", network, from.src, sources)
+					}
+				}
+			}
+		}
+	})
 	t.Run("the node itself reaches a NodePort on its own address of each family", func(t *testing.T) {
 		for _, f := range families {
 			for _, network := range []string{f.tcp, f.udp} {
