@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # e2e.sh runs svcproxy's end-to-end tests (test/e2e) on this machine, from a
 # fresh one if need be: it installs the missing OS packages (iproute2,
-# iptables, procps), builds the pinned kube-apiserver, etcd and CoreDNS
-# (hack/tools/build.sh, cached in .cache/tools/bin), builds svcproxy and
-# runs the tests. Needs root and Go; everything it creates lives in network
-# namespaces of its own (see test/e2e/framework).
+# iptables with ip6tables, procps), builds the pinned kube-apiserver, etcd
+# and CoreDNS (hack/tools/build.sh, cached in .cache/tools/bin), builds
+# svcproxy and runs the tests. Needs root and Go; everything it creates
+# lives in network namespaces of its own (see test/e2e/framework).
 #
 # Usage: hack/e2e.sh [go test flags...]    e.g. hack/e2e.sh -run FQDN
 #        hack/e2e.sh --up                  start the same test bed (control
@@ -35,6 +35,7 @@ command -v go >/dev/null || { log "go is not in PATH"; exit 1; }
 declare -A package_of=(
 	[ip]=iproute2 [bridge]=iproute2
 	[iptables]=iptables [iptables-restore]=iptables [iptables-save]=iptables
+	[ip6tables]=iptables [ip6tables-restore]=iptables [ip6tables-save]=iptables
 	[sysctl]=procps
 )
 missing=()
