@@ -108,6 +108,11 @@ type Node struct {
 	Gateway, Gateway6 netip.Addr
 	// Proxy is the svcproxy running on the node, if any.
 	Proxy *Process
+	// ProxyArgs are extra flags for this node's svcproxy only, after
+	// Options.SvcproxyArgs (so they win); they take effect at its next
+	// start (RestartProxy, StartProxy). A test that sets them restores
+	// them and restarts the proxy when it ends.
+	ProxyArgs []string
 
 	nextPod int // last octet of the next pod address
 }

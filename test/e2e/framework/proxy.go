@@ -29,7 +29,7 @@ const canaryNamespace = "e2e-canary"
 const proxyReadyTimeout = 30 * time.Second
 
 // proxyArgs are the flags of svcproxy on node n, as a DaemonSet would pass
-// them, then Options.SvcproxyArgs.
+// them, then Options.SvcproxyArgs, then the node's own ProxyArgs.
 func (c *Cluster) proxyArgs(n *Node) []string {
 	args := []string{
 		c.opts.Svcproxy,
@@ -42,7 +42,8 @@ func (c *Cluster) proxyArgs(n *Node) []string {
 		"--sync-period=3s",
 		"--v=2",
 	}
-	return append(args, c.opts.SvcproxyArgs...)
+	args = append(args, c.opts.SvcproxyArgs...)
+	return append(args, n.ProxyArgs...)
 }
 
 func (c *Cluster) startProxies(ctx context.Context) error {
