@@ -18,6 +18,13 @@ const (
 	leafSize  = 8 // keys in a leaf chain
 	splitBits = 4 // 16-way split
 	inlineMax = 2 // a part with at most this many rules is inlined in its parent
+	// maxLevels caps the levels of chains below the root. Each level takes
+	// at least splitBits bits, so an IPv4 or port tree never reaches it;
+	// IPv6 keys chosen to differ one nibble at a time (externalIPs, a
+	// selector-less Service's endpoints) would otherwise need 31 levels,
+	// and nf_tables refuses chain graphs deeper than 16 jumps, failing the
+	// whole family's sync. A node at the cap is a leaf, whatever its size.
+	maxLevels = 8
 )
 
 // treeKey is one key and the rules that match it exactly (each rule already
@@ -61,11 +68,11 @@ type treeSpec struct {
 // caller's) and the node chains, children before parents. keys must be
 // sorted by key and unique.
 func buildTree(keys []treeKey, spec treeSpec) (root []string, chains []*Chain) {
-	return buildNode(keys, spec, 0, &chains), chains
+	return buildNode(keys, spec, 0, 0, &chains), chains
 }
 
-func buildNode(keys []treeKey, spec treeSpec, plen int, chains *[]*Chain) []string {
-	if len(keys) <= leafSize {
+func buildNode(keys []treeKey, spec treeSpec, plen, level int, chains *[]*Chain) []string {
+	if len(keys) <= leafSize || level == maxLevels {
 		return flatten(keys)
 	}
 	// Common prefix of the first and last key (they are sorted).
@@ -90,7 +97,7 @@ func buildNode(keys []treeKey, spec treeSpec, plen int, chains *[]*Chain) []stri
 		} else {
 			childLen := l + n
 			name := spec.name(part, childLen)
-			childRules := buildNode(group, spec, childLen, chains)
+			childRules := buildNode(group, spec, childLen, level+1, chains)
 			*chains = append(*chains, &Chain{Name: name, Rules: childRules})
 			rules = append(rules, spec.match(part, childLen)+" -g "+name)
 		}
