@@ -406,3 +406,63 @@ func waitRefused(h *framework.Host, addr string) error {
 		return err
 	})
 }
+
+// TestDualStackLocalPolicyFromInside: an externalTrafficPolicy Local
+// LoadBalancer whose only endpoint runs on node1 is still served, over
+// both families, to a pod on node2 and to node2 itself through its load
+// balancer IPs and external IPs (traffic from the cluster CIDR of its
+// family, or from the node, goes to every endpoint, as in kube-proxy), and
+// through node2's node port from a pod of node2 to a pod on node1 —
+// while the outside client gets no answer from node2's node port. A
+// pod reaches its own node's node port over IPv6 and lands on itself
+// (hairpin, masqueraded).
+func TestDualStackLocalPolicyFromInside(t *testing.T) {
+	requireIPv6Proxy(t)
+	const ns = "dualstack-local-in"
+	node1, node2 := cluster.Nodes[0], cluster.Nodes[1]
+	pod2 := cluster.MustStartPod(t, ns, "client", node2)
+	b1 := cluster.MustStartPod(t, ns, "web-1", node1)
+	l := framework.DualStack(framework.NewService(ns, "lb", 80, corev1.ProtocolTCP, corev1.ProtocolUDP))
+	l.Spec.Type = corev1.ServiceTypeLoadBalancer
+	l.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+	l.Spec.ExternalIPs = []string{externalIP4, externalIP6}
+	lb := cluster.MustCreateService(t, l)
+	mustBeDualStack(t, lb)
+	ctx := context.Background()
+	lb.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: lbIP4, IPMode: ptr.To(corev1.LoadBalancerIPModeVIP)}, {IP: lbIP6, IPMode: ptr.To(corev1.LoadBalancerIPModeVIP)}}
+	lb, err := cluster.Kube.CoreV1().Services(ns).UpdateStatus(ctx, lb, metav1.UpdateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cluster.MustSetEndpoints(t, lb, b1)
+	cluster.MustWaitServing(t, lb)
+	for _, ip := range []string{lbIP4, lbIP6, externalIP4, externalIP6} {
+		for _, proto := range bothProtos {
+			addr := net.JoinHostPort(ip, "80")
+			for _, from := range []*framework.Host{&pod2.Host, &node2.Host} {
+				r := waitAnswer(t, from, proto, addr, 10*time.Second)
+				if r.Name != b1.Name {
+					t.Errorf("%s %s from %s: answered by %s, want %s", proto, addr, from.Name, r.Name, b1.Name)
+				}
+			}
+		}
+	}
+	for _, family := range bothFamilies {
+		for _, proto := range bothProtos {
+			addr := nodePortAddr(node2, lb, proto, family)
+			r := waitAnswer(t, &pod2.Host, proto, addr, 10*time.Second)
+			t.Logf("%s %s (node2's node port) from %s: answered by %s", proto, addr, pod2.Name, r.Name)
+			err := expectNoAnswer(t, cluster.Client, proto, addr)
+			t.Logf("%s %s from %s (outside, no local endpoint): %v", proto, addr, cluster.Client.Name, err)
+		}
+	}
+	t.Run("nodeport-hairpin-ipv6", func(t *testing.T) {
+		for _, proto := range bothProtos {
+			addr := nodePortAddr(node1, lb, proto, corev1.IPv6Protocol)
+			r := waitAnswer(t, &b1.Host, proto, addr, 10*time.Second)
+			if r.Name != b1.Name || r.Src.Addr() == b1.IP6 {
+				t.Errorf("%s %s from %s (its own node's node port): answered by %s seeing source %v; want itself, masqueraded", proto, addr, b1.Name, r.Name, r.Src)
+			}
+		}
+	})
+}
