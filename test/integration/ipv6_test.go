@@ -26,7 +26,9 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"math/big"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -39,6 +41,7 @@ import (
 	"github.com/vishvananda/netlink"
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
@@ -1033,4 +1036,71 @@ func TestDualStackNodePortAddresses(t *testing.T) {
 			t.Errorf("health-check node port answers on %s, outside --nodeport-addresses", tc.host)
 		}
 	}
+}
+
+// nibbleAddrs returns 9 addresses next to base and, for each nibble of
+// the address, base with that nibble's top bit flipped: keys that a
+// prefix tree splitting 4 bits a level would need a level per nibble for.
+func nibbleAddrs(base netip.Addr) []string {
+	b := new(big.Int).SetBytes(base.AsSlice())
+	bits := base.BitLen()
+	var out []string
+	add := func(v *big.Int) {
+		buf := make([]byte, bits/8)
+		v.FillBytes(buf)
+		a, _ := netip.AddrFromSlice(buf)
+		out = append(out, a.String())
+	}
+	for i := range 9 {
+		add(new(big.Int).Add(b, big.NewInt(int64(i))))
+	}
+	for n := 0; n < bits/4-1; n++ {
+		add(new(big.Int).Xor(b, new(big.Int).Lsh(big.NewInt(8), uint(bits-4*(n+1)))))
+	}
+	return out
+}
+
+// TestDualStackDeepIPv6Tree: a Service whose externalIPs differ one nibble
+// at a time (anyone who creates Services can set them) does not break the
+// node's IPv6 rules: nf_tables refuses chain graphs deeper than 16 jumps,
+// and such IPv6 addresses used to make a 31-level dispatch tree, so the
+// IPv6 sync of every Service failed. With the real ip6tables-restore, every
+// IPv6 Service works and so does the deepest address.
+func TestDualStackDeepIPv6Tree(t *testing.T) {
+	tp := newDualStackTopology(t)
+	_, _, cli := tp.dsPods(t)
+	ext := nibbleAddrs(netip.MustParseAddr("2001:db8:eeee::a0"))
+	state := filepath.Join(t.TempDir(), "state.yaml")
+	writeExampleState(t, state, func(st *source.State) {
+		st.Services = append(st.Services, &v1.Service{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "demo", Name: "deep"},
+			Spec: v1.ServiceSpec{Type: v1.ServiceTypeClusterIP, ClusterIP: "fd00:10:96::5", ClusterIPs: []string{"fd00:10:96::5"},
+				IPFamilies: []v1.IPFamily{v1.IPv6Protocol}, ExternalIPs: ext,
+				Ports: []v1.ServicePort{{Name: "http", Port: 80, Protocol: v1.ProtocolTCP}}},
+		})
+		st.EndpointSlices = append(st.EndpointSlices, &discovery.EndpointSlice{
+			ObjectMeta:  metav1.ObjectMeta{Namespace: "demo", Name: "deep-1", Labels: map[string]string{discovery.LabelServiceName: "deep"}},
+			AddressType: discovery.AddressTypeIPv6,
+			Ports:       []discovery.EndpointPort{{Name: ptr.To("http"), Port: ptr.To[int32](8080), Protocol: ptr.To(v1.ProtocolTCP)}},
+			Endpoints:   []discovery.Endpoint{{Addresses: []string{"fd00:10:244:1::11"}, NodeName: ptr.To("node1")}},
+		})
+	})
+	startDualStackProxy(t, tp, state)
+	eventually(t, "IPv6 programmed", 10*time.Second, func() error {
+		_, err := dialNet(cli, "tcp6", "[fd00:10:96::a]:80", time.Second)
+		return err
+	})
+	for _, addr := range []string{ext[0], ext[8], ext[len(ext)-1]} {
+		a, err := dialNet(tp.client, "tcp6", hp(addr, 80), 2*time.Second)
+		if err != nil || a.Server != "srv2" {
+			t.Errorf("[%s]:80 from outside: %v %v, want srv2", addr, a, err)
+		}
+	}
+	chains := 0
+	for _, l := range strings.Split(nsRun(t, tp.node, "ip6tables-save", "-t", "nat"), "\n") {
+		if strings.HasPrefix(l, ":SVCP-T6-") {
+			chains++
+		}
+	}
+	t.Logf("%d IPv6 externalIPs, %d IPv6 dispatch tree chains", len(ext), chains)
 }
