@@ -34,6 +34,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -399,6 +400,7 @@ func checkDualStackExample(t *testing.T, tp *dsTopology, srv1, cli string) {
 			ns, network, addr string
 			open              bool
 		}
+		var wg sync.WaitGroup
 		for _, tc := range []c{
 			{tp.client, "tcp4", "203.0.113.10:80", true},
 			{tp.client2, "tcp4", "203.0.113.10:80", false},
@@ -413,15 +415,21 @@ func checkDualStackExample(t *testing.T, tp *dsTopology, srv1, cli string) {
 			{tp.client2, "tcp4", "192.168.51.1:30091", true},
 			{tp.client2, "tcp6", "[2001:db8:51::1]:30091", true},
 		} {
-			who := map[string]string{tp.client: "client", tp.client2: "client2", cli: "pod cli"}[tc.ns]
-			if tc.open {
-				if _, _, err := serversNet(tc.ns, tc.network, tc.addr, 5); err != nil {
-					t.Errorf("%s: %v, want it allowed", who, err)
+			// At once: each drop takes its timeout.
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				who := map[string]string{tp.client: "client", tp.client2: "client2", cli: "pod cli"}[tc.ns]
+				if tc.open {
+					if _, _, err := serversNet(tc.ns, tc.network, tc.addr, 5); err != nil {
+						t.Errorf("%s: %v, want it allowed", who, err)
+					}
+				} else if err := dropped(tc.ns, tc.network, tc.addr); err != nil {
+					t.Errorf("%s: %v", who, err)
 				}
-			} else if err := dropped(tc.ns, tc.network, tc.addr); err != nil {
-				t.Errorf("%s: %v", who, err)
-			}
+			}()
 		}
+		wg.Wait()
 	})
 	t.Run("hairpin: a pod reaches itself through its service", func(t *testing.T) {
 		for _, f := range families {
