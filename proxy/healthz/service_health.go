@@ -133,29 +133,42 @@ func HostAddresses() ([]netip.Addr, error) {
 }
 
 // listenAddresses returns the addresses a health-check port listens on:
-// 0.0.0.0 (both families) without NodePortAddresses, otherwise the local
-// addresses of either family within them, sorted, without loopback and
-// link-local addresses and duplicates.
+// 0.0.0.0 (both families) without NodePortAddresses; otherwise, per family,
+// the local addresses within the prefixes of that family, sorted, without
+// loopback and link-local addresses and duplicates, or every address of a
+// family no prefix is of (0.0.0.0 or ::, as node ports do, like
+// kube-proxy's per-family proxiers).
 func (s *ServiceServer) listenAddresses() ([]netip.Addr, error) {
 	prefixes := s.cfg.NodePortAddresses
 	if len(prefixes) == 0 {
 		return []netip.Addr{netip.IPv4Unspecified()}, nil
 	}
+	has := map[bool]bool{} // is6 -> a prefix of that family
+	for _, p := range prefixes {
+		has[p.Addr().Is6()] = true
+	}
+	var out []netip.Addr
+	if !has[false] {
+		out = append(out, netip.IPv4Unspecified())
+	}
+	if !has[true] {
+		out = append(out, netip.IPv6Unspecified())
+	}
 	local, err := s.cfg.InterfaceAddresses()
 	if err != nil {
 		return nil, err
 	}
-	var out []netip.Addr
+	matched := false
 	for _, a := range local {
 		a = a.Unmap()
 		if a.IsLoopback() || a.IsLinkLocalUnicast() || slices.Contains(out, a) {
 			continue // node ports never answer there
 		}
 		if slices.ContainsFunc(prefixes, func(p netip.Prefix) bool { return p.Contains(a) }) {
-			out = append(out, a)
+			out, matched = append(out, a), true
 		}
 	}
-	if len(out) == 0 {
+	if !matched {
 		return nil, fmt.Errorf("no local address within --nodeport-addresses %v", prefixes)
 	}
 	slices.SortFunc(out, netip.Addr.Compare)
@@ -263,7 +276,7 @@ func (s *ServiceServer) open(k serviceKey, port int32, addrs []netip.Addr, addrs
 		if a.Is6() {
 			network = "tcp6"
 		}
-		if a.IsUnspecified() {
+		if a.IsUnspecified() && len(addrs) == 1 {
 			// Every address of both families, like kube-proxy's: Go
 			// listens on 0.0.0.0 with "tcp" as a dual-stack [::] socket.
 			network = "tcp"

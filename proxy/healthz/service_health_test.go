@@ -77,21 +77,22 @@ func TestServiceServerSyncServices(t *testing.T) {
 				lbPort("ns", "b", "", 30101),
 			)},
 			prefixes:  prefixes("192.168.1.0/24", "10.0.0.0/8"),
-			wantOpen:  []string{"10.0.0.10:30100", "10.0.0.10:30101", "10.1.0.10:30100", "10.1.0.10:30101", "192.168.1.10:30100", "192.168.1.10:30101"},
+			// No IPv6 prefix: every IPv6 address, as for node ports.
+			wantOpen:  []string{"10.0.0.10:30100", "10.0.0.10:30101", "10.1.0.10:30100", "10.1.0.10:30101", "192.168.1.10:30100", "192.168.1.10:30101", "[::]:30100", "[::]:30101"},
 			wantPorts: map[string]int32{"ns/a": 30100, "ns/b": 30101},
 		},
 		{
 			name:      "one prefix",
 			snaps:     []*proxy.Snapshot{snapshot(lbPort("ns", "a", "", 30100))},
 			prefixes:  prefixes("192.168.1.10/32"),
-			wantOpen:  []string{"192.168.1.10:30100"},
+			wantOpen:  []string{"192.168.1.10:30100", "[::]:30100"},
 			wantPorts: map[string]int32{"ns/a": 30100},
 		},
 		{
 			name:      "loopback addresses never, as for NodePorts",
 			snaps:     []*proxy.Snapshot{snapshot(lbPort("ns", "a", "", 30100))},
 			prefixes:  prefixes("0.0.0.0/0"),
-			wantOpen:  []string{"10.0.0.10:30100", "10.1.0.10:30100", "172.18.0.1:30100", "192.168.1.10:30100"},
+			wantOpen:  []string{"10.0.0.10:30100", "10.1.0.10:30100", "172.18.0.1:30100", "192.168.1.10:30100", "[::]:30100"},
 			wantPorts: map[string]int32{"ns/a": 30100},
 		},
 		{
@@ -398,7 +399,7 @@ func TestServiceServerNoMatchingAddress(t *testing.T) {
 	local = append(local, netip.MustParseAddr("192.168.1.10"))
 	reported = nil
 	s.SyncServices(snap)
-	if diff := cmp.Diff([]string{"192.168.1.10:30100", "192.168.1.10:30101"}, fl.addresses()); diff != "" {
+	if diff := cmp.Diff([]string{"192.168.1.10:30100", "192.168.1.10:30101", "[::]:30100", "[::]:30101"}, fl.addresses()); diff != "" {
 		t.Errorf("open once an address appeared (-want +got):\n%s", diff)
 	}
 	if len(reported) != 0 {
@@ -485,5 +486,18 @@ func TestServiceServerDualStackAddresses(t *testing.T) {
 	slices.Sort(got)
 	if diff := cmp.Diff([]string{"192.168.1.10:30100", "[2001:db8::10]:30100"}, got); diff != "" {
 		t.Errorf("listening on (-want +got):\n%s", diff)
+	}
+
+	// IPv4 prefixes only: IPv6 node ports answer on every IPv6 address
+	// (kube-proxy's per-family semantics), and so does the health check.
+	fl4 := newFakeListener()
+	s4 := NewServiceServer(ServiceConfig{Listener: fl4, NodePortAddresses: prefixes("192.168.1.0/24"),
+		InterfaceAddresses: func() ([]netip.Addr, error) { return addrs("192.168.1.10", "2001:db8::10"), nil }})
+	defer s4.Close()
+	s4.SyncServices(snapshot(lbPort("shop", "web", "", 30100)))
+	got = fl4.addresses()
+	slices.Sort(got)
+	if diff := cmp.Diff([]string{"192.168.1.10:30100", "[::]:30100"}, got); diff != "" {
+		t.Errorf("IPv4 prefixes only: listening on (-want +got):\n%s", diff)
 	}
 }
