@@ -69,6 +69,17 @@ func (r *Runner) RequestFull() {
 	r.Request()
 }
 
+// TakeFullRequest reports, and clears, a RequestFull not yet served. A
+// sync function calls it once it may touch the kernel: a request made while
+// the sync waited to start (drift found meanwhile) makes it full.
+func (r *Runner) TakeFullRequest() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	f := r.fullWanted
+	r.fullWanted = false
+	return f
+}
+
 // takePending reports whether a sync and whether a full one was asked for;
 // clear resets both.
 func (r *Runner) takePending(clear bool) (pending, full bool) {

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -99,6 +100,9 @@ type Daemon struct {
 	leftRunning bool
 	// backendMu keeps drift checks out of a running sync.
 	backendMu sync.Mutex
+	// repairPending is set when drift was found and cleared by the next
+	// successful full sync: no check runs meanwhile.
+	repairPending atomic.Bool
 }
 
 // New builds a Daemon; Run starts it.
@@ -215,13 +219,17 @@ func (d *Daemon) watchDrift(ctx context.Context, dc proxy.DriftChecker) {
 	if interval == 0 {
 		interval = DefaultDriftInterval
 	}
-	t := time.NewTicker(interval)
-	defer t.Stop()
 	for {
+		// The interval runs from the end of a check: a check as slow as
+		// the interval (a loaded or emulated machine) must not run back
+		// to back and starve the syncs of the lock.
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-time.After(interval):
+		}
+		if d.repairPending.Load() {
+			continue // found already; the full sync that repairs it is to come
 		}
 		d.backendMu.Lock()
 		why, err := dc.CheckDrift(ctx)
@@ -233,6 +241,7 @@ func (d *Daemon) watchDrift(ctx context.Context, dc proxy.DriftChecker) {
 			logger.Info("Rules changed outside svcproxy; repairing with a full sync", "drift", why)
 			d.metrics.DriftDetected()
 			d.health.QueuedUpdate()
+			d.repairPending.Store(true)
 			d.runner.RequestFull()
 		}
 	}
@@ -243,6 +252,11 @@ func (d *Daemon) sync(ctx context.Context, full bool) error {
 	d.backendMu.Lock()
 	defer d.backendMu.Unlock()
 	logger := klog.FromContext(ctx)
+	if d.runner.TakeFullRequest() && !full {
+		// Drift was found while this sync waited for the lock: a partial
+		// sync would work from what svcproxy believes is in the kernel.
+		full = true
+	}
 	start := time.Now()
 	d.triggers = append(d.triggers, d.recorder.TakeTriggerTimes()...)
 	snap, changes := d.tracker.Snapshot()
@@ -284,6 +298,9 @@ func (d *Daemon) sync(ctx context.Context, full bool) error {
 	d.services.SyncServices(snap)
 	d.pending, d.triggers = d.pending[:0], d.triggers[:0]
 	d.startLeftovers(ctx)
+	if full {
+		d.repairPending.Store(false)
+	}
 	if res.Full {
 		// A full sync leaves a lot of garbage (the restore input of every
 		// chain): hand it back to the OS now rather than keep the peak.

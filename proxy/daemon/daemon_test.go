@@ -15,6 +15,7 @@ import (
 	"github.com/svcproxy/svcproxy/proxy"
 	"github.com/svcproxy/svcproxy/proxy/conntrack"
 	conntracktest "github.com/svcproxy/svcproxy/proxy/conntrack/testing"
+	"github.com/svcproxy/svcproxy/proxy/healthz"
 	"github.com/svcproxy/svcproxy/proxy/metrics"
 	"github.com/svcproxy/svcproxy/proxy/proxytest"
 )
@@ -476,4 +477,30 @@ func TestLeftoversDoNotHoldBackSyncs(t *testing.T) {
 		_, st := be.snapshot()
 		return len(st[dnsPort]) == 2
 	})
+}
+
+// Drift found while a partial sync waited for the lock: that sync is full.
+func TestSyncAfterDriftIsFull(t *testing.T) {
+	be := &fakeBackend{}
+	d := New(Config{NodeName: "node1", Backend: be, SyncPeriod: time.Hour, Conntrack: &fakeConntrack{}})
+	d.services = healthz.NewServiceServer(healthz.ServiceConfig{})
+	defer d.services.Close()
+	ctx := context.Background()
+	if err := d.sync(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.sync(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	d.runner.RequestFull()
+	if err := d.sync(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.sync(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	calls, _ := be.snapshot()
+	if want := []bool{true, false, true, false}; !slices.Equal(calls, want) {
+		t.Errorf("syncs (full?) %v, want %v: the sync after RequestFull must be full, once", calls, want)
+	}
 }
