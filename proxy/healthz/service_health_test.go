@@ -76,7 +76,7 @@ func TestServiceServerSyncServices(t *testing.T) {
 				lbPort("ns", "a", "", 30100),
 				lbPort("ns", "b", "", 30101),
 			)},
-			prefixes:  prefixes("192.168.1.0/24", "10.0.0.0/8"),
+			prefixes: prefixes("192.168.1.0/24", "10.0.0.0/8"),
 			// No IPv6 prefix: every IPv6 address, as for node ports.
 			wantOpen:  []string{"10.0.0.10:30100", "10.0.0.10:30101", "10.1.0.10:30100", "10.1.0.10:30101", "192.168.1.10:30100", "192.168.1.10:30101", "[::]:30100", "[::]:30101"},
 			wantPorts: map[string]int32{"ns/a": 30100, "ns/b": 30101},
