@@ -30,9 +30,15 @@ const driftSeed = 9
 
 const fullSyncCount = "kubeproxy_sync_full_proxy_rules_duration_seconds_count"
 
-// driftRepairBound is how fast svcproxy must repair each fault: it checks
-// for drift every 2 s and then runs a full sync.
-const driftRepairBound = 5 * time.Second
+// driftRepairBound is how fast svcproxy must repair each fault in the VM.
+// On a real node it is about 2 s (a drift check every 2 s, then a full
+// sync), and the integration fault test holds iptables mode to 5 s on the
+// host's kernel; the VM emulates its one CPU (qemu -accel tcg), where one
+// drift check takes 0.5–3 s and a full sync of this small state 1–18 s on
+// a loaded host. So here the bound proves the repair happens without a
+// restart or a periodic full sync (--sync-period is an hour in this test),
+// and each repair's time is logged with svcproxy's timeline.
+const driftRepairBound = 30 * time.Second
 
 // TestDriftRepairWithTheBinary runs the svcproxy program in IPVS mode with
 // --state on the node, under a stream of new TCP connections from a pod to
@@ -46,7 +52,7 @@ const driftRepairBound = 5 * time.Second
 //     no packet to a service address until they are back;
 //   - one address (the streamed ClusterIP) deleted from svcproxy-ipvs0.
 //
-// Each time, within 5 s, svcproxy's iptables rules must be back exactly as
+// Each time, within driftRepairBound, svcproxy's iptables rules must be back exactly as
 // before the fault, the link must hold the ClusterIP again, and new
 // connections must be answered: the pod's to the ClusterIP, and srv1's to
 // itself through a second Service (hairpin: answered only if svcproxy's nat
@@ -54,11 +60,7 @@ const driftRepairBound = 5 * time.Second
 // took is logged, with svcproxy's drift detections and syncs meanwhile.
 // Stream connections may fail only while a fault is unrepaired.
 //
-// The 5 s bound is a real node's (a 2 s drift check, then a full sync). The
-// VM emulates its one CPU (qemu -accel tcg): there a drift check (about ten
-// iptables execs) takes 0.5–3 s and a full sync of this small state 1–4 s
-// on an idle host, far more on a loaded one, so the bound can fail for the
-// VM's speed alone; each fault's log lines say where the time went.
+// See driftRepairBound for why the VM's bound is looser than a node's.
 func TestDriftRepairWithTheBinary(t *testing.T) {
 	if _, err := os.Stat(svcproxyBin); err != nil {
 		t.Fatalf("%s: %v (run hack/vm/run.sh with VM_WITH_SVCPROXY=1)", svcproxyBin, err)
@@ -89,7 +91,7 @@ func TestDriftRepairWithTheBinary(t *testing.T) {
 	logFile, err := os.Create(logPath)
 	must(t, err)
 	cmd := exec.Command(svcproxyBin, "--mode=ipvs", "--state="+state, "--hostname-override=node1",
-		"--cluster-cidr=10.244.0.0/16", "--min-sync-period=100ms", "--healthz-bind-address=",
+		"--cluster-cidr=10.244.0.0/16", "--min-sync-period=100ms", "--sync-period=1h", "--healthz-bind-address=",
 		"--metrics-bind-address=127.0.0.1:10249", "-v=2")
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	must(t, inNS(tp.node, cmd.Start))
@@ -379,7 +381,7 @@ func TestDriftRepairWithTheBinary(t *testing.T) {
 			// once, after each full sync svcproxy reports, and every
 			// 2 s; addresses (netlink) and probes are cheap.
 			fulls := m0[fullSyncCount]
-			for i := 0; time.Since(start) < 4*driftRepairBound; i++ {
+			for i := 0; time.Since(start) < 2*driftRepairBound; i++ {
 				if o.rulesBack == 0 {
 					m := metrics()
 					if i == 0 || i%20 == 19 || m[fullSyncCount] > fulls {
@@ -409,7 +411,7 @@ func TestDriftRepairWithTheBinary(t *testing.T) {
 			if o.answered == 0 {
 				logText, _ := os.ReadFile(logPath)
 				t.Errorf("round %d, %s (at %s): not repaired within %v (rules back: %v, address back: %v); svcproxy meanwhile:\n%s\nrules now:\n%s\nwant:\n%s",
-					round, f.name, start.Format("15:04:05.000"), 4*driftRepairBound, o.rulesBack > 0, o.linkBack > 0,
+					round, f.name, start.Format("15:04:05.000"), 2*driftRepairBound, o.rulesBack > 0, o.linkBack > 0,
 					syncTimeline(string(logText), start, time.Now()), strings.Join(ourRules(), "\n"), strings.Join(want, "\n"))
 				// Where is svcproxy stuck? SIGQUIT makes the Go runtime
 				// print every goroutine's stack (to the log) and exit.
