@@ -28,13 +28,14 @@ type HealthChecker interface {
 // ServiceConfig configures a ServiceServer.
 type ServiceConfig struct {
 	// NodePortAddresses are the --nodeport-addresses prefixes. As in
-	// kube-proxy, a health-check node port listens on each local IPv4
-	// address within them (loopback addresses excepted, as for NodePorts),
-	// taken when the port is opened; empty means every address of both
-	// families (0.0.0.0 as Go's dual-stack socket). IPv6 addresses within
-	// IPv6 prefixes are not listened on (yet). A port for which no local address matches is not opened:
-	// that is reported like a listen error, and tried again on the next
-	// SyncServices.
+	// kube-proxy, a health-check node port listens, per family, on each
+	// local address within the prefixes of that family (loopback and
+	// link-local addresses excepted, as for NodePorts), taken when the
+	// port is opened, or on every address of a family no prefix is of;
+	// empty means every address of both families (0.0.0.0 as Go's
+	// dual-stack socket). A port for which no local address matches is
+	// not opened: that is reported like a listen error, and tried again on
+	// the next SyncServices.
 	NodePortAddresses []netip.Prefix
 	// InterfaceAddresses lists the local addresses NodePortAddresses are
 	// matched against; nil means HostAddresses.
