@@ -232,23 +232,14 @@ func badServiceAddress(a netip.Addr, err error) string {
 		return "not an IP address"
 	case a.Zone() != "":
 		return "has a zone"
-	case a.IsUnspecified():
-		return "unspecified"
-	case a.IsLoopback():
-		return "loopback"
-	case a.IsLinkLocalUnicast():
-		return "link-local"
-	case a.IsMulticast():
-		return "multicast"
-	case a.Is4() && a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
-		return "broadcast"
 	}
-	return ""
+	return badEndpointAddress(a)
 }
 
 // badEndpointAddress says why the API server would refuse a as an
-// endpoint address, "" when it would not (EndpointSlice validation:
-// not unspecified, loopback, link-local or multicast).
+// endpoint address (or a service address), "" when it would not
+// (EndpointSlice validation: not unspecified, loopback, link-local or
+// multicast).
 func badEndpointAddress(a netip.Addr) string {
 	switch {
 	case a.IsUnspecified():

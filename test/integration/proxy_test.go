@@ -144,26 +144,7 @@ func writeState(t *testing.T, path string, d stateData) {
 // startProxy runs svcproxy in the node namespace and returns its process.
 func startProxy(t *testing.T, tp *topology, state string) *exec.Cmd {
 	t.Helper()
-	log, err := os.Create(filepath.Join(t.TempDir(), "svcproxy.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("ip", "netns", "exec", tp.node, svcproxyBin, "--state", state,
-		"--hostname-override", "node1", "--cluster-cidr", "10.244.0.0/16",
-		"--min-sync-period", "100ms", "--state-poll-interval", "100ms", "-v", "2")
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		if t.Failed() {
-			out, _ := os.ReadFile(log.Name())
-			t.Logf("svcproxy log:\n%s", out)
-		}
-	})
-	return cmd
+	return startProxyWith(t, tp, state, nil)
 }
 
 // eventually retries fn until it succeeds or the deadline passes.
