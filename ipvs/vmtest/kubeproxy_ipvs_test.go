@@ -245,7 +245,7 @@ func testTakeOverFromKubeProxyIPVS(t *testing.T, mode string) {
 	}
 	logf.Sync()
 	out, _ := os.ReadFile(logf.Name())
-	if !strings.Contains(string(out), "Removed kube-proxy's IPVS-mode leftovers") {
+	if !strings.Contains(string(out), `"Removed leftovers" what="kube-proxy's IPVS-mode objects"`) {
 		t.Errorf("svcproxy did not log the removal:\n%s", out)
 	}
 }
