@@ -407,9 +407,13 @@ func parseSlice(s *discovery.EndpointSlice, nodeName string) *sliceInfo {
 		p := slicePort{name: intern(name), proto: canonicalProtocol(proto)}
 		if num := *sp.Port; num > 0 && num <= 65535 {
 			p.valid = true
-			eps := make([]*Endpoint, 0, len(firsts))
-			for _, f := range firsts {
-				eps = append(eps, newEndpoint(f.ip, num, f.e, nodeName))
+			// One block for the slice's endpoints: one allocation, and
+			// side by side in memory for the render that walks them.
+			block := make([]Endpoint, len(firsts))
+			eps := make([]*Endpoint, len(firsts))
+			for i, f := range firsts {
+				fillEndpoint(&block[i], f.ip, num, f.e, nodeName)
+				eps[i] = &block[i]
 			}
 			p.endpoints = dedupEndpoints(eps)
 		}
@@ -457,7 +461,8 @@ func canonicalProtocol(p v1.Protocol) v1.Protocol {
 	return p
 }
 
-func newEndpoint(ip netip.Addr, port int32, e *discovery.Endpoint, nodeName string) *Endpoint {
+// fillEndpoint sets ep from an EndpointSlice endpoint.
+func fillEndpoint(ep *Endpoint, ip netip.Addr, port int32, e *discovery.Endpoint, nodeName string) {
 	// Per the API, a nil ready condition means "unknown, assume ready";
 	// serving defaults to ready; terminating to false.
 	ready := e.Conditions.Ready == nil || *e.Conditions.Ready
@@ -466,7 +471,7 @@ func newEndpoint(ip netip.Addr, port int32, e *discovery.Endpoint, nodeName stri
 		serving = *e.Conditions.Serving
 	}
 	terminating := e.Conditions.Terminating != nil && *e.Conditions.Terminating
-	ep := &Endpoint{IP: ip, Port: port, Ready: ready && !terminating, Serving: serving, Terminating: terminating}
+	*ep = Endpoint{IP: ip, Port: port, Ready: ready && !terminating, Serving: serving, Terminating: terminating}
 	if e.NodeName != nil {
 		ep.NodeName = intern(*e.NodeName)
 		ep.IsLocal = nodeName != "" && *e.NodeName == nodeName
@@ -488,5 +493,4 @@ func newEndpoint(ip netip.Addr, port int32, e *discovery.Endpoint, nodeName stri
 			}
 		}
 	}
-	return ep
 }
