@@ -19,7 +19,7 @@
 # (svcpe2e-<pid>-*); the root namespace's interfaces, routes, sysctls and
 # iptables are never touched. Every process is started by this run and
 # stopped by its PID; namespaces and files are removed on exit (also on
-# Ctrl-C). Takes about 10 minutes at 10,000 services, nearly all of it
+# Ctrl-C). Takes 15-25 minutes at 10,000 services on 2 cores, nearly all of it
 # kube-proxy's iptables mode.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
