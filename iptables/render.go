@@ -459,7 +459,7 @@ func assemble(snap *proxy.Snapshot, c *common, fragmentOf func(*proxy.ServicePor
 	for ip, rules := range r.addrKeys {
 		keys = append(keys, treeKey{key: addrKey(ip), rules: rules})
 	}
-	slices.SortFunc(keys, cmpKeys)
+	slices.SortFunc(keys, func(a, b treeKey) int { return cmpKeys(&a, &b) })
 	dispatchSpec, hairpinSpec := addrTree, hairpinTree
 	if c.opts.IPv6 {
 		dispatchSpec, hairpinSpec = addrTree6, hairpinTree6
@@ -478,7 +478,7 @@ func assemble(snap *proxy.Snapshot, c *common, fragmentOf func(*proxy.ServicePor
 		for port, rules := range ports {
 			pk = append(pk, treeKey{key: portKey(port), rules: rules})
 		}
-		slices.SortFunc(pk, cmpKeys)
+		slices.SortFunc(pk, func(a, b treeKey) int { return cmpKeys(&a, &b) })
 		protoRoot, protoTree := buildTree(pk, portTree(proto))
 		nat = append(nat, protoTree...)
 		npRoot = append(npRoot, protoRoot...)
@@ -506,7 +506,7 @@ func assemble(snap *proxy.Snapshot, c *common, fragmentOf func(*proxy.ServicePor
 		hk = append(hk, treeKey{key: addrKey(ip),
 			rules: []string{"-m comment --comment " + comment("hairpin") + " -s " + s + " -d " + s + " -j MASQUERADE"}})
 	}
-	slices.SortFunc(hk, cmpKeys)
+	slices.SortFunc(hk, func(a, b treeKey) int { return cmpKeys(&a, &b) })
 	hpRoot, hpTree := buildTree(hk, hairpinSpec)
 	nat = append(nat, hpTree...)
 	nat = append(nat, &Chain{Name: HairpinChain, Rules: hpRoot})

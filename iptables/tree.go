@@ -1,7 +1,7 @@
 package iptables
 
 import (
-	"bytes"
+	"cmp"
 	"fmt"
 	"net/netip"
 )
@@ -55,7 +55,19 @@ func portKey(p uint16) [16]byte {
 	return k
 }
 
-func cmpKeys(a, b treeKey) int { return bytes.Compare(a.key[:], b.key[:]) }
+func cmpKeys(a, b *treeKey) int {
+	// Two big-endian halves compare like the bytes, in two steps.
+	if x, y := be64(a.key[:8]), be64(b.key[:8]); x != y {
+		return cmp.Compare(x, y)
+	}
+	return cmp.Compare(be64(a.key[8:]), be64(b.key[8:]))
+}
+
+func be64(b []byte) uint64 {
+	_ = b[7]
+	return uint64(b[0])<<56 | uint64(b[1])<<48 | uint64(b[2])<<40 | uint64(b[3])<<32 |
+		uint64(b[4])<<24 | uint64(b[5])<<16 | uint64(b[6])<<8 | uint64(b[7])
+}
 
 // treeSpec says how to name and match tree nodes for one key space.
 type treeSpec struct {
