@@ -85,6 +85,9 @@ install_packages() {
 	command -v ipset >/dev/null || missing+=(ipset)
 	command -v conntrack >/dev/null || missing+=(conntrack)
 	command -v ip >/dev/null || missing+=(iproute2)
+	command -v nft >/dev/null || missing+=(nftables) # kube-proxy nftables-mode takeover tests
+	command -v sysctl >/dev/null || missing+=(procps)
+	command -v setpriv >/dev/null || missing+=(util-linux) # e2e runs svcproxy with the DaemonSet's capabilities
 	if ((${#missing[@]})); then
 		log "installing ${missing[*]}"
 		if [ "$(id -u)" != 0 ]; then
