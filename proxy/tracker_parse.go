@@ -202,11 +202,8 @@ func clusterIPs(key string, svc *v1.Service, note noteFunc) []netip.Addr {
 	}
 	var out []netip.Addr
 	for _, s := range raw {
-		a, err := netip.ParseAddr(strings.TrimSpace(s))
-		if err == nil {
-			a = a.Unmap()
-		}
-		if why := badServiceAddress(a, err); why != "" {
+		a, why := parseServiceAddress(s)
+		if why != "" {
 			note(0, "invalid-cluster-ip", "Skipping cluster IP the API server would refuse", "service", key, "address", s, "why", why)
 			continue
 		}
@@ -220,6 +217,16 @@ func clusterIPs(key string, svc *v1.Service, note noteFunc) []netip.Addr {
 		out = append(out, a)
 	}
 	return out
+}
+
+// parseServiceAddress parses a service address (IPv4-mapped IPv6 taken as
+// IPv4) and says why the API server would refuse it, "" when it would not.
+func parseServiceAddress(s string) (netip.Addr, string) {
+	a, err := netip.ParseAddr(strings.TrimSpace(s))
+	if err == nil {
+		a = a.Unmap()
+	}
+	return a, badServiceAddress(a, err)
 }
 
 // badServiceAddress says why the API server would refuse a as a service
@@ -291,11 +298,8 @@ type noteFunc func(level klog.Level, reason, msg string, kv ...any)
 func parseIPs(key, field string, raw []string, note noteFunc) []netip.Addr {
 	var out []netip.Addr
 	for _, s := range raw {
-		a, err := netip.ParseAddr(strings.TrimSpace(s))
-		if err == nil {
-			a = a.Unmap()
-		}
-		if why := badServiceAddress(a, err); why != "" {
+		a, why := parseServiceAddress(s)
+		if why != "" {
 			note(0, "invalid-address", "Skipping address the API server would refuse", "service", key, "field", field, "address", s, "why", why)
 			continue
 		}
