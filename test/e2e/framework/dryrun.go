@@ -40,11 +40,17 @@ func (c *Cluster) DryRun(ctx context.Context, n *Node) (string, error) {
 // IPTablesSave returns iptables-save of the namespace (its standard output
 // only: the rules, with the tool's comment lines).
 func (n *NetNS) IPTablesSave(ctx context.Context) (string, error) {
-	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", n.Name, "iptables-save")
+	return n.save(ctx, "iptables-save")
+}
+
+// save runs tool (iptables-save or ip6tables-save) in the namespace and
+// returns its standard output.
+func (n *NetNS) save(ctx context.Context, tool string) (string, error) {
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", n.Name, tool)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("iptables-save in %s: %w: %s", n.Name, err, strings.TrimSpace(stderr.String()))
+		return "", fmt.Errorf("%s in %s: %w: %s", tool, n.Name, err, strings.TrimSpace(stderr.String()))
 	}
 	return stdout.String(), nil
 }
@@ -56,17 +62,22 @@ func (n *NetNS) IPTablesSave(ctx context.Context) (string, error) {
 // iptables-save. The namespace is deleted before it returns; nothing else
 // is touched.
 func (c *Cluster) CanonicalRules(ctx context.Context, restore string) (string, error) {
+	return c.canonicalRules(ctx, restore, "iptables")
+}
+
+// canonicalRules is CanonicalRules with tool ("iptables" or "ip6tables").
+func (c *Cluster) canonicalRules(ctx context.Context, restore, tool string) (string, error) {
 	ns, err := c.addNetNS(ctx, "scratch"+strconv.FormatInt(scratchSeq.Add(1), 10))
 	if err != nil {
 		return "", err
 	}
 	defer func() { _ = c.removeNetNS(context.WithoutCancel(ctx), ns) }()
-	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", ns.Name, "iptables-restore", "--noflush")
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", ns.Name, tool+"-restore", "--noflush")
 	cmd.Stdin = strings.NewReader(restore)
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("iptables-restore --noflush in scratch namespace %s: %w: %s", ns.Name, err, strings.TrimSpace(string(out)))
+		return "", fmt.Errorf("%s-restore --noflush in scratch namespace %s: %w: %s", tool, ns.Name, err, strings.TrimSpace(string(out)))
 	}
-	return ns.IPTablesSave(ctx)
+	return ns.save(ctx, tool+"-save")
 }
 
 // tail returns the last n lines of s.

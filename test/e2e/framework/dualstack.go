@@ -1,13 +1,9 @@
 package framework
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"os/exec"
-	"strconv"
 	"strings"
-	"sync/atomic"
 )
 
 // Markers svcproxy --dry-run puts before each family's section when the
@@ -36,35 +32,16 @@ func SplitDryRun(text string) (v4, v6 string, err error) {
 	}
 }
 
-// scratch6Seq numbers the scratch namespaces of CanonicalRules6.
-var scratch6Seq atomic.Int64
-
 // CanonicalRules6 is CanonicalRules for IPv6: it loads restore
 // (ip6tables-restore --noflush input) into a scratch network namespace of
 // the cluster's and returns its ip6tables-save. The namespace is deleted
 // before it returns.
 func (c *Cluster) CanonicalRules6(ctx context.Context, restore string) (string, error) {
-	ns, err := c.addNetNS(ctx, "scratch6-"+strconv.FormatInt(scratch6Seq.Add(1), 10))
-	if err != nil {
-		return "", err
-	}
-	defer func() { _ = c.removeNetNS(context.WithoutCancel(ctx), ns) }()
-	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", ns.Name, "ip6tables-restore", "--noflush")
-	cmd.Stdin = strings.NewReader(restore)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("ip6tables-restore --noflush in scratch namespace %s: %w: %s", ns.Name, err, strings.TrimSpace(string(out)))
-	}
-	return ns.IP6TablesSave(ctx)
+	return c.canonicalRules(ctx, restore, "ip6tables")
 }
 
 // IP6TablesSave returns ip6tables-save of the namespace (its standard
 // output only).
 func (n *NetNS) IP6TablesSave(ctx context.Context) (string, error) {
-	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", n.Name, "ip6tables-save")
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("ip6tables-save in %s: %w: %s", n.Name, err, strings.TrimSpace(stderr.String()))
-	}
-	return stdout.String(), nil
+	return n.save(ctx, "ip6tables-save")
 }
