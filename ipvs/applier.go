@@ -28,9 +28,10 @@ import (
 // servers of the plan, ipsets named SetPrefix… and iptables chains named
 // ChainPrefix…. Nothing else is touched; the kernel is never flushed.
 type Applier struct {
-	k     Interface
-	ipt   *iptables.Syncer
-	opts  Options
+	k    Interface
+	ipt  *iptables.Syncer
+	ipt6 *iptables.Syncer // nil: no ip6tables
+	opts Options
 	clock clock.PassiveClock
 
 	// known is the state the kernel is in, as far as the Applier knows;
@@ -57,7 +58,8 @@ type SyncResult struct {
 	// Draining counts removed real servers still kept with weight 0;
 	// Drained those deleted by this sync.
 	Draining, Drained int
-	IPTables          iptables.SyncResult
+	// IPTables and IPTables6 are the syncs of each family's rules.
+	IPTables, IPTables6 iptables.SyncResult
 }
 
 // NewApplier returns an Applier acting through k (virtual servers, links,
@@ -65,16 +67,26 @@ type SyncResult struct {
 // seen and deleted). A nil clock means the real one. It does nothing until
 // the first Sync.
 func NewApplier(k Interface, ipt iptables.Interface, opts Options, clk clock.PassiveClock) *Applier {
+	return NewDualStackApplier(k, ipt, nil, opts, clk)
+}
+
+// NewDualStackApplier is NewApplier that applies the IPv6 rules of a plan
+// (Plan.IPTables6) through ipt6, which may be nil when no plan has any.
+func NewDualStackApplier(k Interface, ipt, ipt6 iptables.Interface, opts Options, clk clock.PassiveClock) *Applier {
 	if clk == nil {
 		clk = clock.RealClock{}
 	}
-	return &Applier{
+	a := &Applier{
 		k:        k,
 		ipt:      iptables.NewOwnedSyncer(ipt, 0, IsOwnedChain),
 		opts:     opts,
 		clock:    clk,
 		draining: map[drainKey]time.Time{},
 	}
+	if ipt6 != nil {
+		a.ipt6 = iptables.NewOwnedSyncer(ipt6, 0, IsOwnedChain)
+	}
+	return a
 }
 
 // Sync makes the kernel match plan. With full (and always when the
@@ -108,10 +120,22 @@ func (a *Applier) Sync(ctx context.Context, plan *Plan, full bool) (SyncResult, 
 	if err := a.apply(logger, changes.Add, now, &res.Added); err != nil {
 		return res, err
 	}
-	ir, err := a.ipt.Sync(plan.IPTables, res.Full)
-	res.IPTables = ir
-	if err != nil {
-		return res, fmt.Errorf("iptables rules: %w", err)
+	if plan.IPTables != nil {
+		ir, err := a.ipt.Sync(plan.IPTables, res.Full)
+		res.IPTables = ir
+		if err != nil {
+			return res, fmt.Errorf("iptables rules: %w", err)
+		}
+	}
+	if plan.IPTables6 != nil {
+		if a.ipt6 == nil {
+			return res, errors.New("ip6tables rules: no ip6tables")
+		}
+		ir, err := a.ipt6.Sync(plan.IPTables6, res.Full)
+		res.IPTables6 = ir
+		if err != nil {
+			return res, fmt.Errorf("ip6tables rules: %w", err)
+		}
 	}
 	if err := a.apply(logger, changes.Remove, now, &res.Removed); err != nil {
 		return res, err
@@ -243,7 +267,7 @@ func isAdd(k OpKind) bool { return k <= OpAddAddress }
 func setLine(op Op) string {
 	switch op.Kind {
 	case OpCreateSet:
-		return "create " + op.Set + " " + op.SetType + " " + setOptions
+		return "create " + op.Set + " " + op.SetType + " " + setOptions(op.Set)
 	case OpAddEntry:
 		return "add " + op.Set + " " + op.Entry
 	case OpDeleteEntry:

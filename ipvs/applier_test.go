@@ -372,7 +372,7 @@ func TestCleanup(t *testing.T) {
 	if err := e.ipt.Restore([]byte("*filter\n:SVCP-FILTER - [0:0]\nCOMMIT\n")); err != nil {
 		t.Fatal(err)
 	}
-	if err := ipvs.Cleanup(e.k, e.ipt, e.opts); err != nil {
+	if err := ipvs.Cleanup(e.k, e.ipt, nil, e.opts); err != nil {
 		t.Fatal(err)
 	}
 	svcs, _ := e.k.ListServices()
@@ -397,7 +397,7 @@ func TestCleanup(t *testing.T) {
 		t.Error("iptables mode's chain removed")
 	}
 	// Twice is fine.
-	if err := ipvs.Cleanup(e.k, e.ipt, e.opts); err != nil {
+	if err := ipvs.Cleanup(e.k, e.ipt, nil, e.opts); err != nil {
 		t.Errorf("second Cleanup: %v", err)
 	}
 }
@@ -410,7 +410,7 @@ func TestCleanupWithoutIPVS(t *testing.T) {
 	if err := k.UseIPTables(ipt); err != nil {
 		t.Fatal(err)
 	}
-	if err := ipvs.Cleanup(k, ipt, options()); err != nil {
+	if err := ipvs.Cleanup(k, ipt, nil, options()); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -436,7 +436,7 @@ func TestScenariosApply(t *testing.T) {
 			if calls := e.k.Calls(); len(calls) != 0 {
 				t.Errorf("a second full sync of the same plan changed the kernel: %q", calls)
 			}
-			if err := ipvs.Cleanup(e.k, e.ipt, e.opts); err != nil {
+			if err := ipvs.Cleanup(e.k, e.ipt, nil, e.opts); err != nil {
 				t.Fatalf("Cleanup: %v", err)
 			}
 			sets, _ := e.k.ListSets()

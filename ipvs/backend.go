@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 
+	v1 "k8s.io/api/core/v1"
 	"k8s.io/klog/v2"
 
 	"github.com/svcproxy/svcproxy/iptables"
@@ -15,10 +16,10 @@ import (
 
 // Backend is IPVS mode as a proxy.Backend: Render and the Applier.
 type Backend struct {
-	opts    Options
-	k       Interface
-	ipt     iptables.Interface
-	applier *Applier
+	opts      Options
+	k         Interface
+	ipt, ipt6 iptables.Interface
+	applier   *Applier
 	// plan is the last plan synced: its virtual servers are ours when
 	// kube-proxy's leftovers are removed (in the background: planMu).
 	planMu sync.Mutex
@@ -32,7 +33,13 @@ var _ proxy.Backend = (*Backend)(nil)
 // NewBackend returns IPVS mode acting through k and ipt with opts, which
 // must be valid (Options.Validate) and carry the node addresses.
 func NewBackend(k Interface, ipt iptables.Interface, opts Options) *Backend {
-	return &Backend{opts: opts, k: k, ipt: ipt, applier: NewApplier(k, ipt, opts, nil)}
+	return NewDualStackBackend(k, ipt, nil, opts)
+}
+
+// NewDualStackBackend is NewBackend with ip6tables: ipt6 must be non-nil
+// when opts.IPv6 is set.
+func NewDualStackBackend(k Interface, ipt, ipt6 iptables.Interface, opts Options) *Backend {
+	return &Backend{opts: opts, k: k, ipt: ipt, ipt6: ipt6, applier: NewDualStackApplier(k, ipt, ipt6, opts, nil)}
 }
 
 // HostOptions returns opts with the node addresses NodePorts answer on:
@@ -64,7 +71,14 @@ func (b *Backend) Sync(ctx context.Context, snap *proxy.Snapshot, full bool) (pr
 	if res.Draining > 0 || res.Drained > 0 {
 		klog.FromContext(ctx).V(2).Info("Draining removed real servers", "draining", res.Draining, "deleted", res.Drained)
 	}
-	return iptables.Result(plan.IPTables, res.IPTables, res.Full), err
+	var out proxy.SyncResult
+	if plan.IPTables != nil {
+		out.Add(v1.IPv4Protocol, iptables.Result(plan.IPTables, res.IPTables, res.Full))
+	}
+	if plan.IPTables6 != nil {
+		out.Add(v1.IPv6Protocol, iptables.Result(plan.IPTables6, res.IPTables6, res.Full))
+	}
+	return out, err
 }
 
 // CheckDrift implements proxy.DriftChecker: the jumps into IPVS mode's
@@ -77,8 +91,19 @@ func (b *Backend) CheckDrift(context.Context) (string, error) {
 	if plan == nil {
 		return "", nil
 	}
-	if why, err := iptables.CheckDrift(b.ipt, plan.IPTables, []string{ServicesChain, PostroutingChain, FilterChain, ForwardChain}); why != "" || err != nil {
-		return why, err
+	roots := []string{ServicesChain, PostroutingChain, FilterChain, ForwardChain}
+	if plan.IPTables != nil {
+		if why, err := iptables.CheckDrift(b.ipt, plan.IPTables, roots); why != "" || err != nil {
+			return why, err
+		}
+	}
+	if plan.IPTables6 != nil && b.ipt6 != nil {
+		if why, err := iptables.CheckDrift(b.ipt6, plan.IPTables6, roots); why != "" || err != nil {
+			if why != "" {
+				why = "IPv6: " + why
+			}
+			return why, err
+		}
 	}
 	addrs, err := b.k.ListAddresses(plan.Interface)
 	switch {
@@ -94,7 +119,7 @@ func (b *Backend) CheckDrift(context.Context) (string, error) {
 
 // Cleanup implements proxy.Backend: everything of IPVS mode goes (see
 // Cleanup).
-func (b *Backend) Cleanup(context.Context) error { return Cleanup(b.k, b.ipt, b.opts) }
+func (b *Backend) Cleanup(context.Context) error { return Cleanup(b.k, b.ipt, b.ipt6, b.opts) }
 
 // KubeProxyLeftovers removes upstream kube-proxy's IPVS-mode virtual
 // servers on kube-ipvs0 (but those whose key is in our last plan: ours
@@ -118,15 +143,15 @@ func (b *Backend) KubeProxyLeftovers() proxy.Leftovers {
 }
 
 // ModeLeftovers removes what IPVS mode left on a node now run in iptables
-// mode (a mode switch). On a host that never ran IPVS it changes nothing
-// and loads no module.
-func ModeLeftovers(k *Kernel, ipt iptables.Interface) proxy.Leftovers {
+// mode (a mode switch), its ip6tables rules through ipt6 unless nil. On a
+// host that never ran IPVS it changes nothing and loads no module.
+func ModeLeftovers(k *Kernel, ipt, ipt6 iptables.Interface) proxy.Leftovers {
 	return proxy.LeftoversFunc{What: "svcproxy IPVS-mode objects", Func: func(context.Context) (int, error) {
 		opts, err := HostOptions(k, DefaultOptions(), nil)
 		if err != nil {
 			return 0, err
 		}
-		return 0, Cleanup(k, ipt, opts)
+		return 0, Cleanup(k, ipt, ipt6, opts)
 	}}
 }
 

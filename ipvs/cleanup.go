@@ -10,7 +10,7 @@ import (
 )
 
 // Cleanup removes everything of IPVS mode, and nothing else: the jumps
-// from the built-in chains first (so that traffic stops entering our
+// from the built-in chains first (through ipt, and ipt6 unless nil) (so that traffic stops entering our
 // chains), then our chains, the virtual servers on the dummy interface's
 // addresses and the node-port virtual servers on opts.NodeAddresses
 // (within opts.NodePortRange), the dummy interface with its addresses,
@@ -18,10 +18,15 @@ import (
 // more). Virtual servers of other programs, other links and other sets are
 // not touched. On a host that never ran IPVS mode it changes nothing and
 // loads no module. It keeps going after an error and reports every one.
-func Cleanup(k Interface, ipt iptables.Interface, opts Options) error {
+func Cleanup(k Interface, ipt, ipt6 iptables.Interface, opts Options) error {
 	var errs []error
 	if err := iptables.RemoveChains(ipt, jumps, IsOwnedChain); err != nil {
 		errs = append(errs, err)
+	}
+	if ipt6 != nil {
+		if err := iptables.RemoveChains(ipt6, jumps, IsOwnedChain); err != nil {
+			errs = append(errs, fmt.Errorf("ip6tables: %w", err))
+		}
 	}
 
 	addrs, err := k.ListAddresses(DummyInterface)

@@ -74,9 +74,12 @@ func (op Op) String() string {
 	case OpUpdateDestination:
 		return "ipvsadm " + destLine("-e", op.Service.ServiceKey, op.Dest)
 	case OpAddAddress:
+		if op.Address.Is6() {
+			return "ip addr add " + op.Address.String() + "/128 dev " + op.Link + " nodad"
+		}
 		return "ip addr add " + op.Address.String() + "/32 dev " + op.Link
 	case OpDeleteAddress:
-		return "ip addr del " + op.Address.String() + "/32 dev " + op.Link
+		return "ip addr del " + netip.PrefixFrom(op.Address, op.Address.BitLen()).String() + " dev " + op.Link
 	case OpDeleteDestination:
 		return fmt.Sprintf("ipvsadm -d %s -r %s", op.Service.ServiceKey, op.Dest.AddrPort())
 	case OpDeleteService:

@@ -17,8 +17,8 @@ type Interface interface {
 	// virtual server can exist.
 	Available() bool
 	// ListServices returns every virtual server in the kernel with its
-	// real servers (connection counts filled in), ours or not. Firewall
-	// mark and IPv6 virtual servers are left out.
+	// real servers (connection counts filled in), ours or not, of both
+	// families. Firewall mark virtual servers are left out.
 	ListServices() ([]*VirtualServer, error)
 	// ListDestinations returns the real servers of one virtual server;
 	// IsNotFound when it does not exist.
@@ -48,11 +48,12 @@ type Interface interface {
 	// DeleteLink deletes the link named name; a missing link is not an
 	// error.
 	DeleteLink(name string) error
-	// ListAddresses returns the IPv4 addresses on link; IsNotFound when
-	// the link does not exist.
+	// ListAddresses returns the addresses on link, IPv4 and IPv6 but
+	// link-local ones; IsNotFound when the link does not exist.
 	ListAddresses(link string) ([]netip.Addr, error)
-	// AddAddress binds a/32 to link; IsExist when it is bound already,
-	// IsNotFound when the link does not exist.
+	// AddAddress binds a/32, or a/128 without duplicate address
+	// detection, to link; IsExist when it is bound already, IsNotFound
+	// when the link does not exist.
 	AddAddress(link string, a netip.Addr) error
 	// DeleteAddress unbinds a from link; IsNotFound when it is not bound
 	// or the link does not exist.

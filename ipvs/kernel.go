@@ -18,6 +18,7 @@ import (
 
 	libipvs "github.com/moby/ipvs"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	v1 "k8s.io/api/core/v1"
 )
 
@@ -125,15 +126,28 @@ func protoName(n uint16) (string, bool) {
 	return "", false
 }
 
+// family returns the address family of a.
+func family(a netip.Addr) uint16 {
+	if a.Is6() {
+		return syscall.AF_INET6
+	}
+	return syscall.AF_INET
+}
+
 func toLibService(k ServiceKey) *libipvs.Service {
-	return &libipvs.Service{
+	s := &libipvs.Service{
 		Address:       net.IP(k.Address.AsSlice()),
 		Protocol:      protoNumber(string(k.Protocol)),
 		Port:          k.Port,
-		AddressFamily: syscall.AF_INET,
-		// Persistence groups clients by this mask: one address each.
+		AddressFamily: family(k.Address),
+		// Persistence groups clients by this mask: one address each. The
+		// kernel reads an IPv6 mask as a prefix length.
 		Netmask: 0xffffffff,
 	}
+	if k.Address.Is6() {
+		s.Netmask = 128
+	}
+	return s
 }
 
 func toLibServiceFull(vs *VirtualServer) *libipvs.Service {
@@ -152,7 +166,7 @@ func toLibDest(rs *RealServer) *libipvs.Destination {
 		Port:            rs.Port,
 		Weight:          rs.Weight,
 		ConnectionFlags: libipvs.ConnectionFlagMasq,
-		AddressFamily:   syscall.AF_INET,
+		AddressFamily:   family(rs.Address),
 	}
 }
 
@@ -187,7 +201,7 @@ func (k *Kernel) ListServices() ([]*VirtualServer, error) {
 	}
 	out := make([]*VirtualServer, 0, len(svcs))
 	for _, s := range svcs {
-		if s.FWMark != 0 || s.AddressFamily != syscall.AF_INET {
+		if s.FWMark != 0 || (s.AddressFamily != syscall.AF_INET && s.AddressFamily != syscall.AF_INET6) {
 			continue
 		}
 		a, ok := netip.AddrFromSlice(s.Address)
@@ -344,12 +358,14 @@ func (k *Kernel) ListAddresses(name string) ([]netip.Addr, error) {
 		if err != nil {
 			return err
 		}
-		addrs, err := h.AddrList(l, netlink.FAMILY_V4)
+		addrs, err := h.AddrList(l, netlink.FAMILY_ALL)
 		if err != nil {
 			return wrap(err, "listing addresses of %s", name)
 		}
 		for _, ad := range addrs {
-			if a, ok := netip.AddrFromSlice(ad.IP); ok {
+			// The kernel gives a link that was ever up an IPv6 link-local
+			// address: not a service address.
+			if a, ok := netip.AddrFromSlice(ad.IP); ok && !a.IsLinkLocalUnicast() {
 				out = append(out, a.Unmap())
 			}
 		}
@@ -358,7 +374,13 @@ func (k *Kernel) ListAddresses(name string) ([]netip.Addr, error) {
 	return out, err
 }
 
+// hostAddr returns a as a host address: /32, or /128 without duplicate
+// address detection (an IPv6 address stays tentative, without its local
+// route, until DAD completes, and DAD never runs on a link that is down).
 func hostAddr(a netip.Addr) *netlink.Addr {
+	if a.Is6() {
+		return &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(a.AsSlice()), Mask: net.CIDRMask(128, 128)}, Flags: unix.IFA_F_NODAD}
+	}
 	return &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(a.AsSlice()), Mask: net.CIDRMask(32, 32)}}
 }
 
@@ -426,9 +448,10 @@ func (k *Kernel) SetSysctl(name, value string) error {
 	return os.WriteFile(filepath.Join(k.ProcSys, name), []byte(value+"\n"), 0o644)
 }
 
-// LocalAddresses returns the node's IPv4 addresses that NodePorts should
-// answer on: every address of every link but loopback addresses and the
-// service addresses on DummyInterface (or kube-proxy's kube-ipvs0), within
+// LocalAddresses returns the node's addresses that NodePorts should answer
+// on, of both families: every address of every link but loopback and
+// link-local addresses and the service addresses on DummyInterface (or
+// kube-proxy's kube-ipvs0), within
 // one of prefixes when any is given; sorted, without duplicates. It is
 // meant for Options.NodeAddresses at start: IPVS needs one virtual server
 // per address, so addresses that appear later need a restart.
@@ -444,7 +467,7 @@ func (k *Kernel) LocalAddresses(prefixes []netip.Prefix) ([]netip.Addr, error) {
 			if name := l.Attrs().Name; name == DummyInterface || name == "kube-ipvs0" {
 				continue
 			}
-			addrs, err := h.AddrList(l, netlink.FAMILY_V4)
+			addrs, err := h.AddrList(l, netlink.FAMILY_ALL)
 			if err != nil {
 				return wrap(err, "listing addresses of %s", l.Attrs().Name)
 			}
@@ -454,7 +477,7 @@ func (k *Kernel) LocalAddresses(prefixes []netip.Prefix) ([]netip.Addr, error) {
 					continue
 				}
 				a = a.Unmap()
-				if a.IsLoopback() || seen[a] || !within(a, prefixes) {
+				if a.IsLoopback() || a.IsLinkLocalUnicast() || seen[a] || !within(a, prefixes) {
 					continue
 				}
 				seen[a] = true

@@ -20,6 +20,10 @@ const (
 	ChainPrefix = iptables.IPVSChainPrefix
 	// SetPrefix starts every ipset of IPVS mode.
 	SetPrefix = "SVCP-IPVS-"
+	// SetPrefix6 starts every IPv6 ipset: an ipset holds one family, so
+	// each set of the layout has an "inet6" twin, SVCP-IPVS-6-<rest>
+	// (at most 26 characters; ipset allows 31).
+	SetPrefix6 = "SVCP-IPVS-6-"
 
 	// nat
 	ServicesChain    = "SVCP-IPVS-SERVICES"    // PREROUTING, OUTPUT: masquerade marks
@@ -69,6 +73,27 @@ func IsOwnedChain(name string) bool { return strings.HasPrefix(name, ChainPrefix
 // IsOwnedSet reports whether an ipset belongs to IPVS mode.
 func IsOwnedSet(name string) bool { return strings.HasPrefix(name, SetPrefix) }
 
+// SetName returns the name of the set of the layout named base (one of
+// the Set… constants) for one family: base itself for IPv4, its
+// SetPrefix6 twin for IPv6.
+func SetName(base string, ipv6 bool) string {
+	if !ipv6 {
+		return base
+	}
+	return SetPrefix6 + strings.TrimPrefix(base, SetPrefix)
+}
+
+// isIPv6Set reports whether a set of ours holds IPv6 entries.
+func isIPv6Set(name string) bool { return strings.HasPrefix(name, SetPrefix6) }
+
+// setFamily returns the ipset family of a set of ours.
+func setFamily(name string) string {
+	if isIPv6Set(name) {
+		return "inet6"
+	}
+	return "inet"
+}
+
 // setSpec is one set of the fixed layout: name, type and the comment that
 // the dump shows above it.
 type setSpec struct {
@@ -90,4 +115,16 @@ var setLayout = []setSpec{
 	{SetDrop, "hash:ip,port", "virtual servers with a Local traffic policy and no local endpoint"},
 	{SetLoopback, "hash:ip,port,ip", "local endpoints, for hairpin masquerade"},
 	{SetClusterCIDR, "hash:net", "pod networks"},
+}
+
+// layoutFor returns setLayout for one family (names per SetName).
+func layoutFor(ipv6 bool) []setSpec {
+	if !ipv6 {
+		return setLayout
+	}
+	out := make([]setSpec, len(setLayout))
+	for i, s := range setLayout {
+		out[i] = setSpec{SetName(s.name, true), s.typ, s.comment + " (IPv6)"}
+	}
+	return out
 }

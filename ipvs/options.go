@@ -22,19 +22,26 @@ func ValidScheduler(s string) bool { return slices.Contains(Schedulers, s) }
 
 // Options are the settings that shape IPVS mode's plan and its applier.
 type Options struct {
+	// IPv4 and IPv6 say which families are programmed: their virtual
+	// servers, service addresses, ipsets (IPv6 ones named per SetName)
+	// and iptables rules (IPv6 ones through ip6tables). DefaultOptions
+	// has IPv4 only; a dual-stack node sets both. Service ports of a
+	// family not programmed are left out.
+	IPv4, IPv6 bool
 	// Scheduler is the IPVS scheduler of every virtual server; "rr" by
 	// default.
 	Scheduler string
 	// NodeAddresses are the addresses that NodePorts answer on: one
-	// virtual server per address and node port. The caller finds them
-	// (local addresses within --nodeport-addresses, no loopback).
+	// virtual server per address and node port of its family. The caller
+	// finds them (local addresses within --nodeport-addresses, neither
+	// loopback nor link-local).
 	NodeAddresses []netip.Addr
 	// NodePortRange bounds the ports of virtual servers on node addresses
 	// that IPVS mode considers its own when it finds them in the kernel
 	// (after a restart, or in Cleanup). Virtual servers on node addresses
 	// outside it belong to someone else and are never touched.
 	NodePortRange PortRange
-	// ClusterCIDRs are the pod networks; traffic to a ClusterIP from
+	// ClusterCIDRs are the pod networks of both families; traffic to a ClusterIP from
 	// outside them is masqueraded. Empty (and MasqueradeAll false): the
 	// node's own traffic is, nothing else, as in kube-proxy.
 	ClusterCIDRs []netip.Prefix
@@ -67,6 +74,7 @@ const DefaultGracefulTimeout = 5 * time.Minute
 // DefaultOptions returns kube-proxy's defaults.
 func DefaultOptions() Options {
 	return Options{
+		IPv4:            true,
 		Scheduler:       DefaultScheduler,
 		NodePortRange:   PortRange{30000, 32767},
 		MasqueradeBit:   proxy.DefaultMasqueradeBit,
@@ -81,17 +89,20 @@ func (o Options) Validate() error {
 	if !ValidScheduler(o.Scheduler) {
 		errs = append(errs, fmt.Errorf("IPVS scheduler %q: want one of %v", o.Scheduler, Schedulers))
 	}
+	if !o.IPv4 && !o.IPv6 {
+		errs = append(errs, errors.New("no IP family to program"))
+	}
 	for _, a := range o.NodeAddresses {
-		if !a.Is4() {
-			errs = append(errs, fmt.Errorf("node address %s: IPVS mode is IPv4 only", a))
+		if !a.IsValid() || a.Is4In6() || a.IsLinkLocalUnicast() || a.IsLoopback() {
+			errs = append(errs, fmt.Errorf("node address %s: want a global or private address", a))
 		}
 	}
 	if o.NodePortRange.Min == 0 || o.NodePortRange.Min > o.NodePortRange.Max {
 		errs = append(errs, fmt.Errorf("node port range %s: want 1 <= min <= max", o.NodePortRange))
 	}
 	for _, p := range o.ClusterCIDRs {
-		if !p.Addr().Is4() {
-			errs = append(errs, fmt.Errorf("cluster CIDR %s: IPVS mode is IPv4 only", p))
+		if !p.IsValid() || p.Addr().Is4In6() {
+			errs = append(errs, fmt.Errorf("cluster CIDR %s: not a valid prefix", p))
 		}
 	}
 	if o.MasqueradeBit < 0 || o.MasqueradeBit > 31 {

@@ -15,14 +15,21 @@ func TestOptionsValidate(t *testing.T) {
 		{name: "defaults"},
 		{name: "a kernel scheduler", mod: func(o *Options) { o.Scheduler = "wlc" }},
 		{name: "unknown scheduler", mod: func(o *Options) { o.Scheduler = "fastest" }, errs: []string{`IPVS scheduler "fastest"`}},
+		{name: "dual-stack", mod: func(o *Options) {
+			o.IPv6 = true
+			o.NodeAddresses = []netip.Addr{netip.MustParseAddr("192.168.1.1"), netip.MustParseAddr("2001:db8::1")}
+			o.ClusterCIDRs = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:10:244::/56")}
+		}},
+		{name: "IPv6 only", mod: func(o *Options) { o.IPv4, o.IPv6 = false, true }},
+		{name: "no family", mod: func(o *Options) { o.IPv4 = false }, errs: []string{"no IP family"}},
 		{name: "everything wrong at once", mod: func(o *Options) {
 			o.Scheduler = ""
-			o.NodeAddresses = []netip.Addr{netip.MustParseAddr("fd00::1")}
+			o.NodeAddresses = []netip.Addr{netip.MustParseAddr("fe80::1"), netip.MustParseAddr("::1"), netip.MustParseAddr("::ffff:10.0.0.1")}
 			o.NodePortRange = PortRange{32767, 30000}
-			o.ClusterCIDRs = []netip.Prefix{netip.MustParsePrefix("fd00::/64")}
+			o.ClusterCIDRs = []netip.Prefix{{}}
 			o.MasqueradeBit = 32
 			o.GracefulTimeout = -1
-		}, errs: []string{"IPVS scheduler", "node address fd00::1", "node port range 32767-30000", "cluster CIDR fd00::/64", "masquerade bit 32", "graceful termination timeout"}},
+		}, errs: []string{"IPVS scheduler", "node address fe80::1", "node address ::1", "node address ::ffff:10.0.0.1", "node port range 32767-30000", "cluster CIDR invalid Prefix", "masquerade bit 32", "graceful termination timeout"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			o := DefaultOptions()

@@ -100,11 +100,14 @@ type Plan struct {
 	Addresses []netip.Addr
 	// Services are the virtual servers, sorted by key.
 	Services []*VirtualServer
-	// Sets are the ipsets, in setLayout order.
+	// Sets are the ipsets, in setLayout order: IPv4's, then IPv6's.
 	Sets []*Set
 	// IPTables holds the constant handful of rules, applied with the
-	// iptables Syncer.
+	// iptables Syncer; nil when IPv4 is not programmed.
 	IPTables *iptables.Plan
+	// IPTables6 is the same for IPv6, applied through ip6tables; nil when
+	// IPv6 is not programmed.
+	IPTables6 *iptables.Plan
 }
 
 // Stats counts what the plan programs.
@@ -118,13 +121,15 @@ func (p *Plan) Stats() (services, destinations, addresses, entries int) {
 	return len(p.Services), destinations, len(p.Addresses), entries
 }
 
-// Dump renders the plan as three sections, each introduced by a comment
-// line: `ipset save` format (for `ipset restore -exist`), `ipvsadm -Sn`
-// format (for `ipvsadm -R`, which has no comment syntax: drop the lines
-// starting with "#") and `iptables-save` format (for
-// `iptables-restore --noflush`). Comment lines above the sets say what each
-// holds and list the addresses to bind to the dummy interface. This is the
-// --dry-run output of IPVS mode.
+// Dump renders the plan as sections, each introduced by a comment line:
+// `ipset save` format (for `ipset restore -exist`; the sets of both
+// families), `ipvsadm -Sn` format (for `ipvsadm -R`, which has no comment
+// syntax: drop the lines starting with "#"), and `iptables-save` format
+// (for `iptables-restore --noflush`) for IPv4 and `ip6tables-save` format
+// (for `ip6tables-restore --noflush`) for IPv6, each where that family is
+// programmed. Comment lines above the sets say what each holds and list
+// the addresses to bind to the dummy interface.
+// This is the --dry-run output of IPVS mode.
 func (p *Plan) Dump() string {
 	var b strings.Builder
 	b.WriteString("# ipset save (restore with: ipset restore -exist)\n")
@@ -136,11 +141,20 @@ func (p *Plan) Dump() string {
 	for i := 0; i < len(p.Addresses); i += 10 {
 		fmt.Fprintf(&b, "# bound to %s: %s\n", p.Interface, joinAddrs(p.Addresses[i:min(i+10, len(p.Addresses))]))
 	}
+	if len(p.Addresses) > 0 && p.Addresses[len(p.Addresses)-1].Is6() {
+		fmt.Fprintf(&b, "# (IPv6 ones as /128 with nodad: the link stays down, and DAD would leave them tentative)\n")
+	}
 	b.WriteString(setsText(p.Sets, true))
 	b.WriteString("# ipvsadm -Sn (restore with: grep -v '^#' | ipvsadm -R)\n")
 	b.WriteString(servicesText(p.Services))
-	b.WriteString("# iptables-save (restore with: iptables-restore --noflush)\n")
-	b.WriteString(p.IPTables.String())
+	if p.IPTables != nil {
+		b.WriteString("# iptables-save (restore with: iptables-restore --noflush)\n")
+		b.WriteString(p.IPTables.String())
+	}
+	if p.IPTables6 != nil {
+		b.WriteString("# ip6tables-save (restore with: ip6tables-restore --noflush)\n")
+		b.WriteString(p.IPTables6.String())
+	}
 	return b.String()
 }
 
@@ -158,9 +172,12 @@ func joinAddrs(as []netip.Addr) string {
 	return strings.Join(s, " ")
 }
 
-// setOptions are the creation options of every set; maxelem is generous
-// because it cannot be changed without recreating the set.
-const setOptions = "family inet hashsize 1024 maxelem 1048576"
+// setOptions returns the creation options of a set of ours: its family,
+// and a generous maxelem because it cannot be changed without recreating
+// the set.
+func setOptions(name string) string {
+	return "family " + setFamily(name) + " hashsize 1024 maxelem 1048576"
+}
 
 // setsText renders sets as `ipset save` output.
 func setsText(sets []*Set, comments bool) string {
@@ -171,7 +188,7 @@ func setsText(sets []*Set, comments bool) string {
 				fmt.Fprintf(&b, "# %s: %s\n", s.Name, c)
 			}
 		}
-		fmt.Fprintf(&b, "create %s %s %s\n", s.Name, s.Type, setOptions)
+		fmt.Fprintf(&b, "create %s %s %s\n", s.Name, s.Type, setOptions(s.Name))
 		for _, e := range s.Entries {
 			fmt.Fprintf(&b, "add %s %s\n", s.Name, e)
 		}
@@ -180,7 +197,7 @@ func setsText(sets []*Set, comments bool) string {
 }
 
 func setComment(name string) string {
-	for _, s := range setLayout {
+	for _, s := range layoutFor(isIPv6Set(name)) {
 		if s.name == name {
 			return s.comment
 		}

@@ -36,32 +36,40 @@ func Render(snap *proxy.Snapshot, opts Options) *Plan {
 		addrs: map[netip.Addr]bool{},
 		sets:  map[string]map[string]bool{},
 	}
-	for _, s := range setLayout {
+	var layout []setSpec
+	for _, v6 := range opts.families() {
+		layout = append(layout, layoutFor(v6)...)
+	}
+	for _, s := range layout {
 		r.sets[s.name] = map[string]bool{}
 	}
 	for _, sp := range snap.ServicePorts() {
-		if sp.IPFamily == v1.IPv6Protocol {
-			continue // IPVS mode programs IPv4 only (so far)
+		if !opts.programs(sp.IPFamily == v1.IPv6Protocol) {
+			continue
 		}
 		r.port(sp)
 	}
 	for _, p := range opts.ClusterCIDRs {
+		v6 := p.Addr().Is6()
+		if !opts.programs(v6) {
+			continue
+		}
 		for _, q := range splitZero(p.Masked()) {
-			r.add(SetClusterCIDR, netEntry(q))
+			r.add(SetName(SetClusterCIDR, v6), netEntry(q))
 		}
 	}
 
 	plan := &Plan{Interface: DummyInterface}
 	for a := range r.addrs {
 		plan.Addresses = append(plan.Addresses, a)
-		r.add(SetIPs, a.String())
+		r.add(SetName(SetIPs, a.Is6()), a.String())
 	}
 	slices.SortFunc(plan.Addresses, netip.Addr.Compare)
 	for _, vs := range r.vs {
 		plan.Services = append(plan.Services, vs)
 	}
 	slices.SortFunc(plan.Services, func(a, b *VirtualServer) int { return a.ServiceKey.Compare(b.ServiceKey) })
-	for _, s := range setLayout {
+	for _, s := range layout {
 		set := &Set{Name: s.name, Type: s.typ}
 		for e := range r.sets[s.name] {
 			set.Entries = append(set.Entries, e)
@@ -69,8 +77,33 @@ func Render(snap *proxy.Snapshot, opts Options) *Plan {
 		sortEntries(set.Entries)
 		plan.Sets = append(plan.Sets, set)
 	}
-	plan.IPTables = renderRules(opts)
+	if opts.IPv4 {
+		plan.IPTables = renderRules(opts, false)
+	}
+	if opts.IPv6 {
+		plan.IPTables6 = renderRules(opts, true)
+	}
 	return plan
+}
+
+// families returns the families programmed, IPv4 first, as "is IPv6".
+func (o Options) families() []bool {
+	var out []bool
+	if o.IPv4 {
+		out = append(out, false)
+	}
+	if o.IPv6 {
+		out = append(out, true)
+	}
+	return out
+}
+
+// programs reports whether the family (IPv6 or not) is programmed.
+func (o Options) programs(ipv6 bool) bool {
+	if ipv6 {
+		return o.IPv6
+	}
+	return o.IPv4
 }
 
 type renderer struct {
@@ -81,6 +114,12 @@ type renderer struct {
 }
 
 func (r *renderer) add(set, entry string) { r.sets[set][entry] = true }
+
+// addFor adds entry to the set of the layout named base for the family of
+// addr.
+func (r *renderer) addFor(addr netip.Addr, base, entry string) {
+	r.sets[SetName(base, addr.Is6())][entry] = true
+}
 
 // port renders one service port.
 func (r *renderer) port(sp *proxy.ServicePort) {
@@ -105,7 +144,7 @@ func (r *renderer) port(sp *proxy.ServicePort) {
 		for _, ep := range eps {
 			vs.Destinations = append(vs.Destinations, &RealServer{Address: ep.IP, Port: uint16(ep.Port), Weight: 1})
 			if ep.IsLocal {
-				r.add(SetLoopback, ep.IP.String()+","+portEntry(sp.Protocol, uint16(ep.Port))+","+ep.IP.String())
+				r.addFor(ep.IP, SetLoopback, ep.IP.String()+","+portEntry(sp.Protocol, uint16(ep.Port))+","+ep.IP.String())
 			}
 		}
 		slices.SortFunc(vs.Destinations, func(a, b *RealServer) int { return a.AddrPort().Compare(b.AddrPort()) })
@@ -113,9 +152,9 @@ func (r *renderer) port(sp *proxy.ServicePort) {
 		entry := ipPortEntry(key)
 		switch {
 		case !hasEndpoints:
-			r.add(SetReject, entry)
+			r.addFor(key.Address, SetReject, entry)
 		case len(eps) == 0:
-			r.add(SetDrop, entry)
+			r.addFor(key.Address, SetDrop, entry)
 		}
 		return true
 	}
@@ -124,7 +163,7 @@ func (r *renderer) port(sp *proxy.ServicePort) {
 	key := ServiceKey{Address: sp.ClusterIP, Protocol: sp.Protocol, Port: port}
 	r.addrs[sp.ClusterIP] = true
 	if vserver(key, internal) {
-		r.add(SetClusterIP, ipPortEntry(key))
+		r.addFor(key.Address, SetClusterIP, ipPortEntry(key))
 	}
 
 	externalSet := SetExternal
@@ -135,7 +174,7 @@ func (r *renderer) port(sp *proxy.ServicePort) {
 		key := ServiceKey{Address: ip, Protocol: sp.Protocol, Port: port}
 		r.addrs[ip] = true
 		if vserver(key, external) {
-			r.add(externalSet, ipPortEntry(key))
+			r.addFor(ip, externalSet, ipPortEntry(key))
 		}
 	}
 	for _, ip := range sp.LoadBalancerIPs {
@@ -144,23 +183,29 @@ func (r *renderer) port(sp *proxy.ServicePort) {
 		if !vserver(key, external) {
 			continue
 		}
-		r.add(externalSet, ipPortEntry(key))
+		r.addFor(ip, externalSet, ipPortEntry(key))
 		// Ranges given but none of this family (or none parsed): in
 		// LB-FW with no LB-SRC entry, no source is allowed (fail closed).
 		if sp.LoadBalancerSourceRangesSet || len(sp.LoadBalancerSourceRanges) > 0 {
-			r.add(SetLBFirewall, ipPortEntry(key))
+			r.addFor(ip, SetLBFirewall, ipPortEntry(key))
 			for _, src := range sp.LoadBalancerSourceRanges {
+				if src.Addr().Is6() != ip.Is6() {
+					continue // the tracker gives one family; be sure
+				}
 				for _, q := range splitZero(src.Masked()) {
-					r.add(SetLBSource, ipPortEntry(key)+","+netEntry(q))
+					r.addFor(ip, SetLBSource, ipPortEntry(key)+","+netEntry(q))
 				}
 			}
 		}
 	}
 	if sp.NodePort != 0 {
 		for _, ip := range r.opts.NodeAddresses {
+			if ip.Is6() != sp.ClusterIP.Is6() {
+				continue
+			}
 			key := ServiceKey{Address: ip, Protocol: sp.Protocol, Port: uint16(sp.NodePort)}
 			if vserver(key, external) && !sp.ExternalPolicyLocal {
-				r.add(SetNodePort, ipPortEntry(key))
+				r.addFor(ip, SetNodePort, ipPortEntry(key))
 			}
 		}
 	}
@@ -184,10 +229,14 @@ func netEntry(p netip.Prefix) string {
 	return p.String()
 }
 
-// splitZero splits 0.0.0.0/0, which hash:net sets refuse, into its halves.
+// splitZero splits 0.0.0.0/0 and ::/0, which hash:net sets refuse, into
+// their halves.
 func splitZero(p netip.Prefix) []netip.Prefix {
-	if p.Bits() != 0 {
+	switch {
+	case p.Bits() != 0:
 		return []netip.Prefix{p}
+	case p.Addr().Is6():
+		return []netip.Prefix{netip.MustParsePrefix("::/1"), netip.MustParsePrefix("8000::/1")}
 	}
 	return []netip.Prefix{netip.MustParsePrefix("0.0.0.0/1"), netip.MustParsePrefix("128.0.0.0/1")}
 }
@@ -215,14 +264,18 @@ func sortEntries(es []string) {
 func entryKey(e string) string {
 	var b []byte
 	for f := range strings.SplitSeq(e, ",") {
-		if p, err := netip.ParsePrefix(f); err == nil && p.Addr().Is4() {
-			a := p.Addr().As4()
-			b = append(b, 'a', a[0], a[1], a[2], a[3], byte(p.Bits()))
+		if p, err := netip.ParsePrefix(f); err == nil {
+			a := p.Addr().As16()
+			b = append(b, 'a')
+			b = append(b, a[:]...)
+			b = append(b, byte(p.Bits()))
 			continue
 		}
-		if a, err := netip.ParseAddr(f); err == nil && a.Is4() {
-			a4 := a.As4()
-			b = append(b, 'a', a4[0], a4[1], a4[2], a4[3], 32)
+		if a, err := netip.ParseAddr(f); err == nil {
+			a16 := a.As16()
+			b = append(b, 'a')
+			b = append(b, a16[:]...)
+			b = append(b, byte(a.BitLen()))
 			continue
 		}
 		if proto, num, ok := strings.Cut(f, ":"); ok {
@@ -278,20 +331,27 @@ func compareField(a, b string) int {
 	return strings.Compare(a, b)
 }
 
-// renderRules returns the constant iptables part. Only the options change
-// it, never the services: everything per service is in the ipsets.
-func renderRules(opts Options) *iptables.Plan {
+// renderRules returns the constant iptables part of one family (the
+// ip6tables one references the IPv6 sets). Only the options change it,
+// never the services: everything per service is in the ipsets.
+func renderRules(opts Options, ipv6 bool) *iptables.Plan {
 	mark := opts.markValue()
 	markMasq := "-j MARK --or-mark " + mark
-	match := func(set, dirs string) string { return "-m set --match-set " + set + " " + dirs }
-	notMatch := func(set, dirs string) string { return "-m set ! --match-set " + set + " " + dirs }
+	match := func(set, dirs string) string { return "-m set --match-set " + SetName(set, ipv6) + " " + dirs }
+	notMatch := func(set, dirs string) string { return "-m set ! --match-set " + SetName(set, ipv6) + " " + dirs }
 	cmt := iptables.Comment
+	cidrs := 0
+	for _, p := range opts.ClusterCIDRs {
+		if p.Addr().Is6() == ipv6 {
+			cidrs++
+		}
+	}
 
 	var services []string
 	switch {
 	case opts.MasqueradeAll:
 		services = append(services, cmt("masquerade all traffic to cluster IPs")+" "+match(SetClusterIP, "dst,dst")+" "+markMasq)
-	case len(opts.ClusterCIDRs) > 0:
+	case cidrs > 0:
 		services = append(services, cmt("masquerade off-cluster traffic to cluster IPs")+" "+notMatch(SetClusterCIDR, "src")+" "+match(SetClusterIP, "dst,dst")+" "+markMasq)
 	}
 	services = append(services,

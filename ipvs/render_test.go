@@ -27,11 +27,35 @@ var update = flag.Bool("update", false, "rewrite the golden files (testdata/*.go
 //	services            10.96.0.0/16; ExternalIPs 192.0.2.0/24;
 //	                    LoadBalancer IPs 203.0.113.0/24
 //	outside clients     198.51.100.0/24
+//
+// and for IPv6 (testOptions6, dual-stack):
+//
+//	node1 (this node)   2001:db8::1 (NodeAddresses)
+//	cluster CIDR        fd00:10:244::/56
 func testOptions() Options {
 	o := DefaultOptions()
 	o.ClusterCIDRs = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}
 	o.NodeAddresses = []netip.Addr{netip.MustParseAddr("192.168.0.1")}
 	return o
+}
+
+// testOptions6 is testOptions for a dual-stack node.
+func testOptions6() Options {
+	o := testOptions()
+	o.IPv6 = true
+	o.ClusterCIDRs = append(o.ClusterCIDRs, netip.MustParsePrefix("fd00:10:244::/56"))
+	o.NodeAddresses = append(o.NodeAddresses, netip.MustParseAddr("2001:db8::1"))
+	return o
+}
+
+// hasIPv6 reports whether a Snapshot has IPv6 service ports.
+func hasIPv6(snap *proxy.Snapshot) bool {
+	for _, sp := range snap.ServicePorts() {
+		if sp.IPFamily == v1.IPv6Protocol {
+			return true
+		}
+	}
+	return false
 }
 
 func snapshotOf(t testing.TB, objs ...any) *proxy.Snapshot {
@@ -56,12 +80,18 @@ const scenarioDir = "../testdata/scenarios"
 
 // TestGoldenScenarios renders every shared scenario and compares the
 // plan's Dump with <scenario>.ipvs.golden; iptables mode renders the same
-// files. TestScenariosApply (applier_test.go) programs them into the fake
-// kernel.
+// files. A scenario with IPv6 service ports is rendered for a dual-stack
+// node (testOptions6), as --dry-run prints it. TestScenariosApply
+// (applier_test.go) programs them into the fake kernel.
 func TestGoldenScenarios(t *testing.T) {
 	for _, sc := range pt.Scenarios(t, scenarioDir, "ipvs") {
 		t.Run(sc.Name, func(t *testing.T) {
-			got := Render(sc.Snapshot(t), testOptions()).Dump()
+			snap := sc.Snapshot(t)
+			opts := testOptions()
+			if hasIPv6(snap) {
+				opts = testOptions6()
+			}
+			got := Render(snap, opts).Dump()
 			pt.Golden(t, sc.Golden("ipvs"), got, *update)
 		})
 	}
@@ -109,7 +139,7 @@ func summary(p *Plan) string {
 	b.WriteString(servicesText(p.Services))
 	for _, s := range p.Sets {
 		if s.Name == SetIPs || s.Name == SetClusterCIDR {
-			continue // derived from addresses / options
+			continue // derived from addresses / options (not so for IPv6 sets)
 		}
 		for _, e := range s.Entries {
 			b.WriteString(strings.TrimPrefix(s.Name, SetPrefix) + " " + e + "\n")

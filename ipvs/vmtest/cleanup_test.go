@@ -46,7 +46,7 @@ func TestCleanup(t *testing.T) {
 	var filterChains, natChains []string
 	var link string
 	must(t, inNS(tp.node, func() error {
-		if err := ipvs.Cleanup(p.kernel, p.ipt, p.opts); err != nil {
+		if err := ipvs.Cleanup(p.kernel, p.ipt, nil, p.opts); err != nil {
 			return err
 		}
 		var err error

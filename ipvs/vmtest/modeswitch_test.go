@@ -110,7 +110,7 @@ func TestModeSwitch(t *testing.T) {
 	// ipvs → iptables.
 	iptablesUp()
 	pause()
-	inNode("ipvs mode cleanup", func() error { return ipvs.Cleanup(p.kernel, p.ipt, p.opts) })
+	inNode("ipvs mode cleanup", func() error { return ipvs.Cleanup(p.kernel, p.ipt, nil, p.opts) })
 	pause()
 	close(stop)
 	<-done

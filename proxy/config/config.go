@@ -240,7 +240,7 @@ func prefixesOf(ps []netip.Prefix, ipv6 bool) []netip.Prefix {
 func (o *Config) IPVSOptions() ipvs.Options {
 	opts := ipvs.DefaultOptions()
 	opts.Scheduler = o.IPVSScheduler
-	opts.ClusterCIDRs = prefixesOf(o.clusterCIDRs, false) // IPVS mode is IPv4 only (so far)
+	opts.ClusterCIDRs = o.clusterCIDRs
 	opts.MasqueradeAll = o.MasqueradeAll
 	opts.MasqueradeBit = o.MasqueradeBit
 	return opts

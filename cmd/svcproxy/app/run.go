@@ -142,23 +142,23 @@ func daemonConfig(ctx context.Context, o *config.Config) (daemon.Config, error) 
 		if !kernel.Available() {
 			return cfg, fmt.Errorf("--mode=ipvs: the kernel has no IPVS (modprobe ip_vs, or use --mode=iptables)")
 		}
-		opts, err := ipvs.HostOptions(kernel, o.IPVSOptions(), o.NodePortAddressPrefixes())
+		opts := o.IPVSOptions()
+		opts.IPv6 = ipt6 != nil
+		opts, err := ipvs.HostOptions(kernel, opts, o.NodePortAddressPrefixes())
 		if err != nil {
 			return cfg, err
 		}
 		if err := opts.Validate(); err != nil {
 			return cfg, err
 		}
-		be := ipvs.NewBackend(kernel, ipt, opts)
+		be := ipvs.NewDualStackBackend(kernel, ipt, optional(ipt6), opts)
 		cfg.Backend = be
-		// IPVS mode programs IPv4 only (so far): kube-proxy's IPv6 rules
-		// stay, and so do iptables mode's IPv6 ones after a switch.
-		cfg.Leftovers = []proxy.Leftovers{iptables.ModeLeftovers(ipt)}
-		kubeProxy = []proxy.Leftovers{iptables.KubeProxyLeftovers(ipt, nil), be.KubeProxyLeftovers()}
-		klog.FromContext(ctx).Info("Using IPVS", "scheduler", opts.Scheduler, "nodeAddresses", opts.NodeAddresses, "iptablesVariant", variant)
+		cfg.Leftovers = []proxy.Leftovers{iptables.ModeLeftovers(ipt, optional(ipt6))}
+		kubeProxy = append(kubeProxy, be.KubeProxyLeftovers())
+		klog.FromContext(ctx).Info("Using IPVS", "scheduler", opts.Scheduler, "nodeAddresses", opts.NodeAddresses, "iptablesVariant", variant, "ipv6", opts.IPv6)
 	default:
 		cfg.Backend = iptables.NewDualStackBackend(ipt, o.IPTablesOptions(false), optional(ipt6), o.IPTablesOptions(true))
-		cfg.Leftovers = []proxy.Leftovers{ipvs.ModeLeftovers(kernel, ipt)}
+		cfg.Leftovers = []proxy.Leftovers{ipvs.ModeLeftovers(kernel, ipt, optional(ipt6))}
 		kubeProxy = append(kubeProxy, ipvs.KubeProxyNodePortLeftovers(kernel))
 		klog.FromContext(ctx).Info("Using iptables", "variant", variant, "ipv6", ipt6 != nil)
 	}
@@ -232,7 +232,11 @@ func dryRun(ctx context.Context, o *config.Config, out io.Writer) error {
 	case config.ModeIPVS:
 		k := ipvs.NewKernel()
 		defer k.Close()
-		opts, err := ipvs.HostOptions(k, o.IPVSOptions(), o.NodePortAddressPrefixes())
+		// The families the Snapshot has; IPv4 alone when it has none.
+		opts := o.IPVSOptions()
+		has := families(snap)
+		opts.IPv4, opts.IPv6 = has[v1.IPv4Protocol] || !has[v1.IPv6Protocol], has[v1.IPv6Protocol]
+		opts, err := ipvs.HostOptions(k, opts, o.NodePortAddressPrefixes())
 		if err != nil {
 			return err
 		}
@@ -249,10 +253,7 @@ func dryRun(ctx context.Context, o *config.Config, out io.Writer) error {
 // ever; otherwise each family's ruleset follows a comment line naming the
 // command that takes it as it stands.
 func dryRunIPTables(snap *proxy.Snapshot, o *config.Config) string {
-	has := map[v1.IPFamily]bool{}
-	for _, sp := range snap.ServicePorts() {
-		has[sp.IPFamily] = true
-	}
+	has := families(snap)
 	v4 := iptables.Render(snap, o.IPTablesOptions(false)).String()
 	if !has[v1.IPv6Protocol] {
 		return v4
@@ -262,6 +263,15 @@ func dryRunIPTables(snap *proxy.Snapshot, o *config.Config) string {
 		return v6
 	}
 	return "# iptables-restore --noflush\n" + v4 + v6
+}
+
+// families returns the IP families of the Snapshot's service ports.
+func families(snap *proxy.Snapshot) map[v1.IPFamily]bool {
+	has := map[v1.IPFamily]bool{}
+	for _, sp := range snap.ServicePorts() {
+		has[sp.IPFamily] = true
+	}
+	return has
 }
 
 // cleanup removes everything of both modes: IPVS mode's first (its
@@ -280,7 +290,7 @@ func cleanup(ctx context.Context) error {
 	}
 	k := ipvs.NewKernel()
 	defer k.Close()
-	for _, l := range []proxy.Leftovers{ipvs.ModeLeftovers(k, ipt), iptables.ModeLeftovers(ipt, ipt6)} {
+	for _, l := range []proxy.Leftovers{ipvs.ModeLeftovers(k, ipt, ipt6), iptables.ModeLeftovers(ipt, ipt6)} {
 		if _, err := l.Remove(ctx); err != nil {
 			return fmt.Errorf("removing %s: %w", l.Name(), err)
 		}
