@@ -28,10 +28,10 @@ import (
 // servers of the plan, ipsets named SetPrefix… and iptables chains named
 // ChainPrefix…. Nothing else is touched; the kernel is never flushed.
 type Applier struct {
-	k    Interface
-	ipt  *iptables.Syncer
-	ipt6 *iptables.Syncer // nil: no ip6tables
-	opts Options
+	k     Interface
+	ipt   *iptables.Syncer
+	ipt6  *iptables.Syncer // nil: no ip6tables
+	opts  Options
 	clock clock.PassiveClock
 
 	// known is the state the kernel is in, as far as the Applier knows;
