@@ -39,6 +39,50 @@ func TestMainDryRunIPVSPrintsThreeSections(t *testing.T) {
 	}
 }
 
+// TestMainDryRunIPVSDualStack: in IPVS mode a dual-stack state prints the
+// inet6 sets beside the IPv4 ones, the IPv6 virtual servers, and an
+// ip6tables section after the iptables one; an IPv4-only state prints no
+// IPv6 at all.
+func TestMainDryRunIPVSDualStack(t *testing.T) {
+	run := func(state string) string {
+		t.Helper()
+		var out, errOut bytes.Buffer
+		code := Main([]string{"--mode=ipvs", "--dry-run", "--state", state, "--hostname-override", "node1",
+			"--cluster-cidr", "10.244.0.0/16,fd00:10:244::/56", "--logtostderr=false"}, &out, &errOut)
+		if code != 0 {
+			t.Fatalf("exit code %d, stderr:\n%s", code, errOut.String())
+		}
+		return out.String()
+	}
+	got := run("../../../examples/dual-stack.yaml")
+	for _, want := range []string{
+		"create SVCP-IPVS-CLUSTER-IP hash:ip,port family inet ",
+		"create SVCP-IPVS-6-CLUSTER-IP hash:ip,port family inet6 ",
+		"add SVCP-IPVS-6-CLUSTER-CIDR fd00:10:244::/56\n",
+		"-A -t 10.96.10.10:80 -s rr\n",
+		"-A -t [fd00:10:96::a]:80 -s rr\n",
+		"-a -t [fd00:10:96::a]:80 -r [fd00:10:244:1::10]:8080 -m -w 1\n",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("dual-stack --mode=ipvs --dry-run output lacks %q", want)
+		}
+	}
+	i4 := strings.Index(got, "# iptables-save (restore with: iptables-restore --noflush)\n")
+	i6 := strings.Index(got, "# ip6tables-save (restore with: ip6tables-restore --noflush)\n")
+	if i4 < 0 || i6 < i4 {
+		t.Errorf("want an iptables section followed by an ip6tables one: at %d and %d", i4, i6)
+	} else if six := got[i6:]; !strings.Contains(six, "--match-set SVCP-IPVS-6-CLUSTER-IP") || strings.Contains(six, "--match-set SVCP-IPVS-CLUSTER-IP ") {
+		t.Errorf("the ip6tables section does not use the IPv6 sets:\n%s", six)
+	}
+
+	got = run("../../../examples/cluster.yaml")
+	for _, absent := range []string{"inet6", "SVCP-IPVS-6-", "ip6tables"} {
+		if strings.Contains(got, absent) {
+			t.Errorf("IPv4-only --mode=ipvs --dry-run output has %q", absent)
+		}
+	}
+}
+
 func TestMainErrors(t *testing.T) {
 	dir := t.TempDir()
 	bad := filepath.Join(dir, "bad.yaml")
