@@ -332,14 +332,18 @@ func renderedRules(ctx context.Context, n *framework.Node) (ruleset, error) {
 	}
 	var v4, v6 string
 	if cluster.IPVSMode() {
-		// Only the iptables section is compared in IPVS mode (virtual
-		// servers, ipsets and addresses are not); IPVS mode is IPv4 only.
-		const marker = "# iptables-save (restore with: iptables-restore --noflush)\n"
-		i := strings.Index(text, marker)
+		// Only the iptables sections are compared in IPVS mode (virtual
+		// servers, ipsets and addresses are not).
+		const marker4 = "# iptables-save (restore with: iptables-restore --noflush)\n"
+		const marker6 = "# ip6tables-save (restore with: ip6tables-restore --noflush)\n"
+		i := strings.Index(text, marker4)
 		if i < 0 {
 			return ruleset{}, fmt.Errorf("dry run for %s (IPVS mode): no iptables section", n.Name)
 		}
-		v4 = text[i+len(marker):]
+		v4 = text[i+len(marker4):]
+		if j := strings.Index(v4, marker6); j >= 0 {
+			v4, v6 = v4[:j], v4[j+len(marker6):]
+		}
 	} else if v4, v6, err = framework.SplitDryRun(text); err != nil {
 		return ruleset{}, fmt.Errorf("dry run for %s: %w", n.Name, err)
 	}
