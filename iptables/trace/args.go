@@ -1,4 +1,4 @@
-package iptablestest
+package trace
 
 import (
 	"fmt"
@@ -30,7 +30,7 @@ func maxLen(what string, n int) func(string) error {
 }
 
 // comment checks a --comment. iptables silently truncates a comment
-// beyond 255 characters; the fake refuses it, since the rule read back
+// beyond 255 characters; the model refuses it, since the rule read back
 // would differ from the rule written.
 func comment(s string) error {
 	if len(s) > 255 {
@@ -131,7 +131,7 @@ func ipv4(s string) error {
 // optional mask (a prefix length or a contiguous dotted mask). Host bits
 // are allowed, as iptables masks them; the tracer refuses them. iptables
 // also resolves host names, accepts inet_aton forms ("10.1", "010.0.0.1"
-// is 8.0.0.1!), comma-separated lists and non-contiguous masks: the fake
+// is 8.0.0.1!), comma-separated lists and non-contiguous masks: the model
 // refuses all of those, which no caller of ours means to write.
 func addrPrefix(s string) error {
 	_, err := parseAddrMask(s)
@@ -181,7 +181,7 @@ func parseAddrMask(s string) (netip.Prefix, error) {
 }
 
 // port parses a numeric port, 0 to 65535. iptables also takes service
-// names from /etc/services; the fake does not.
+// names from /etc/services; the model does not.
 func port(s string) (int, error) {
 	n, err := strconv.Atoi(s)
 	if err != nil || s != strconv.Itoa(n) || n < 0 || n > 65535 {
@@ -316,7 +316,7 @@ var protocols = map[string]string{
 	"6": "tcp", "17": "udp", "132": "sctp", "33": "dccp", "136": "udplite", "1": "icmp", "0": "all",
 }
 
-// canonicalProto returns the protocol as the fake keeps it: a name for
+// canonicalProto returns the protocol as the model keeps it: a name for
 // the ones above, else the number.
 func canonicalProto(s string) (string, error) {
 	if p, ok := protocols[strings.ToLower(s)]; ok {

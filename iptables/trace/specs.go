@@ -1,4 +1,4 @@
-package iptablestest
+package trace
 
 import (
 	"errors"
@@ -144,7 +144,7 @@ var portOpts = map[string]optSpec{
 
 var portAliases = map[string]string{"--destination-port": "--dport", "--source-port": "--sport"}
 
-// modules are the match modules the fake knows. Anything else is refused
+// modules are the match modules the model knows. Anything else is refused
 // as iptables refuses a module it cannot load; a few real modules svcproxy
 // never uses are refused too (and said to be not modelled).
 var modules = map[string]*moduleSpec{
@@ -253,7 +253,7 @@ var modules = map[string]*moduleSpec{
 			return setDirs(o.args[1])
 		},
 	},
-	// nfacct is known so that kube-proxy's rules load; the fake assumes
+	// nfacct is known so that kube-proxy's rules load; the model assumes
 	// the accounting object exists (the kernel refuses a rule naming a
 	// missing one).
 	"nfacct": {

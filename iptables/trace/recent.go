@@ -1,4 +1,4 @@
-package iptablestest
+package trace
 
 import (
 	"errors"
@@ -172,7 +172,7 @@ type recentOp struct {
 // with the path's own earlier evaluations replayed on a copy.
 func (tr *tracer) recentView(name string, st *state) *recentTable {
 	t := &recentTable{}
-	if c := tr.recent[name]; c != nil {
+	if c := tr.recent.lists[name]; c != nil {
 		t = c.clone()
 	}
 	for _, op := range st.recent {
@@ -196,33 +196,45 @@ func (tr *tracer) recentMatch(m *match, st *state) (float64, error) {
 	return holds(ok, false), nil
 }
 
-// AdvanceClock moves the clock xt_recent sees forward by d: entries older
-// than a rule's --seconds stop matching it.
-func (f *Fake) AdvanceClock(d time.Duration) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.now = f.now.Add(d)
+// Recent is the kernel's xt_recent lists, by name. The zero value holds
+// no list. It is not safe for concurrent use.
+type Recent struct {
+	lists map[string]*recentTable
 }
 
-// RecentLists returns the names of the xt_recent lists, sorted: one for
-// every name a rule uses.
-func (f *Fake) RecentLists() []string {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	var out []string
-	for n := range f.recent {
+// Track makes the lists exactly names: a list no rule uses any more goes,
+// as the kernel frees it with its last rule, and a new name gets an empty
+// list.
+func (r *Recent) Track(names []string) {
+	if r.lists == nil {
+		r.lists = map[string]*recentTable{}
+	}
+	for name := range r.lists {
+		if !slices.Contains(names, name) {
+			delete(r.lists, name)
+		}
+	}
+	for _, name := range names {
+		if r.lists[name] == nil {
+			r.lists[name] = &recentTable{}
+		}
+	}
+}
+
+// Names returns the names of the lists, sorted.
+func (r *Recent) Names() []string {
+	out := make([]string, 0, len(r.lists))
+	for n := range r.lists {
 		out = append(out, n)
 	}
 	slices.Sort(out)
 	return out
 }
 
-// RecentEntries returns the addresses in xt_recent list name, least
-// recently seen first, and whether the list exists.
-func (f *Fake) RecentEntries(name string) ([]netip.Addr, bool) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	t, ok := f.recent[name]
+// Entries returns the addresses in list name, least recently seen first,
+// and whether the list exists.
+func (r *Recent) Entries(name string) ([]netip.Addr, bool) {
+	t, ok := r.lists[name]
 	if !ok {
 		return nil, false
 	}
@@ -233,40 +245,34 @@ func (f *Fake) RecentEntries(name string) ([]netip.Addr, bool) {
 	return out, true
 }
 
-// Connect sends the first packet of a connection that really happens: of
-// the paths Explain returns for p, it takes the one pick (in [0, 1)) falls
-// in, their probabilities laid end to end in Explain's order, and keeps
-// its effects on the kernel's state, the xt_recent lists its recent
-// matches changed. It returns the path taken. A later Trace, Explain or
-// Connect sees the lists as this connection left them: with ClientIP
-// affinity, the next connection from the same client finds it.
-func (f *Fake) Connect(p Packet, pick float64) (Path, error) {
-	if pick < 0 || pick >= 1 {
-		return Path{}, fmt.Errorf("Connect: pick %v is not in [0, 1)", pick)
+// Replay applies what path p did to the lists, at now: the connection
+// that took p really happened.
+func (r *Recent) Replay(p Path, now time.Time) error {
+	for _, op := range p.recent {
+		t := r.lists[op.info.name]
+		if t == nil {
+			return fmt.Errorf("xt_recent list %q does not exist", op.info.name)
+		}
+		t.eval(op.info, op.addr, now)
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	paths, err := f.explain(p)
-	if err != nil {
-		return Path{}, err
+	return nil
+}
+
+// Pick returns the path that pick (in [0, 1)) falls in, the probabilities
+// of paths laid end to end in their order: how a random draw chooses among
+// the outcomes Explain returned.
+func Pick(paths []Path, pick float64) (Path, error) {
+	if pick < 0 || pick >= 1 {
+		return Path{}, fmt.Errorf("pick %v is not in [0, 1)", pick)
 	}
 	if len(paths) == 0 {
-		return Path{}, errors.New("Connect: no path")
+		return Path{}, errors.New("no path")
 	}
 	chosen, sum := paths[len(paths)-1], 0.0
 	for _, path := range paths {
 		if sum += path.Probability; pick < sum {
-			chosen = path
-			break
+			return path, nil
 		}
-	}
-	for _, op := range chosen.recent {
-		t := f.recent[op.info.name]
-		if t == nil {
-			// Cannot happen: a rule using the list is in the tables.
-			return Path{}, fmt.Errorf("Connect: xt_recent list %q does not exist", op.info.name)
-		}
-		t.eval(op.info, op.addr, f.now)
 	}
 	return chosen, nil
 }

@@ -1,4 +1,4 @@
-package iptablestest
+package trace
 
 import (
 	"errors"
@@ -147,7 +147,7 @@ func parseArgs(text string, args []string) (*rule, error) {
 		switch name {
 		case "-p", "-s", "-d", "-i", "-o":
 			if tspec != nil {
-				return nil, fmt.Errorf("option %q after the target (iptables takes it; the fake wants matches first)", name)
+				return nil, fmt.Errorf("option %q after the target (iptables takes it; this model wants matches first)", name)
 			}
 			if generic[name] {
 				return nil, fmt.Errorf("multiple %s flags not allowed", name)
@@ -182,14 +182,14 @@ func parseArgs(text string, args []string) (*rule, error) {
 				return nil, errors.New(`unexpected "!" before -m`)
 			}
 			if tspec != nil {
-				return nil, errors.New(`"-m" after the target (iptables takes it; the fake wants matches first)`)
+				return nil, errors.New(`"-m" after the target (iptables takes it; this model wants matches first)`)
 			}
 			v, err := next(1)
 			if err != nil {
 				return nil, err
 			}
 			if modules[v[0]] == nil {
-				return nil, fmt.Errorf("Couldn't load match `%s' (unknown to the fake: no such module, or not modelled)", v[0])
+				return nil, fmt.Errorf("Couldn't load match `%s' (unknown to this model: no such module, or not modelled)", v[0])
 			}
 			r.matches = append(r.matches, match{module: v[0]})
 		case "-j", "-g":
@@ -331,7 +331,7 @@ const maxParam = 1023
 // them, a backslash escaping the next character. Single quotes are
 // ordinary characters, as in iptables-restore. Where iptables-restore
 // silently takes the rest of the line into an unterminated quote (a rule
-// that loses its target, say), the fake refuses.
+// that loses its target, say), the model refuses.
 func tokenize(s string) ([]string, error) {
 	var out []string
 	var b strings.Builder

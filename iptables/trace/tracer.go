@@ -1,4 +1,4 @@
-package iptablestest
+package trace
 
 import (
 	"cmp"
@@ -17,7 +17,7 @@ import (
 // (NFT_JUMP_STACK_SIZE): the base chain is level 0 and a chain at level 16
 // is refused ("RULE_APPEND failed (Too many links)"), gotos included, so
 // 15 nested transitions is the most iptables-nft loads (checked with
-// iptables 1.8.9 on Linux 6.x by fake_real_test.go).
+// iptables 1.8.9 on Linux 6.x by iptables/testing/fake_real_test.go).
 const MaxDepth = 15
 
 // Verdicts of an Outcome.
@@ -83,18 +83,57 @@ func compareOutcomes(a, b Outcome) int {
 	return 1
 }
 
-// Path is one way through the rules and its outcome. Steps lists, in order,
-// every rule whose matches held ("table/CHAIN rule"), chains falling off
-// their end and the built-in policies applied.
+// Path is one way through the rules and its outcome.
 type Path struct {
 	Outcome
 	// Probability is the chance that the packet takes this path, from the
 	// probabilities of the random matches on it; the paths of one packet
 	// add up to 1.
 	Probability float64
-	Steps       []string
+	// Hops are, in order, every rule whose matches held, the chains
+	// falling off their end and the built-in policies applied.
+	Hops []Hop
+	// Steps are the Hops as text, one each ("table/CHAIN rule").
+	Steps []string
 
-	recent []recentOp // the path's recent matches, for Connect
+	recent []recentOp // the path's recent matches, for Recent.Replay
+}
+
+// Hop is one step of a Path: a rule that matched, or the end of a chain,
+// or the policy of a built-in chain.
+type Hop struct {
+	Table, Chain string
+	// Rule is the text of the rule that matched ("" for the others).
+	Rule string
+	// Policy is the verdict of a built-in chain's policy, when the packet
+	// reached the end of the built-in chain (or a RETURN in it).
+	Policy string
+}
+
+// String returns "table/CHAIN rule", "table/CHAIN: end of chain" or
+// "table/CHAIN: policy ACCEPT".
+func (h Hop) String() string {
+	switch {
+	case h.Rule != "":
+		return h.Table + "/" + h.Chain + " " + h.Rule
+	case h.Policy != "":
+		return h.Table + "/" + h.Chain + ": policy " + h.Policy
+	}
+	return h.Table + "/" + h.Chain + ": end of chain"
+}
+
+// Chains returns the chains the path went through, "table/CHAIN", in
+// order, a chain listed again when the path comes back to it after
+// another.
+func (p Path) Chains() []string {
+	var out []string
+	for _, h := range p.Hops {
+		c := h.Table + "/" + h.Chain
+		if len(out) == 0 || out[len(out)-1] != c {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // String returns the outcome, the probability if below 1, and the steps,
@@ -107,22 +146,30 @@ func (p Path) String() string {
 	return s + "\n  " + strings.Join(p.Steps, "\n  ")
 }
 
-// Trace walks the Fake's current rules for p the way the kernel handles the
-// first packet of a connection, exploring every branch that
-// "-m statistic --mode random" allows, and returns the set of possible
-// outcomes, deduplicated and sorted. Traffic from the node goes through
-// nat OUTPUT, filter OUTPUT and nat POSTROUTING (then filter INPUT and nat
-// INPUT if its destination is local); other traffic through nat PREROUTING,
-// then filter INPUT and nat INPUT if the destination after DNAT is local,
-// else filter FORWARD and nat POSTROUTING. Recent matches see the Fake's
-// xt_recent lists (empty until a Connect fills them) and what earlier
-// rules on the same path did to them; Trace changes nothing.
+func newPath(o Outcome, st state) Path {
+	steps := make([]string, len(st.hops))
+	for i, h := range st.hops {
+		steps[i] = h.String()
+	}
+	return Path{Outcome: o, Probability: st.prob, Hops: st.hops, Steps: steps, recent: st.recent}
+}
+
+// Trace walks the rules for p the way the kernel handles the first packet
+// of a connection, exploring every branch that "-m statistic --mode
+// random" allows, and returns the set of possible outcomes, deduplicated
+// and sorted. Traffic from the node goes through nat OUTPUT, filter OUTPUT
+// and nat POSTROUTING (then filter INPUT and nat INPUT if its destination
+// is local); other traffic through nat PREROUTING, then filter INPUT and
+// nat INPUT if the destination after DNAT is local, else filter FORWARD
+// and nat POSTROUTING. Recent matches see the lists in recent (nil: all
+// empty) at time now, and what earlier rules on the same path did to them;
+// Trace changes nothing.
 //
-// An error means the rules cannot be traced or would not load: an
-// unsupported match or target, a target used from a hook the kernel does not
-// allow it in, or a path nesting chains deeper than MaxDepth.
-func (f *Fake) Trace(p Packet) ([]Outcome, error) {
-	paths, err := f.Explain(p)
+// An error means the rules cannot be traced: an unsupported match or
+// target, a target used from a hook the kernel does not allow it in, or a
+// path nesting chains deeper than MaxDepth.
+func (rs *Ruleset) Trace(p Packet, recent *Recent, now time.Time) ([]Outcome, error) {
+	paths, err := rs.Explain(p, recent, now)
 	if err != nil {
 		return nil, err
 	}
@@ -136,19 +183,15 @@ func (f *Fake) Trace(p Packet) ([]Outcome, error) {
 
 // Explain is Trace returning every path with the rules it went through,
 // sorted by outcome.
-func (f *Fake) Explain(p Packet) ([]Path, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.explain(p)
-}
-
-// explain is Explain with f.mu held.
-func (f *Fake) explain(p Packet) ([]Path, error) {
+func (rs *Ruleset) Explain(p Packet, recent *Recent, now time.Time) ([]Path, error) {
 	tr, err := newTracer(p)
 	if err != nil {
 		return nil, err
 	}
-	tr.tables, tr.recent, tr.now = f.tables, f.recent, f.now
+	if recent == nil {
+		recent = &Recent{}
+	}
+	tr.tables, tr.recent, tr.now = rs.tables, recent, now
 	var paths []Path
 	st := state{src: p.SrcIP, dst: p.DstIP, proto: p.Proto, dport: p.DstPort, mark: p.Mark, prob: 1}
 	if err := tr.traverse(0, st, &paths); err != nil {
@@ -160,7 +203,7 @@ func (f *Fake) explain(p Packet) ([]Path, error) {
 
 type tracer struct {
 	tables   map[string]*table
-	recent   map[string]*recentTable
+	recent   *Recent
 	now      time.Time
 	local    map[netip.Addr]bool
 	srcLocal bool
@@ -205,14 +248,14 @@ type state struct {
 	dnat     netip.AddrPort
 	masq     bool
 	prob     float64 // of this path, given the random matches on it
-	steps    []string
+	hops     []Hop
 	recent   []recentOp // recent matches evaluated on this path, in order
 }
 
-// step records a step; the slice is clipped so that forked states never
+// hop records a step; the slice is clipped so that forked states never
 // share appends.
-func (s *state) step(format string, args ...any) {
-	s.steps = append(slices.Clip(s.steps), fmt.Sprintf(format, args...))
+func (s *state) hop(h Hop) {
+	s.hops = append(slices.Clip(s.hops), h)
 }
 
 type hookRef struct{ table, chain string }
@@ -252,7 +295,7 @@ func (tr *tracer) hookAt(i int, st state) (hookRef, bool) {
 func (tr *tracer) traverse(i int, st state, out *[]Path) error {
 	h, ok := tr.hookAt(i, st)
 	if !ok {
-		*out = append(*out, Path{Outcome{Accept, st.dnat, st.masq}, st.prob, st.steps, st.recent})
+		*out = append(*out, newPath(Outcome{Accept, st.dnat, st.masq}, st))
 		return nil
 	}
 	var results []result
@@ -261,7 +304,7 @@ func (tr *tracer) traverse(i int, st state, out *[]Path) error {
 	}
 	for _, r := range results {
 		if r.verdict != Accept {
-			*out = append(*out, Path{Outcome{r.verdict, r.st.dnat, r.st.masq}, r.st.prob, r.st.steps, r.st.recent})
+			*out = append(*out, newPath(Outcome{r.verdict, r.st.dnat, r.st.masq}, r.st))
 			continue
 		}
 		if err := tr.traverse(i+1, r.st, out); err != nil {
@@ -293,10 +336,10 @@ func (tr *tracer) walk(h hookRef, chain string, idx, depth int, stack []frame, s
 		c := t.chains[chain]
 		if idx >= len(c.rules) {
 			if chain != h.chain {
-				st.step("%s/%s: end of chain", h.table, chain)
+				st.hop(Hop{Table: h.table, Chain: chain})
 			}
 			if len(stack) == 0 {
-				st.step("%s/%s: policy %s", h.table, h.chain, policy)
+				st.hop(Hop{Table: h.table, Chain: h.chain, Policy: policy})
 				*out = append(*out, result{st, policy})
 				return nil
 			}
@@ -323,7 +366,7 @@ func (tr *tracer) walk(h hookRef, chain string, idx, depth int, stack []frame, s
 			return nil
 		}
 		st = *hit
-		st.step("%s/%s %s", h.table, chain, r.text)
+		st.hop(Hop{Table: h.table, Chain: chain, Rule: r.text})
 		where := func(err error) error {
 			return fmt.Errorf("%s/%s rule %d %q (from %s): %w", h.table, chain, idx+1, r.text, h.chain, err)
 		}
@@ -338,7 +381,7 @@ func (tr *tracer) walk(h hookRef, chain string, idx, depth int, stack []frame, s
 			return nil
 		case "RETURN":
 			if len(stack) == 0 {
-				st.step("%s/%s: policy %s", h.table, h.chain, policy)
+				st.hop(Hop{Table: h.table, Chain: h.chain, Policy: policy})
 				*out = append(*out, result{st, policy})
 				return nil
 			}
