@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 
 	v1 "k8s.io/api/core/v1"
 
@@ -144,9 +145,24 @@ func exists(format string, a ...any) error {
 	return fmt.Errorf("%s: %w", fmt.Sprintf(format, a...), ipvs.ErrExist)
 }
 
+// modelled refuses addresses the fake does not model: with a zone (the
+// real Kernel drops it) or IPv4-mapped (the real Kernel lists them as
+// IPv4, so they would not round-trip).
+func modelled(a netip.Addr) error {
+	switch {
+	case !a.IsValid():
+		return errors.New("no address")
+	case a.Zone() != "":
+		return fmt.Errorf("address %s: zones are not modelled by the fake", a)
+	case a.Is4In6():
+		return fmt.Errorf("address %s: IPv4-mapped addresses are not modelled by the fake", a)
+	}
+	return nil
+}
+
 func validKey(k ipvs.ServiceKey) error {
-	if !k.Address.Is4() {
-		return fmt.Errorf("virtual server %v: not an IPv4 address", k)
+	if err := modelled(k.Address); err != nil {
+		return fmt.Errorf("virtual server %v: %w", k, err)
 	}
 	switch k.Protocol {
 	case v1.ProtocolTCP, v1.ProtocolUDP, v1.ProtocolSCTP:
@@ -282,13 +298,48 @@ func (f *Fake) AddDestination(k ipvs.ServiceKey, rs *ipvs.RealServer) error {
 	if !ok {
 		return notFound("virtual server %v", k)
 	}
-	if !rs.Address.Is4() || rs.Port == 0 || rs.Weight < 0 {
+	if err := sameFamily(k, rs); err != nil {
+		return err
+	}
+	if !rs.Address.IsValid() || rs.Address.Zone() != "" || rs.Port == 0 || rs.Weight < 0 {
 		return fmt.Errorf("real server %s weight %d: invalid", rs.AddrPort(), rs.Weight)
 	}
 	if _, ok := s.dests[rs.AddrPort()]; ok {
 		return exists("real server %s of %v", rs.AddrPort(), k)
 	}
+	if err := unicast(rs.Address); err != nil {
+		return err
+	}
 	s.dests[rs.AddrPort()] = &ipvs.RealServer{Address: rs.Address, Port: rs.Port, Weight: rs.Weight}
+	return nil
+}
+
+// sameFamily refuses a masquerading real server of another family than
+// its virtual server, as the kernel does (only tunnelling may mix them).
+// The kernel checks it before looking the real server up, for a new or
+// an updated one, not for a deleted one.
+func sameFamily(k ipvs.ServiceKey, rs *ipvs.RealServer) error {
+	if k.Address.Is4() != rs.Address.Is4() {
+		return fmt.Errorf("real server %s of %v: masquerading across address families: %w", rs.AddrPort(), k, syscall.EINVAL)
+	}
+	return nil
+}
+
+// unicast refuses a new real server the kernel refuses: one that is not
+// a unicast address (IPv4-mapped ones are not, to the kernel). The kernel
+// takes a link-local IPv6 address when it is local; the fake does not
+// model link-local addresses.
+func unicast(a netip.Addr) error {
+	bad := a.IsUnspecified() || a.IsMulticast()
+	if a.Is4() {
+		b := a.As4()
+		bad = bad || b[0] == 0 || a == netip.AddrFrom4([4]byte{255, 255, 255, 255})
+	} else {
+		bad = bad || a.IsLinkLocalUnicast() || a.Is4In6()
+	}
+	if bad {
+		return fmt.Errorf("real server %s: not a unicast address: %w", a, syscall.EINVAL)
+	}
 	return nil
 }
 
@@ -302,6 +353,9 @@ func (f *Fake) UpdateDestination(k ipvs.ServiceKey, rs *ipvs.RealServer) error {
 	s, ok := f.services[k]
 	if !ok {
 		return notFound("virtual server %v", k)
+	}
+	if err := sameFamily(k, rs); err != nil {
+		return err
 	}
 	d, ok := s.dests[rs.AddrPort()]
 	if !ok {
@@ -427,11 +481,18 @@ func (f *Fake) AddAddress(name string, a netip.Addr) error {
 	if !ok {
 		return notFound("link %q", name)
 	}
-	if !a.Is4() {
-		return fmt.Errorf("address %s: not IPv4", a)
+	if err := modelled(a); err != nil {
+		return err
+	}
+	if a.IsLinkLocalUnicast() {
+		return fmt.Errorf("address %s: link-local, which the real Kernel does not list: not modelled by the fake", a)
 	}
 	if l.addrs[a] {
 		return exists("address %s on %s", a, name)
+	}
+	if a.Is6() && (a.IsUnspecified() || a.IsMulticast() || a.IsLoopback()) {
+		// The kernel's errno, which IsNotFound takes for a missing link.
+		return fmt.Errorf("address %s on %s: cannot be assigned: %w", a, name, syscall.EADDRNOTAVAIL)
 	}
 	l.addrs[a] = true
 	return nil

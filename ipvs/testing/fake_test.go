@@ -1,8 +1,11 @@
 package ipvstest
 
 import (
+	"errors"
 	"net/netip"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -14,9 +17,26 @@ import (
 )
 
 var (
-	key = ipvs.ServiceKey{Address: netip.MustParseAddr("10.96.0.1"), Protocol: v1.ProtocolTCP, Port: 443}
-	rs  = &ipvs.RealServer{Address: netip.MustParseAddr("10.244.1.10"), Port: 6443, Weight: 1}
+	key  = ipvs.ServiceKey{Address: netip.MustParseAddr("10.96.0.1"), Protocol: v1.ProtocolTCP, Port: 443}
+	rs   = &ipvs.RealServer{Address: netip.MustParseAddr("10.244.1.10"), Port: 6443, Weight: 1}
+	key6 = ipvs.ServiceKey{Address: netip.MustParseAddr("fd00:10:96::1"), Protocol: v1.ProtocolTCP, Port: 443}
+	rs6  = &ipvs.RealServer{Address: netip.MustParseAddr("fd00:10:244:1::a"), Port: 6443, Weight: 1}
 )
+
+// isInvalid: the kernel's EINVAL, neither IsNotFound nor IsExist.
+func isInvalid(err error) bool {
+	return errors.Is(err, syscall.EINVAL) && !ipvs.IsNotFound(err) && !ipvs.IsExist(err)
+}
+
+// withService returns a fake holding the virtual server k.
+func withService(t *testing.T, k ipvs.ServiceKey) *Fake {
+	t.Helper()
+	f := NewFake()
+	if err := f.AddService(&ipvs.VirtualServer{ServiceKey: k, Scheduler: "rr"}); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
 
 // wired returns an iptables fake wired to f, after restoring sets (ipset
 // restore lines) into f.
@@ -46,9 +66,49 @@ func TestFakeRefuses(t *testing.T) {
 			return f.AddService(&ipvs.VirtualServer{ServiceKey: key, Scheduler: "rr"})
 		}, ipvs.IsExist},
 		{"unknown scheduler", func(f *Fake) error { return f.AddService(&ipvs.VirtualServer{ServiceKey: key, Scheduler: "nope"}) }, nil},
-		{"IPv6 service", func(f *Fake) error {
-			return f.AddService(&ipvs.VirtualServer{ServiceKey: ipvs.ServiceKey{Address: netip.MustParseAddr("fd00::1"), Protocol: v1.ProtocolTCP, Port: 1}, Scheduler: "rr"})
+		{"IPv6 service with a zone", func(f *Fake) error {
+			return f.AddService(&ipvs.VirtualServer{ServiceKey: ipvs.ServiceKey{Address: netip.MustParseAddr("fe80::1%eth0"), Protocol: v1.ProtocolTCP, Port: 1}, Scheduler: "rr"})
 		}, nil},
+		{"IPv4-mapped service", func(f *Fake) error {
+			return f.AddService(&ipvs.VirtualServer{ServiceKey: ipvs.ServiceKey{Address: netip.MustParseAddr("::ffff:10.96.0.1"), Protocol: v1.ProtocolTCP, Port: 1}, Scheduler: "rr"})
+		}, nil},
+		{"IPv6 destination of an IPv4 service", func(f *Fake) error {
+			f.AddService(&ipvs.VirtualServer{ServiceKey: key, Scheduler: "rr"})
+			return f.AddDestination(key, rs6)
+		}, isInvalid},
+		{"IPv4 destination of an IPv6 service", func(f *Fake) error {
+			f.AddService(&ipvs.VirtualServer{ServiceKey: key6, Scheduler: "rr"})
+			return f.AddDestination(key6, rs)
+		}, isInvalid},
+		{"update of an IPv4 destination of an IPv6 service", func(f *Fake) error {
+			f.AddService(&ipvs.VirtualServer{ServiceKey: key6, Scheduler: "rr"})
+			return f.UpdateDestination(key6, rs)
+		}, isInvalid},
+		{"delete of an IPv4 destination of an IPv6 service", func(f *Fake) error {
+			f.AddService(&ipvs.VirtualServer{ServiceKey: key6, Scheduler: "rr"})
+			return f.DeleteDestination(key6, rs)
+		}, ipvs.IsNotFound},
+		{"multicast IPv6 destination", func(f *Fake) error {
+			f.AddService(&ipvs.VirtualServer{ServiceKey: key6, Scheduler: "rr"})
+			return f.AddDestination(key6, &ipvs.RealServer{Address: netip.MustParseAddr("ff02::1"), Port: 80})
+		}, isInvalid},
+		{"link-local IPv6 destination", func(f *Fake) error {
+			f.AddService(&ipvs.VirtualServer{ServiceKey: key6, Scheduler: "rr"})
+			return f.AddDestination(key6, &ipvs.RealServer{Address: netip.MustParseAddr("fe80::1"), Port: 80})
+		}, isInvalid},
+		{"broadcast IPv4 destination", func(f *Fake) error {
+			f.AddService(&ipvs.VirtualServer{ServiceKey: key, Scheduler: "rr"})
+			return f.AddDestination(key, &ipvs.RealServer{Address: netip.MustParseAddr("255.255.255.255"), Port: 80})
+		}, isInvalid},
+		{"IPv4-mapped destination of an IPv6 service", func(f *Fake) error {
+			f.AddService(&ipvs.VirtualServer{ServiceKey: key6, Scheduler: "rr"})
+			return f.AddDestination(key6, &ipvs.RealServer{Address: netip.MustParseAddr("::ffff:10.244.1.10"), Port: 80})
+		}, isInvalid},
+		{"IPv6 destination twice", func(f *Fake) error {
+			f.AddService(&ipvs.VirtualServer{ServiceKey: key6, Scheduler: "rr"})
+			f.AddDestination(key6, rs6)
+			return f.AddDestination(key6, rs6)
+		}, ipvs.IsExist},
 		{"destination twice", func(f *Fake) error {
 			f.AddService(&ipvs.VirtualServer{ServiceKey: key, Scheduler: "rr"})
 			f.AddDestination(key, rs)
@@ -67,6 +127,27 @@ func TestFakeRefuses(t *testing.T) {
 			return f.AddAddress("d0", key.Address)
 		}, ipvs.IsExist},
 		{"deleting an unbound address", func(f *Fake) error { f.EnsureDummy("d0"); return f.DeleteAddress("d0", key.Address) }, ipvs.IsNotFound},
+		{"IPv6 address twice", func(f *Fake) error {
+			f.EnsureDummy("d0")
+			f.AddAddress("d0", key6.Address)
+			return f.AddAddress("d0", key6.Address)
+		}, ipvs.IsExist},
+		{"deleting an unbound IPv6 address", func(f *Fake) error { f.EnsureDummy("d0"); return f.DeleteAddress("d0", key6.Address) }, ipvs.IsNotFound},
+		// The kernel says EADDRNOTAVAIL, which IsNotFound takes for a
+		// missing link or address.
+		{"multicast IPv6 address", func(f *Fake) error {
+			f.EnsureDummy("d0")
+			return f.AddAddress("d0", netip.MustParseAddr("ff02::5"))
+		}, func(err error) bool { return errors.Is(err, syscall.EADDRNOTAVAIL) }},
+		{"IPv6 loopback address", func(f *Fake) error {
+			f.EnsureDummy("d0")
+			return f.AddAddress("d0", netip.IPv6Loopback())
+		}, func(err error) bool { return errors.Is(err, syscall.EADDRNOTAVAIL) }},
+		{"link-local IPv6 address", func(f *Fake) error { f.EnsureDummy("d0"); return f.AddAddress("d0", netip.MustParseAddr("fe80::1")) }, nil},
+		{"IPv4-mapped address", func(f *Fake) error {
+			f.EnsureDummy("d0")
+			return f.AddAddress("d0", netip.MustParseAddr("::ffff:10.96.0.1"))
+		}, nil},
 		{"link name too long", func(f *Fake) error { return f.EnsureDummy("a-very-long-link-name") }, nil},
 		{"entry in a missing set", func(f *Fake) error { return f.RestoreSets([]byte("add NOPE 10.0.0.1\n")) }, nil},
 		{"entry of the wrong shape", func(f *Fake) error {
@@ -186,6 +267,67 @@ func TestFakeServices(t *testing.T) {
 	}
 	if svcs, _ := f.ListServices(); len(svcs) != 0 {
 		t.Errorf("left after delete: %v", svcs)
+	}
+}
+
+// TestFakeIPv6Services: IPv6 virtual servers with IPv6 real servers live
+// beside IPv4 ones, and are listed with them.
+func TestFakeIPv6Services(t *testing.T) {
+	f := withService(t, key6)
+	if err := f.AddService(&ipvs.VirtualServer{ServiceKey: key, Scheduler: "rr"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.AddDestination(key6, rs6); err != nil {
+		t.Fatalf("IPv6 real server of an IPv6 virtual server: %v", err)
+	}
+	if err := f.AddDestination(key, rs); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.UpdateDestination(key6, &ipvs.RealServer{Address: rs6.Address, Port: rs6.Port, Weight: 5}); err != nil {
+		t.Fatal(err)
+	}
+	svcs, err := f.ListServices()
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.SortFunc(svcs, func(a, b *ipvs.VirtualServer) int { return a.ServiceKey.Compare(b.ServiceKey) })
+	want := []*ipvs.VirtualServer{
+		{ServiceKey: key, Scheduler: "rr", Destinations: []*ipvs.RealServer{{Address: rs.Address, Port: rs.Port, Weight: 1}}},
+		{ServiceKey: key6, Scheduler: "rr", Destinations: []*ipvs.RealServer{{Address: rs6.Address, Port: rs6.Port, Weight: 5}}},
+	}
+	if d := cmp.Diff(want, svcs, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); d != "" {
+		t.Errorf("services (-want +got):\n%s", d)
+	}
+	if err := f.DeleteDestination(key6, rs6); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.DeleteService(key6); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestFakeIPv6Addresses: IPv6 addresses are bound and listed with the
+// IPv4 ones, sorted.
+func TestFakeIPv6Addresses(t *testing.T) {
+	f := NewFake()
+	if err := f.EnsureDummy("d0"); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []string{"fd00::2", "10.96.0.10", "2001:db8::1", "10.96.0.1"} {
+		if err := f.AddAddress("d0", netip.MustParseAddr(a)); err != nil {
+			t.Fatalf("%s: %v", a, err)
+		}
+	}
+	if err := f.DeleteAddress("d0", netip.MustParseAddr("2001:db8::1")); err != nil {
+		t.Fatal(err)
+	}
+	got, err := f.ListAddresses("d0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []netip.Addr{netip.MustParseAddr("10.96.0.1"), netip.MustParseAddr("10.96.0.10"), netip.MustParseAddr("fd00::2")}
+	if !slices.Equal(want, got) {
+		t.Errorf("addresses %v, want %v", got, want)
 	}
 }
 
