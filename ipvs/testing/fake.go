@@ -56,8 +56,9 @@ type link struct {
 
 type set struct {
 	typ     string
-	max     int // maxelem
-	lo, hi  int // bitmap:port range
+	family  string // "inet" or "inet6"; "" for bitmap:port
+	max     int    // maxelem
+	lo, hi  int    // bitmap:port range
 	entries map[string]bool
 }
 

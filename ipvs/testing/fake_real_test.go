@@ -26,7 +26,10 @@ type step struct {
 func sets(lines ...string) step  { return step{sets: strings.Join(lines, "\n") + "\n"} }
 func rules(lines ...string) step { return step{rules: strings.Join(lines, "\n") + "\n"} }
 
-const opts = " family inet hashsize 1024 maxelem 1048576"
+const (
+	opts  = " family inet hashsize 1024 maxelem 1048576"
+	opts6 = " family inet6 hashsize 1024 maxelem 1048576"
+)
 
 // setCases are sequences of steps; the fake (wired to a fake iptables)
 // and the real ipset and iptables must agree on which steps fail and on
@@ -69,7 +72,77 @@ var setCases = []struct {
 	{"kube-proxy's bitmap sets", []step{sets("create P bitmap:port range 0-65535", "add P 30001", "add P tcp:30002",
 		"create R bitmap:port range 30000-32767", "add R 30080", "add R 80")}, ""},
 	{"bitmap without a range", []step{sets("create P bitmap:port")}, ""},
-	{"IPv6 set", []step{sets("create A hash:ip family inet6")}, "IPv4 only"},
+	{"every type svcproxy creates, inet6, entries canonicalized", []step{sets(
+		"create IP hash:ip"+opts6, "add IP fd00::1", "add IP FD00:0000:0:0::2", "add IP 2001:db8:0:0:1:0:0:1", "add IP fd00::3/128",
+		"add IP ::ffff:10.0.0.1", "add IP ::10.0.0.1", "add IP ::1:0", "add IP 1:0:0:1:0:0:1:0", "add IP 64:ff9b::10.1.2.3",
+		"create IPPORT hash:ip,port"+opts6, "add IPPORT fd00::1,80", "add IPPORT fd00::1,udp:53", "add IPPORT fd00::2,sctp:3868",
+		"add IPPORT fd00::3/128,tcp:0",
+		"create IPPORTIP hash:ip,port,ip"+opts6, "add IPPORTIP fd00:10:244:1::5,tcp:8080,fd00:10:244:1::5", "add IPPORTIP ::,tcp:80,::",
+		"create IPPORTNET hash:ip,port,net"+opts6, "add IPPORTNET fd00::1,tcp:80,2001:db8::/64", "add IPPORTNET fd00::1,tcp:80,2001:db8:1::1/64",
+		"add IPPORTNET fd00::1,tcp:80,2001:db8::9/128", "add IPPORTNET fd00::1/128,tcp:80,2001:db8::a", "add IPPORTNET ::,tcp:80,::/1",
+		"create NET hash:net"+opts6, "add NET fd00:10:244::/56", "add NET fd00:10:245:ff::1/56", "add NET fd00::7/128", "add NET fd00::8",
+		"add NET fd00::9/127", "add NET ::",
+	)}, ""},
+	{"-exist, inet6: create again, add again, delete missing entries", []step{sets(
+		"create A hash:ip"+opts6, "add A fd00::1", "create A hash:ip"+opts6, "add A fd00::1", "del A fd00::9", "del A fd00::1", "del A fd00::1",
+		"create B hash:net"+opts6, "del B fd00::/64", "create C hash:ip,port,net"+opts6, "del C fd00::1,tcp:80,fd00::/64",
+	)}, ""},
+	{"IPv4 element in an inet6 hash:ip", []step{sets("create A hash:ip"+opts6, "add A fd00::1", "add A 10.0.0.2")}, ""},
+	{"IPv4 element in an inet6 hash:ip,port", []step{sets("create A hash:ip,port"+opts6, "add A fd00::1,tcp:80", "add A 10.0.0.1,tcp:80")}, ""},
+	{"IPv4 third address in an inet6 hash:ip,port,ip", []step{sets("create A hash:ip,port,ip"+opts6, "add A fd00::1,tcp:80,fd00::2", "add A fd00::1,tcp:80,10.0.0.2")}, ""},
+	{"IPv4 net in an inet6 hash:ip,port,net", []step{sets("create A hash:ip,port,net"+opts6, "add A fd00::1,tcp:80,fd00::2", "add A fd00::1,tcp:80,10.0.0.0/8")}, ""},
+	{"IPv4 net in an inet6 hash:net", []step{sets("create A hash:net"+opts6, "add A fd00::/64", "add A 10.0.0.0/8")}, ""},
+	{"IPv6 element in an inet set", []step{sets("create A hash:ip"+opts, "add A 10.0.0.1", "add A fd00::2")}, ""},
+	{"IPv4-mapped element in an inet set", []step{sets("create A hash:ip"+opts, "add A 10.0.0.1", "add A ::ffff:10.0.0.2")}, ""},
+	{"IPv6 net in an inet hash:net", []step{sets("create A hash:net"+opts, "add A 10.0.0.0/8", "add A fd00::/64")}, ""},
+	{"IPv4 element deleted from an inet6 set", []step{sets("create A hash:ip"+opts6, "add A fd00::1", "del A 10.0.0.1")}, ""},
+	{"::/0 in an inet6 net set", []step{sets("create A hash:net"+opts6, "add A fd00::1", "add A ::/0", "add A fd00::2")}, ""},
+	{"fd00::/0 in an inet6 net set", []step{sets("create A hash:net"+opts6, "add A fd00::1", "add A fd00::/0")}, ""},
+	{"::/0 in an inet6 hash:ip,port,net", []step{sets("create A hash:ip,port,net"+opts6, "add A fd00::1,tcp:80,fd00::2", "add A fd00::1,tcp:80,::/0")}, ""},
+	{"0.0.0.0/0 in a hash:ip,port,net", []step{sets("create A hash:ip,port,net"+opts, "add A 10.0.0.1,tcp:80,10.0.0.2", "add A 10.0.0.1,tcp:80,0.0.0.0/0")}, ""},
+	{"prefix of 129", []step{sets("create A hash:net"+opts6, "add A fd00::1", "add A fd00::/129")}, ""},
+	{"a prefix on the address of an inet6 hash:ip", []step{sets("create A hash:ip"+opts6, "add A fd00::1", "add A fd00::8/126")}, ""},
+	{"a prefix on the first address of an inet6 hash:ip,port,net", []step{sets("create A hash:ip,port,net"+opts6, "add A fd00::/127,tcp:80,fd00::2/127")}, ""},
+	{"/128 on the third address of an inet6 hash:ip,port,ip", []step{sets("create A hash:ip,port,ip"+opts6, "add A fd00::1,tcp:80,fd00::3", "add A fd00::1,tcp:80,fd00::2/128", "create B hash:ip"+opts6)}, ""},
+	{"a zone", []step{sets("create A hash:ip"+opts6, "add A fd00::1", "add A fe80::1%lo")}, ""},
+	{":: in a hash:ip", []step{sets("create A hash:ip"+opts6, "add A fd00::1", "add A ::", "add A fd00::2")}, ""},
+	{"0.0.0.0 in a hash:ip", []step{sets("create A hash:ip"+opts, "add A 10.0.0.1", "add A 0.0.0.0")}, ""},
+	{":: in a hash:ip,port", []step{sets("create A hash:ip,port"+opts6, "add A fd00::1,tcp:80", "add A ::,tcp:80")}, ""},
+	{"0.0.0.0 in a hash:ip,port", []step{sets("create A hash:ip,port"+opts, "add A 10.0.0.1,tcp:80", "add A 0.0.0.0,tcp:80")}, ""},
+	{"0.0.0.0 first in a hash:ip,port,ip and a hash:ip,port,net, 0.0.0.0 in a hash:net", []step{sets(
+		"create A hash:ip,port,ip"+opts, "add A 0.0.0.0,tcp:80,0.0.0.0", "create B hash:ip,port,net"+opts, "add B 0.0.0.0,tcp:80,10.0.0.0/8",
+		"create C hash:net"+opts, "add C 0.0.0.0", "add C 0.0.0.0/1")}, ""},
+	{"family aliases", []step{sets("create A hash:ip family ipv4", "add A 10.0.0.1", "create B hash:ip family ipv6", "add B fd00::1")}, ""},
+	{"unknown family", []step{sets("create A hash:ip family inet7")}, ""},
+	{"create again with the other family: the set keeps its family, ipset the first one", []step{sets(
+		"create A hash:ip"+opts, "add A 10.0.0.1", "create A hash:ip"+opts6, "add A 10.0.0.2",
+		"create B hash:ip"+opts6, "add B fd00::1", "create B hash:ip"+opts, "add B fd00::2")}, ""},
+	{"create again with the other family, then an element of the other", []step{sets(
+		"create A hash:ip"+opts, "add A 10.0.0.1", "create A hash:ip"+opts6, "add A 10.0.0.2", "add A fd00::2")}, ""},
+	{"create again with the other family, the other way round", []step{sets(
+		"create A hash:ip"+opts6, "add A fd00::1", "create A hash:ip"+opts, "add A fd00::2", "add A 10.0.0.3")}, ""},
+	{"created again as inet6 by a later restore: ipset sends IPv6, the kernel refuses it", []step{
+		sets("create A hash:ip"+opts, "add A 10.0.0.1"),
+		sets("add A 10.0.0.5", "create A hash:ip"+opts6, "add A fd00::2", "add A fd00::3"),
+	}, ""},
+	{"created again as inet6 by a later restore: ipset refuses IPv4", []step{
+		sets("create A hash:ip"+opts, "add A 10.0.0.1"),
+		sets("create A hash:ip"+opts6, "add A 10.0.0.2"),
+	}, ""},
+	{"created again as inet6 by a later restore: the kernel refuses an IPv6 del", []step{
+		sets("create A hash:ip"+opts, "add A 10.0.0.1"),
+		sets("create A hash:ip"+opts6, "del A fd00::9"),
+	}, ""},
+	{"a later restore adds IPv6 to an inet set", []step{
+		sets("create A hash:ip"+opts, "add A 10.0.0.1"),
+		sets("add A fd00::2"),
+	}, ""},
+	{"destroyed and created again as inet6", []step{
+		sets("create A hash:ip"+opts, "add A 10.0.0.1"),
+		sets("add A 10.0.0.5", "destroy A", "create A hash:ip"+opts6, "add A fd00::2"),
+		sets("create B hash:ip"+opts, "add B 10.0.0.1", "destroy B", "create B hash:ip"+opts6, "add B fd00::2"),
+	}, ""},
+	{"brackets around an IPv6 address", []step{sets("create A hash:ip,port"+opts6, "add A [fd00::1],tcp:80")}, "plain addresses only"},
 	{"entries with a timeout", []step{sets("create A hash:ip timeout 60", "add A 10.0.0.1")}, "no timeouts"},
 	{"an ICMP type as port", []step{sets("create A hash:ip,port"+opts, "add A 10.0.0.1,icmp:ping")}, "tcp, udp and sctp ports only"},
 	{"an IP range in a hash:ip", []step{sets("create A hash:ip"+opts, "add A 10.0.0.0/30")}, "one address per element"},
@@ -171,6 +244,30 @@ func TestFakeSetsAgreeWithRealIPSet(t *testing.T) {
 			if d := cmp.Diff(realSets, fakeSets, cmpopts.EquateEmpty()); d != "" {
 				t.Errorf("sets left (-real +fake):\n%s", d)
 			}
+			fakeFamilies := map[string]string{}
+			for n, s := range fake.sets {
+				fakeFamilies[n] = s.family
+			}
+			if d := cmp.Diff(saveFamilies(out), fakeFamilies); d != "" {
+				t.Errorf("families of the sets left (-real +fake):\n%s", d)
+			}
 		})
 	}
+}
+
+// saveFamilies returns the family of each set in ipset save output, ""
+// for a set without one (bitmap:port).
+func saveFamilies(save string) map[string]string {
+	out := map[string]string{}
+	for _, l := range strings.Split(save, "\n") {
+		fs := strings.Fields(l)
+		if len(fs) < 3 || fs[0] != "create" {
+			continue
+		}
+		out[fs[1]] = ""
+		if i := slices.Index(fs, "family"); i > 0 && i+1 < len(fs) {
+			out[fs[1]] = fs[i+1]
+		}
+	}
+	return out
 }

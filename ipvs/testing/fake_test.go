@@ -231,7 +231,7 @@ func TestFakeSets(t *testing.T) {
 	// does not model, or a bitmap without its range.
 	for _, bad := range []string{
 		"create N hash:net",
-		"create M hash:ip family inet6",
+		"create M hash:ip counters",
 		"create M hash:ip timeout 60",
 		"create P bitmap:port",
 		"create P bitmap:port range 30000-32767\nadd P 80",
@@ -328,6 +328,71 @@ func TestFakeIPv6Addresses(t *testing.T) {
 	want := []netip.Addr{netip.MustParseAddr("10.96.0.1"), netip.MustParseAddr("10.96.0.10"), netip.MustParseAddr("fd00::2")}
 	if !slices.Equal(want, got) {
 		t.Errorf("addresses %v, want %v", got, want)
+	}
+}
+
+// TestFakeIPv6Sets: sets of family inet6 hold IPv6 elements, printed as
+// ipset save prints them, and refuse IPv4 ones; a set keeps its family
+// when created again with the other, and then ipset and the kernel
+// disagree on it (see RestoreSets).
+func TestFakeIPv6Sets(t *testing.T) {
+	const opts4, opts6 = " family inet hashsize 1024 maxelem 1048576", " family inet6 hashsize 1024 maxelem 1048576"
+	f := NewFake()
+	if err := f.RestoreSets([]byte(strings.Join([]string{
+		"create IP hash:ip" + opts6, "add IP FD00:0:0::1", "add IP ::10.0.0.1", "add IP fd00::2/128",
+		"create IPPORT hash:ip,port" + opts6, "add IPPORT fd00::1,80",
+		"create IPPORTIP hash:ip,port,ip" + opts6, "add IPPORTIP fd00::1,tcp:80,fd00::5",
+		"create IPPORTNET hash:ip,port,net" + opts6, "add IPPORTNET fd00::1,udp:53,2001:db8::7/64",
+		"create NET hash:net" + opts6, "add NET fd00:10:244::/56", "add NET fd00::9/128", "add NET fd00::9/127",
+		"create V4 hash:ip" + opts4,
+	}, "\n"))); err != nil {
+		t.Fatal(err)
+	}
+	sets, _ := f.ListSets()
+	want := []*ipvs.Set{
+		{Name: "IP", Type: "hash:ip", Entries: []string{"::10.0.0.1", "fd00::1", "fd00::2"}},
+		{Name: "IPPORT", Type: "hash:ip,port", Entries: []string{"fd00::1,tcp:80"}},
+		{Name: "IPPORTIP", Type: "hash:ip,port,ip", Entries: []string{"fd00::1,tcp:80,fd00::5"}},
+		{Name: "IPPORTNET", Type: "hash:ip,port,net", Entries: []string{"fd00::1,udp:53,2001:db8::/64"}},
+		{Name: "NET", Type: "hash:net", Entries: []string{"fd00:10:244::/56", "fd00::8/127", "fd00::9"}},
+		{Name: "V4", Type: "hash:ip", Entries: []string{}},
+	}
+	if d := cmp.Diff(want, sets); d != "" {
+		t.Errorf("sets (-want +got):\n%s", d)
+	}
+	for _, bad := range []string{
+		"add IP 10.0.0.1",
+		"add V4 ::ffff:10.0.0.1",
+		"add V4 fd00::1",
+		"add IP fd00::/120",
+		"add IP ::",
+		"add IPPORTIP fd00::1,tcp:80,fd00::5/128",
+		"add IPPORTNET fd00::1,tcp:80,10.0.0.0/8",
+		"add NET ::/0",
+		"add NET fd00::/129",
+	} {
+		if err := f.RestoreSets([]byte(bad + "\n")); err == nil {
+			t.Errorf("%q: no error", bad)
+		}
+	}
+
+	// Created again as inet6, V4 stays inet: ipset parses the IPv6
+	// element, the kernel refuses it.
+	err := f.RestoreSets([]byte("create V4 hash:ip" + opts6 + "\nadd V4 fd00::1\n"))
+	if err == nil || !strings.Contains(err.Error(), "line 2") || !strings.Contains(err.Error(), "protocol error") {
+		t.Errorf("IPv6 element in an inet set created again as inet6: got %v, want a protocol error in line 2", err)
+	}
+	// In one restore, ipset keeps the family of the first create line.
+	err = f.RestoreSets([]byte("create V4 hash:ip" + opts4 + "\ncreate V4 hash:ip" + opts6 + "\nadd V4 fd00::1\n"))
+	if err == nil || !strings.Contains(err.Error(), "line 3") || !strings.Contains(err.Error(), "resolving to IPv4") {
+		t.Errorf("IPv6 element after two creates: got %v, want a syntax error in line 3", err)
+	}
+	// Destroyed and created again, it is inet6.
+	if err := f.RestoreSets([]byte("add V4 10.0.0.1\ndestroy V4\ncreate V4 hash:ip" + opts6 + "\nadd V4 fd00::1\n")); err != nil {
+		t.Errorf("destroyed and created as inet6: %v", err)
+	}
+	if got, _ := f.SetEntries("V4"); !slices.Equal(got, []string{"fd00::1"}) {
+		t.Errorf("entries %q, want [fd00::1]", got)
 	}
 }
 

@@ -82,7 +82,15 @@ func (f *Fake) SetEntries(name string) ([]string, bool) {
 // takes creating a set that exists with the same type and maxelem, adding
 // an element present, deleting one absent and destroying a missing set as
 // done. Creation options, element options and forms the fake does not
-// model (IPv6, timeouts, counters, IP ranges, ICMP types…) are refused.
+// model (timeouts, counters, IP ranges, ICMP types…) are refused.
+//
+// Sets are of family inet or inet6. The kernel takes creating a set that
+// exists with another family as done and keeps the old family, but ipset
+// parses the elements of the rest of the restore with the family of the
+// first create line of the set (until it is destroyed), or else with the
+// set's: an element of the other family is a syntax error, and one of the
+// family ipset believes while the set has the other is refused by the
+// kernel ("ipset protocol error").
 func (f *Fake) RestoreSets(data []byte) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -96,7 +104,8 @@ func (f *Fake) RestoreSets(data []byte) error {
 	if err := f.record("RestoreSets", strings.Join(logged, "; ")); err != nil {
 		return err
 	}
-	var batch []*setCmd // consecutive adds or dels of one set, not yet sent
+	var batch []*setCmd             // consecutive adds or dels of one set, not yet sent
+	families := map[string]string{} // what ipset believes, by set name
 	send := func() error {
 		defer func() { batch = nil }()
 		for _, c := range batch {
@@ -107,7 +116,7 @@ func (f *Fake) RestoreSets(data []byte) error {
 		return nil
 	}
 	for i, line := range lines {
-		c, err := f.parseSetLine(i+1, strings.TrimSpace(line))
+		c, err := f.parseSetLine(i+1, strings.TrimSpace(line), families)
 		if err != nil {
 			return fmt.Errorf("ipset v7.17: Error in line %d: %w", i+1, err)
 		}
@@ -140,6 +149,7 @@ type setCmd struct {
 	typ    string // create
 	max    int    // create: maxelem
 	lo, hi int    // create, bitmap:port: the range
+	family string // create: the set's; add, del: the element's ("" for bitmap:port)
 	entry  string // add, del: canonical
 }
 
@@ -151,8 +161,9 @@ var setCommands = map[string]string{
 }
 
 // parseSetLine does what ipset does with a line before the kernel sees it;
-// nil for a blank line, a comment or COMMIT. f.mu is held.
-func (f *Fake) parseSetLine(n int, line string) (*setCmd, error) {
+// nil for a blank line, a comment or COMMIT. families holds the family
+// ipset believes each set created in this restore has. f.mu is held.
+func (f *Fake) parseSetLine(n int, line string, families map[string]string) (*setCmd, error) {
 	if line == "" || strings.HasPrefix(line, "#") || line == "COMMIT" {
 		return nil, nil
 	}
@@ -177,7 +188,13 @@ func (f *Fake) parseSetLine(n int, line string) (*setCmd, error) {
 		if _, ok := setTypes[c.typ]; !ok {
 			return nil, fmt.Errorf("syntax error: unknown settype %s", c.typ)
 		}
-		return c, parseCreateOptions(c, fs[3:])
+		if err := parseCreateOptions(c, fs[3:]); err != nil {
+			return nil, err
+		}
+		if _, ok := families[c.name]; !ok {
+			families[c.name] = c.family
+		}
+		return c, nil
 	case "add", "del":
 		s := f.sets[c.name]
 		if s == nil {
@@ -189,12 +206,18 @@ func (f *Fake) parseSetLine(n int, line string) (*setCmd, error) {
 		if len(fs) > 3 {
 			return nil, fmt.Errorf("element options %q: not modelled by the fake", strings.Join(fs[3:], " "))
 		}
-		e, err := canonicalEntry(s.typ, fs[2])
+		c.family = s.family
+		if fam, ok := families[c.name]; ok {
+			c.family = fam
+		}
+		e, err := canonicalEntry(s.typ, c.family, fs[2])
 		if err != nil {
 			return nil, fmt.Errorf("set %s: %w", c.name, err)
 		}
 		c.entry = e
 		return c, nil
+	case "destroy":
+		delete(families, c.name)
 	}
 	if len(fs) > 2 {
 		return nil, fmt.Errorf("unknown argument %q", fs[2])
@@ -207,6 +230,9 @@ func (f *Fake) parseSetLine(n int, line string) (*setCmd, error) {
 func parseCreateOptions(c *setCmd, opts []string) error {
 	c.max = defaultMaxElem
 	bitmap := c.typ == "bitmap:port"
+	if !bitmap {
+		c.family = "inet"
+	}
 	hasRange := false
 	for i := 0; i < len(opts); i += 2 {
 		if i+1 >= len(opts) {
@@ -216,8 +242,13 @@ func parseCreateOptions(c *setCmd, opts []string) error {
 		n, nerr := strconv.Atoi(v)
 		switch {
 		case k == "family" && !bitmap:
-			if v != "inet" {
-				return fmt.Errorf("family %q: only inet is modelled by the fake", v)
+			switch v {
+			case "inet", "ipv4":
+				c.family = "inet"
+			case "inet6", "ipv6":
+				c.family = "inet6"
+			default:
+				return fmt.Errorf("Syntax error: unknown inet family %s", v)
 			}
 		case k == "hashsize" && !bitmap, k == "bucketsize" && !bitmap:
 			if nerr != nil || n < 1 {
@@ -252,15 +283,19 @@ func (f *Fake) execSetCmd(c *setCmd) error {
 	switch c.cmd {
 	case "create":
 		if s != nil {
+			// The family is not compared: the set keeps its own.
 			if s.typ != c.typ || s.max != c.max || s.lo != c.lo || s.hi != c.hi {
 				return fmt.Errorf("Set cannot be created: set with the same name already exists (%s %s maxelem %d)", c.name, s.typ, s.max)
 			}
 			return nil
 		}
-		f.sets[c.name] = &set{typ: c.typ, max: c.max, lo: c.lo, hi: c.hi, entries: map[string]bool{}}
+		f.sets[c.name] = &set{typ: c.typ, family: c.family, max: c.max, lo: c.lo, hi: c.hi, entries: map[string]bool{}}
 	case "add", "del":
 		if s == nil {
 			return fmt.Errorf("the set with the given name does not exist: %s", c.name)
+		}
+		if c.family != s.family {
+			return fmt.Errorf("set %s (family %s): element %s: Kernel error received: ipset protocol error", c.name, s.family, c.entry)
 		}
 		if c.cmd == "del" {
 			delete(s.entries, c.entry)
@@ -292,13 +327,19 @@ func (f *Fake) execSetCmd(c *setCmd) error {
 	return nil
 }
 
-// kernelCheck refuses what the kernel refuses of a well-formed element.
+// kernelCheck refuses what the kernel refuses of a well-formed element of
+// the set's family.
 func (s *set) kernelCheck(e string) error {
 	parts := strings.Split(e, ",")
 	for i, k := range setTypes[s.typ] {
 		switch p := parts[i]; {
 		case k == "net" && strings.HasSuffix(p, "/0"):
 			return errors.New("The value of the CIDR parameter of the IP address is invalid")
+		case i == 0 && (p == "0.0.0.0" || p == "::") && s.typ == "hash:ip":
+			return errors.New("Null-valued element, cannot be stored in a hash type of set")
+		case i == 0 && (p == "0.0.0.0" || p == "::") && s.typ == "hash:ip,port":
+			// hash:ip,port,ip and hash:ip,port,net take it.
+			return errors.New("Kernel error received: Invalid argument")
 		case k == "bareport":
 			if n, _ := strconv.Atoi(p); n < s.lo || n > s.hi {
 				return errors.New("Element is out of the range of the set")
@@ -346,9 +387,10 @@ func (f *Fake) SetReferences(name string) int {
 	return f.setRefs[name]
 }
 
-// canonicalEntry checks an entry against a set type and returns it as
+// canonicalEntry checks an entry against a set type and family ("inet",
+// "inet6"; "" for bitmap:port) as ipset parses it, and returns it as
 // `ipset save` prints it.
-func canonicalEntry(typ, e string) (string, error) {
+func canonicalEntry(typ, family, e string) (string, error) {
 	kinds := setTypes[typ]
 	parts := strings.Split(e, ",")
 	if len(parts) != len(kinds) {
@@ -358,28 +400,33 @@ func canonicalEntry(typ, e string) (string, error) {
 		p := parts[i]
 		switch k {
 		case "ip":
-			a, err := netip.ParseAddr(p)
-			if err != nil || !a.Is4() {
-				return "", fmt.Errorf("element %q: %q is not an IPv4 address", e, p)
+			// ipset takes a /128 on the first address of an inet6 set,
+			// a plain address on the third (and IPv4 ranges, which the
+			// fake does not model).
+			if a, ok := strings.CutSuffix(p, "/128"); ok && i == 0 && family == "inet6" {
+				p = a
 			}
-			parts[i] = a.String()
-		case "net":
-			pfx, err := netip.ParsePrefix(p)
+			a, err := parseAddr(family, p)
 			if err != nil {
-				a, aerr := netip.ParseAddr(p)
-				if aerr != nil {
-					return "", fmt.Errorf("element %q: %q is not a network", e, p)
+				return "", fmt.Errorf("element %q: %w", e, err)
+			}
+			parts[i] = ntop(a)
+		case "net":
+			addr, bits, hasBits := strings.Cut(p, "/")
+			a, err := parseAddr(family, addr)
+			if err != nil {
+				return "", fmt.Errorf("element %q: %w", e, err)
+			}
+			n := a.BitLen()
+			if hasBits {
+				if n, err = strconv.Atoi(bits); err != nil || strings.Trim(bits, "0123456789") != "" || n > a.BitLen() {
+					return "", fmt.Errorf("element %q: Syntax error: '%s' is out of range 0-%d", e, bits, a.BitLen())
 				}
-				pfx = netip.PrefixFrom(a, 32)
 			}
-			if !pfx.Addr().Is4() {
-				return "", fmt.Errorf("element %q: %q is not an IPv4 network", e, p)
-			}
-			pfx = pfx.Masked()
-			if pfx.Bits() == 32 {
-				parts[i] = pfx.Addr().String()
-			} else {
-				parts[i] = pfx.String()
+			pfx := netip.PrefixFrom(a, n).Masked()
+			parts[i] = ntop(pfx.Addr())
+			if n < a.BitLen() {
+				parts[i] += "/" + strconv.Itoa(n)
 			}
 		case "port":
 			proto, num, ok := strings.Cut(p, ":")
@@ -406,4 +453,33 @@ func canonicalEntry(typ, e string) (string, error) {
 		}
 	}
 	return strings.Join(parts, ","), nil
+}
+
+// parseAddr parses one address of an element of a set of family, as
+// ipset does: an IPv4 address in an inet6 set (or the other way round,
+// IPv4-mapped included) does not parse.
+func parseAddr(family, s string) (netip.Addr, error) {
+	want := "IPv4"
+	if family == "inet6" {
+		want = "IPv6"
+	}
+	if strings.Contains(s, "/") {
+		return netip.Addr{}, fmt.Errorf("Syntax error: plain IP address must be supplied: %s", s)
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil || a.Zone() != "" || a.Is4() != (want == "IPv4") {
+		return netip.Addr{}, fmt.Errorf("Syntax error: cannot parse %s: resolving to %s address failed", s, want)
+	}
+	return a, nil
+}
+
+// ntop prints a as ipset does, with glibc's inet_ntop: like netip but
+// for IPv4-compatible addresses, which it prints dotted ("::10.0.0.1",
+// where netip prints "::a00:1").
+func ntop(a netip.Addr) string {
+	b := a.As16()
+	if a.Is6() && [12]byte(b[:12]) == [12]byte{} && b[12]|b[13] != 0 {
+		return "::" + netip.AddrFrom4([4]byte(b[12:])).String()
+	}
+	return a.String()
 }
