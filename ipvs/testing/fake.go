@@ -35,10 +35,14 @@ type Fake struct {
 	services map[ipvs.ServiceKey]*service
 	links    map[string]*link
 	sets     map[string]*set
-	setRefs  map[string]int // iptables rules using each set (ReferenceSets)
-	sysctls  map[string]string
-	calls    []string
-	fail     map[string]error
+	setRefs  map[string]int // iptables rules using each set, all users summed
+	// refsBy are the references of each iptables fake wired with
+	// UseIPTables (user 0: direct ReferenceSets calls); setRefs sums them.
+	refsBy  map[int]map[string]int
+	users   int
+	sysctls map[string]string
+	calls   []string
+	fail    map[string]error
 }
 
 var _ ipvs.Interface = (*Fake)(nil)
@@ -95,7 +99,26 @@ func NewFake() *Fake {
 // ipt then refuses a rule naming a set f does not have, and f refuses to
 // destroy a set a rule of ipt uses. Call it before either holds state that
 // depends on the other; it fails if ipt's rules already name a missing set.
-func (f *Fake) UseIPTables(ipt *iptablestest.Fake) error { return ipt.UseSets(f) }
+// Several iptables fakes (iptables and ip6tables) may be wired: a set is in
+// use while a rule of any of them names it.
+func (f *Fake) UseIPTables(ipt *iptablestest.Fake) error {
+	f.mu.Lock()
+	f.users++
+	v := setsUser{f, f.users}
+	f.mu.Unlock()
+	return ipt.UseSets(v)
+}
+
+// setsUser is f as one wired iptables fake sees it: its references are
+// kept apart from the other users'.
+type setsUser struct {
+	f  *Fake
+	id int
+}
+
+func (u setsUser) HasSet(name string) bool { return u.f.HasSet(name) }
+
+func (u setsUser) ReferenceSets(refs map[string]int) error { return u.f.referenceSets(u.id, refs) }
 
 var _ iptablestest.Sets = (*Fake)(nil)
 

@@ -449,3 +449,34 @@ func TestFakeSetsInUse(t *testing.T) {
 		t.Error("a rule naming a destroyed set was taken")
 	}
 }
+
+// TestSetReferencesOfTwoIPTables: with iptables and ip6tables fakes wired,
+// a set is in use while a rule of either names it; one's rules do not
+// replace the other's references.
+func TestSetReferencesOfTwoIPTables(t *testing.T) {
+	f := NewFake()
+	ipt4, ipt6 := iptablestest.NewFake(), iptablestest.NewFake6()
+	for _, ipt := range []*iptablestest.Fake{ipt4, ipt6} {
+		if err := f.UseIPTables(ipt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.RestoreSets([]byte("create A hash:ip family inet\ncreate B hash:ip family inet6\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := ipt4.Restore([]byte("*filter\n:X - [0:0]\n-A X -m set --match-set A dst -j DROP\nCOMMIT\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := ipt6.Restore([]byte("*filter\n:X - [0:0]\n-A X -m set --match-set B dst -j DROP\nCOMMIT\n")); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.SetReferences("A"); got != 1 {
+		t.Errorf("references to A after ip6tables' restore: %d, want 1", got)
+	}
+	if err := f.RestoreSets([]byte("destroy A\n")); err == nil {
+		t.Error("destroyed A while an iptables rule uses it")
+	}
+	if err := f.RestoreSets([]byte("destroy B\n")); err == nil {
+		t.Error("destroyed B while an ip6tables rule uses it")
+	}
+}

@@ -362,7 +362,10 @@ func (f *Fake) HasSet(name string) bool {
 // each set after every change. A set in use cannot be destroyed, as the
 // kernel keeps a reference for every rule matching it. It refuses, and
 // changes nothing, when a set in refs does not exist.
-func (f *Fake) ReferenceSets(refs map[string]int) error {
+func (f *Fake) ReferenceSets(refs map[string]int) error { return f.referenceSets(0, refs) }
+
+// referenceSets sets the references of one user and sums them up.
+func (f *Fake) referenceSets(user int, refs map[string]int) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var missing []string
@@ -375,7 +378,16 @@ func (f *Fake) ReferenceSets(refs map[string]int) error {
 		slices.Sort(missing)
 		return fmt.Errorf("Set %s doesn't exist", strings.Join(missing, ", "))
 	}
-	f.setRefs = maps.Clone(refs)
+	if f.refsBy == nil {
+		f.refsBy = map[int]map[string]int{}
+	}
+	f.refsBy[user] = maps.Clone(refs)
+	f.setRefs = map[string]int{}
+	for _, rs := range f.refsBy {
+		for name, n := range rs {
+			f.setRefs[name] += n
+		}
+	}
 	return nil
 }
 
