@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the test VM's initramfs: a cached base (busybox, the kernel modules
-# of modules.txt with their dependencies, ipset, ipvsadm and iptables with
-# their shared libraries) plus a small archive holding the test binary.
+# of modules.txt with their dependencies, ipset, ipvsadm, iptables and
+# ip6tables with their shared libraries) plus a small archive holding the
+# test binary.
 # Concatenated cpio archives are one initramfs to the kernel.
 #
 #   hack/vm/mkinitrd.sh OUT TESTBINARY [TEST ARGS...]
@@ -66,9 +67,14 @@ if [ ! -s "$base" ]; then
 	for b in "${bins[@]}"; do
 		cp "$b" "$stage$b"
 	done
+	# The variant-named commands svcproxy runs (iptables-nft-restore,
+	# ip6tables-legacy-save, ...); the multi binaries pick the family and
+	# variant by the name they are called by.
 	for v in nft legacy; do
-		for s in "" -save -restore; do
-			ln -sf xtables-$v-multi "$stage/usr/sbin/iptables-$v$s"
+		for f in iptables ip6tables; do
+			for s in "" -save -restore; do
+				ln -sf xtables-$v-multi "$stage/usr/sbin/$f-$v$s"
+			done
 		done
 	done
 	mkdir -p "$stage/usr/lib/x86_64-linux-gnu"
