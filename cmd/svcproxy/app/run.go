@@ -32,6 +32,9 @@ const (
 // Main parses args, runs svcproxy until SIGTERM/SIGINT (or once with
 // --dry-run or --cleanup) and returns the process exit code.
 func Main(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "explain" {
+		return explainMain(args[1:], stdout, stderr)
+	}
 	o := config.Defaults()
 	fs := newFlagSet(o)
 	fs.SetOutput(stderr)
