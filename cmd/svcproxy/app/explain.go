@@ -15,7 +15,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/go-logr/logr"
 	"github.com/spf13/pflag"
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
@@ -139,7 +138,8 @@ func runExplain(ctx context.Context, args []string, stdout, stderr io.Writer, ne
 	}
 	if !fs.Changed("v") {
 		// Loading logs a line per file and per skipped object: noise here.
-		klog.SetLogger(logr.Discard())
+		// The zero Logger discards.
+		klog.SetLogger(klog.Logger{})
 		defer klog.ClearLogger()
 	}
 	if fs.NArg() != 1 {
