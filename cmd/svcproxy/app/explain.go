@@ -122,6 +122,12 @@ func runExplain(ctx context.Context, args []string, stdout, stderr io.Writer, ne
 	fs.StringSliceVar(&e.nodeIPs, "node-ip", nil, "This node's addresses (default: the Node's status.addresses, when the state has them).")
 	fs.StringVar(&e.clusterDomain, "cluster-domain", "cluster.local", "The cluster's DNS domain.")
 	fs.BoolVar(&e.live, "live", false, "Compare with the rules in this node's kernel (not supported yet).")
+	// The daemon's other flags are taken (a kube-proxy command line works
+	// as is) but not shown.
+	shown := map[string]bool{"from": true, "namespace": true, "output": true, "node-ip": true, "cluster-domain": true, "live": true,
+		"state": true, "kubeconfig": true, "master": true, "hostname-override": true, "cluster-cidr": true, "nodeport-addresses": true,
+		"masquerade-all": true, "iptables-masquerade-bit": true, "mode": true, "config": true, "v": true}
+	fs.VisitAll(func(f *pflag.Flag) { f.Hidden = !shown[f.Name] })
 	fs.Usage = func() {
 		fmt.Fprint(stderr, explainUsageText)
 		fs.PrintDefaults()

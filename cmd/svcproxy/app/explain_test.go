@@ -573,8 +573,10 @@ func TestExplainThroughMain(t *testing.T) {
 	}
 	out.Reset()
 	errOut.Reset()
-	if code := Main([]string{"explain", "--help"}, &out, &errOut); code != 0 || !strings.Contains(errOut.String(), "Usage: svcproxy explain [flags] TARGET") {
-		t.Errorf("--help: exit %d, stderr:\n%s", code, errOut.String())
+	code := Main([]string{"explain", "--help"}, &out, &errOut)
+	help := errOut.String()
+	if code != 0 || !strings.Contains(help, "Usage: svcproxy explain [flags] TARGET") || !strings.Contains(help, "--from string") || strings.Contains(help, "--healthz-bind-address") {
+		t.Errorf("--help: exit %d, want the usage with explain's flags and without the daemon's; stderr:\n%s", code, help)
 	}
 }
 
