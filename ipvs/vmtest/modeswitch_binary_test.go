@@ -106,10 +106,12 @@ func TestModeSwitchWithTheBinary(t *testing.T) {
 	}
 	waitFor := func(what string, ok func() bool) {
 		t.Helper()
-		deadline := time.Now().Add(20 * time.Second)
+		// Under TCG the binary's first sync and the other mode's removal
+		// take 8-15 s each with ip6tables in the VM (both families).
+		deadline := time.Now().Add(60 * time.Second)
 		for !ok() {
 			if time.Now().After(deadline) {
-				t.Fatalf("%s: not after 20s; chains %v", what, chains())
+				t.Fatalf("%s: not after 60s; chains %v", what, chains())
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
