@@ -184,13 +184,24 @@ func TestApplierIPv6PlanWithoutIP6Tables(t *testing.T) {
 	}
 }
 
-// TestCleanupDualStack: Cleanup removes the IPv6 virtual servers, the
-// inet6 sets and the ip6tables chains and jumps too.
+// TestCleanupDualStack: Cleanup (RemoveAll) removes the IPv6 virtual
+// servers, the inet6 sets and the ip6tables chains and jumps too, and
+// counts what it removed (a mode switch's leftovers log used to say "No
+// leftovers" while removing IPVS mode's objects).
 func TestCleanupDualStack(t *testing.T) {
 	e := newEnv6(t)
+	plan := e.plan(web46([]pt.EP{ep1}, []pt.EP{ep6a})...)
 	e.sync(false, web46([]pt.EP{ep1}, []pt.EP{ep6a})...)
-	if err := ipvs.Cleanup(e.k, e.ipt, e.ipt6, e.opts); err != nil {
-		t.Fatalf("Cleanup: %v", err)
+	n, err := ipvs.RemoveAll(e.k, e.ipt, e.ipt6, e.opts)
+	if err != nil {
+		t.Fatalf("RemoveAll: %v", err)
+	}
+	// Every virtual server, the link and every set, counted for the log.
+	if want := len(plan.Services) + 1 + len(plan.Sets); n != want {
+		t.Errorf("RemoveAll counted %d removed objects, want %d", n, want)
+	}
+	if n, err := ipvs.RemoveAll(e.k, e.ipt, e.ipt6, e.opts); n != 0 || err != nil {
+		t.Errorf("RemoveAll on a clean node: %d, %v; want 0, nil", n, err)
 	}
 	svcs, _ := e.k.ListServices()
 	if len(svcs) != 0 {

@@ -151,7 +151,7 @@ func ModeLeftovers(k *Kernel, ipt, ipt6 iptables.Interface) proxy.Leftovers {
 		if err != nil {
 			return 0, err
 		}
-		return 0, Cleanup(k, ipt, ipt6, opts)
+		return RemoveAll(k, ipt, ipt6, opts)
 	}}
 }
 

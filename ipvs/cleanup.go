@@ -19,6 +19,13 @@ import (
 // not touched. On a host that never ran IPVS mode it changes nothing and
 // loads no module. It keeps going after an error and reports every one.
 func Cleanup(k Interface, ipt, ipt6 iptables.Interface, opts Options) error {
+	_, err := RemoveAll(k, ipt, ipt6, opts)
+	return err
+}
+
+// RemoveAll is Cleanup that also counts the virtual servers, links and
+// ipsets it removed (not the iptables chains), for the leftovers log.
+func RemoveAll(k Interface, ipt, ipt6 iptables.Interface, opts Options) (removed int, err error) {
 	var errs []error
 	if err := iptables.RemoveChains(ipt, jumps, IsOwnedChain); err != nil {
 		errs = append(errs, err)
@@ -30,6 +37,7 @@ func Cleanup(k Interface, ipt, ipt6 iptables.Interface, opts Options) error {
 	}
 
 	addrs, err := k.ListAddresses(DummyInterface)
+	linkExists := err == nil
 	if err != nil && !IsNotFound(err) {
 		errs = append(errs, fmt.Errorf("listing addresses of %s: %w", DummyInterface, err))
 	}
@@ -47,12 +55,17 @@ func Cleanup(k Interface, ipt, ipt6 iptables.Interface, opts Options) error {
 		if !slices.Contains(addrs, vs.Address) && !opts.ownsNodePort(vs.ServiceKey) {
 			continue
 		}
-		if err := k.DeleteService(vs.ServiceKey); err != nil && !IsNotFound(err) {
+		switch err := k.DeleteService(vs.ServiceKey); {
+		case err == nil:
+			removed++
+		case !IsNotFound(err):
 			errs = append(errs, fmt.Errorf("deleting virtual server %s: %w", vs.ServiceKey, err))
 		}
 	}
 	if err := k.DeleteLink(DummyInterface); err != nil {
 		errs = append(errs, fmt.Errorf("deleting %s: %w", DummyInterface, err))
+	} else if linkExists {
+		removed++
 	}
 
 	sets, err := k.ListSets()
@@ -60,15 +73,19 @@ func Cleanup(k Interface, ipt, ipt6 iptables.Interface, opts Options) error {
 		errs = append(errs, fmt.Errorf("listing ipsets: %w", err))
 	}
 	var b strings.Builder
+	n := 0
 	for _, s := range sets {
 		if IsOwnedSet(s.Name) {
 			fmt.Fprintf(&b, "destroy %s\n", s.Name)
+			n++
 		}
 	}
 	if b.Len() > 0 {
 		if err := k.RestoreSets([]byte(b.String())); err != nil {
 			errs = append(errs, fmt.Errorf("destroying ipsets: %w", err))
+		} else {
+			removed += n
 		}
 	}
-	return errors.Join(errs...)
+	return removed, errors.Join(errs...)
 }
