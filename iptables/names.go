@@ -71,7 +71,7 @@ func comment(s string) string {
 		c := s[i]
 		switch {
 		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9',
-			c == '-', c == '.', c == '/', c == ':', c == '_', c == ' ', c == '>', c == ',':
+			c == '-', c == '.', c == '/', c == ':', c == '_', c == ' ', c == '>', c == ',', c == '[', c == ']':
 			b = append(b, c)
 		default:
 			b = append(b, '_')
