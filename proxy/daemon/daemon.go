@@ -263,6 +263,13 @@ func (d *Daemon) sync(ctx context.Context, full bool) error {
 	d.pending = append(d.pending, changes...)
 	res, err := d.cfg.Backend.Sync(ctx, snap, full)
 	took := time.Since(start) // snapshot, render and apply: what the metrics and the log report
+	if len(res.ByFamily) > 0 {
+		var fs []string
+		for f := range res.ByFamily {
+			fs = append(fs, string(f))
+		}
+		d.metrics.SetFamilies(fs)
+	}
 	d.metrics.ObserveSync(res.Full, took)
 	if err != nil {
 		d.metrics.SyncFailed(proxy.IsRestoreError(err))

@@ -30,6 +30,9 @@ type fakeBackend struct {
 	state   map[string][]string
 	fail    func(call int) error
 	cleaned bool
+	// families, when set, are reported per family (SyncResult.ByFamily),
+	// as a dual-stack backend does.
+	families []v1.IPFamily
 }
 
 func (b *fakeBackend) Sync(_ context.Context, snap *proxy.Snapshot, full bool) (proxy.SyncResult, error) {
@@ -50,7 +53,15 @@ func (b *fakeBackend) Sync(_ context.Context, snap *proxy.Snapshot, full bool) (
 		state[sp.Name.String()] = eps
 	}
 	b.state = state
-	return proxy.SyncResult{Full: full, Rules: map[string]int{"nat": len(state)}}, nil
+	res := proxy.SyncResult{Full: full, Rules: map[string]int{"nat": len(state)}}
+	if len(b.families) > 0 {
+		var out proxy.SyncResult
+		for _, f := range b.families {
+			out.Add(f, res)
+		}
+		return out, nil
+	}
+	return res, nil
 }
 
 func (b *fakeBackend) Cleanup(context.Context) error { b.cleaned = true; return nil }
@@ -419,6 +430,26 @@ func (b *driftingBackend) isDrifted() (bool, int) {
 	b.dmu.Lock()
 	defer b.dmu.Unlock()
 	return b.drifted, b.checks
+}
+
+// TestSyncMetricsPerFamily: with a dual-stack backend, every sync's
+// duration, timestamp and network programming latency are recorded under
+// both ip_family labels, as kube-proxy's two proxiers would.
+func TestSyncMetricsPerFamily(t *testing.T) {
+	svc, slice := udpService("10.244.2.5")
+	be := &fakeBackend{families: []v1.IPFamily{v1.IPv6Protocol, v1.IPv4Protocol}}
+	src := &fakeSource{initial: []any{svc, slice}}
+	d := start(t, Config{Backend: be, NewSource: sourceFor(src), Conntrack: &fakeConntrack{}})
+	eventually(t, "the first sync", func() bool { _, st := be.snapshot(); return st != nil })
+	// A histogram series exists once observed: one per family.
+	eventually(t, "a sync duration of each family", func() bool {
+		return testutil.CollectAndCount(d.metrics.SyncProxyRulesLatency) == 2 && testutil.CollectAndCount(d.metrics.NetworkProgrammingLatency) == 2
+	})
+	for _, family := range []string{"IPv4", "IPv6"} {
+		if testutil.ToFloat64(d.metrics.SyncProxyRulesLastTimestamp.WithLabelValues(family)) == 0 {
+			t.Errorf("no last-sync timestamp for %s", family)
+		}
+	}
 }
 
 func TestDriftIsRepairedByAFullSync(t *testing.T) {

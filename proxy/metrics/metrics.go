@@ -9,6 +9,8 @@ package metrics
 
 import (
 	"net/http"
+	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -17,9 +19,11 @@ import (
 	"github.com/svcproxy/svcproxy/proxy"
 )
 
-// IPFamily is the value of the ip_family label. kube-proxy labels most of its
-// metrics by the IP family of the proxier that set them ("IPv4", "IPv6");
-// svcproxy programs IPv4 only.
+// IPFamily is the default value of the ip_family label. kube-proxy labels
+// most of its metrics by the IP family of the proxier that set them
+// ("IPv4", "IPv6"), one proxier per family; svcproxy syncs every family in
+// one sync and records the sync's figures for each family it programs
+// (SetFamilies), IPv4 until it knows.
 const IPFamily = "IPv4"
 
 // Tables are the values of the table label of IPTablesRules.
@@ -76,6 +80,31 @@ type Metrics struct {
 	ProxyHealthzTotal                 *prometheus.CounterVec
 	ProxyLivezTotal                   *prometheus.CounterVec
 	SkippedObjectsTotal               *prometheus.CounterVec
+
+	// families are the ip_family values of the sync figures; nil: IPFamily.
+	families atomic.Pointer[[]string]
+}
+
+// SetFamilies sets the IP families ("IPv4", "IPv6") whose ip_family label
+// the sync figures (durations, timestamps, failures, drift, network
+// programming latency) are recorded under from now on: the families the
+// backend programs. Empty means IPFamily.
+func (m *Metrics) SetFamilies(families []string) {
+	fs := slices.Clone(families)
+	slices.Sort(fs)
+	m.families.Store(&fs)
+}
+
+// each calls f with every family of SetFamilies.
+func (m *Metrics) each(f func(family string)) {
+	fs := m.families.Load()
+	if fs == nil || len(*fs) == 0 {
+		f(IPFamily)
+		return
+	}
+	for _, family := range *fs {
+		f(family)
+	}
 }
 
 // New creates the metrics and registers them on reg. It panics if one of them
@@ -205,22 +234,24 @@ func New(reg prometheus.Registerer) *Metrics {
 // overall histogram and in the full or partial one (as kube-proxy does).
 func (m *Metrics) ObserveSync(full bool, d time.Duration) {
 	s := d.Seconds()
-	m.SyncProxyRulesLatency.WithLabelValues(IPFamily).Observe(s)
-	if full {
-		m.SyncFullProxyRulesLatency.WithLabelValues(IPFamily).Observe(s)
-	} else {
-		m.SyncPartialProxyRulesLatency.WithLabelValues(IPFamily).Observe(s)
-	}
+	m.each(func(family string) {
+		m.SyncProxyRulesLatency.WithLabelValues(family).Observe(s)
+		if full {
+			m.SyncFullProxyRulesLatency.WithLabelValues(family).Observe(s)
+		} else {
+			m.SyncPartialProxyRulesLatency.WithLabelValues(family).Observe(s)
+		}
+	})
 }
 
 // Synced records a successful sync that finished at now.
 func (m *Metrics) Synced(now time.Time) {
-	m.SyncProxyRulesLastTimestamp.WithLabelValues(IPFamily).Set(unixSeconds(now))
+	m.each(func(family string) { m.SyncProxyRulesLastTimestamp.WithLabelValues(family).Set(unixSeconds(now)) })
 }
 
 // Queued records that a sync was requested at now (a change arrived).
 func (m *Metrics) Queued(now time.Time) {
-	m.SyncProxyRulesLastQueuedTimestamp.WithLabelValues(IPFamily).Set(unixSeconds(now))
+	m.each(func(family string) { m.SyncProxyRulesLastQueuedTimestamp.WithLabelValues(family).Set(unixSeconds(now)) })
 }
 
 func unixSeconds(t time.Time) float64 { return float64(t.UnixNano()) / 1e9 }
@@ -241,20 +272,22 @@ func (m *Metrics) SetIPTablesRulesOf(family, table string, total, written int) {
 // SyncFailed counts one failed sync; restore says it was iptables-restore
 // that failed (kube-proxy's restore-failure counter counts only those).
 func (m *Metrics) SyncFailed(restore bool) {
-	m.SyncFailuresTotal.WithLabelValues(IPFamily).Inc()
-	if restore {
-		m.IPTablesRestoreFailuresTotal.WithLabelValues(IPFamily).Inc()
-	}
+	m.each(func(family string) {
+		m.SyncFailuresTotal.WithLabelValues(family).Inc()
+		if restore {
+			m.IPTablesRestoreFailuresTotal.WithLabelValues(family).Inc()
+		}
+	})
 }
 
 // DriftDetected counts one detection of rules changed from outside.
 func (m *Metrics) DriftDetected() {
-	m.DriftDetectedTotal.WithLabelValues(IPFamily).Inc()
+	m.each(func(family string) { m.DriftDetectedTotal.WithLabelValues(family).Inc() })
 }
 
 // StaleDeletionFailed counts one sync whose stale-object deletion failed.
 func (m *Metrics) StaleDeletionFailed() {
-	m.StaleDeletionFailuresTotal.WithLabelValues(IPFamily).Inc()
+	m.each(func(family string) { m.StaleDeletionFailuresTotal.WithLabelValues(family).Inc() })
 }
 
 // Skipped counts a skipped object; it is a proxy.SkipFunc.
@@ -320,10 +353,12 @@ func (m *Metrics) SetNoLocalEndpoints(snap *proxy.Snapshot) {
 // reflecting it were in place. Trigger times after applied (clock skew
 // between node and control plane) are recorded as 0.
 func (m *Metrics) ObserveNetworkProgramming(triggers []time.Time, applied time.Time) {
-	h := m.NetworkProgrammingLatency.WithLabelValues(IPFamily)
-	for _, t := range triggers {
-		h.Observe(max(applied.Sub(t), 0).Seconds())
-	}
+	m.each(func(family string) {
+		h := m.NetworkProgrammingLatency.WithLabelValues(family)
+		for _, t := range triggers {
+			h.Observe(max(applied.Sub(t), 0).Seconds())
+		}
+	})
 }
 
 // Handler returns the HTTP handler for /metrics serving what g gathers
