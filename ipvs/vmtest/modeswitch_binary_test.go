@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -87,22 +88,41 @@ func TestModeSwitchWithTheBinary(t *testing.T) {
 			t.Fatalf("svcproxy exited with %v after SIGTERM", err)
 		}
 	}
+	// The VM has ip6tables: each mode programs both families, and a
+	// switch must remove the other mode's chains from both.
+	var ipt6 iptables.Interface
+	must(t, inNS(tp.node, func() error {
+		var err error
+		ipt6, err = iptables.NewExec6(iptables.DetectVariant())
+		return err
+	}))
 	chains := func() (out []string) {
 		must(t, inNS(tp.node, func() error {
-			for _, tbl := range []string{iptables.TableFilter, iptables.TableNAT} {
-				cs, err := p.ipt.ListChains(tbl)
-				if err != nil {
-					return err
-				}
-				for _, c := range cs {
-					if strings.HasPrefix(c, iptables.ChainPrefix) {
-						out = append(out, c)
+			for _, ipt := range []iptables.Interface{p.ipt, ipt6} {
+				for _, tbl := range []string{iptables.TableFilter, iptables.TableNAT} {
+					cs, err := ipt.ListChains(tbl)
+					if err != nil {
+						return err
+					}
+					for _, c := range cs {
+						if strings.HasPrefix(c, iptables.ChainPrefix) {
+							out = append(out, c)
+						}
 					}
 				}
 			}
 			return nil
 		}))
 		return out
+	}
+	has6 := func(owned func(string) bool) bool {
+		var found bool
+		must(t, inNS(tp.node, func() error {
+			cs, err := ipt6.ListChains(iptables.TableNAT)
+			found = slices.ContainsFunc(cs, owned)
+			return err
+		}))
+		return found
 	}
 	waitFor := func(what string, ok func() bool) {
 		t.Helper()
@@ -164,9 +184,13 @@ func TestModeSwitchWithTheBinary(t *testing.T) {
 	}()
 	time.Sleep(300 * time.Millisecond)
 
+	waitFor("iptables mode's IPv6 chains", func() bool { return has6(iptables.IsOwnedChain) })
 	stop(proc)
 	proc = start("ipvs")
 	waitFor("ipvs mode removing iptables mode's chains", iptablesModeGone)
+	if !has6(ipvs.IsOwnedChain) {
+		t.Errorf("IPVS mode has no IPv6 chain: %v", chains())
+	}
 	time.Sleep(300 * time.Millisecond)
 
 	stop(proc)
