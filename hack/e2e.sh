@@ -7,10 +7,23 @@
 # lives in network namespaces of its own (see test/e2e/framework).
 #
 # Usage: hack/e2e.sh [go test flags...]    e.g. hack/e2e.sh -run FQDN
-#        hack/e2e.sh --up                  start the same test bed (control
+#        hack/e2e.sh --up [--detach] [--no-demo]
+#                                          start the same test bed (control
 #                                          plane, two nodes with svcproxy,
-#                                          CoreDNS, client) and keep it up
-#                                          until Ctrl-C, to try things by hand
+#                                          CoreDNS, outside client) with a
+#                                          demo (test/e2e/demo: namespaces a
+#                                          and b, b/web, b/api, b/empty, a
+#                                          client pod) and keep it up until
+#                                          Ctrl-C, to try things by hand; it
+#                                          prints the commands to try and
+#                                          writes shell shortcuts into
+#                                          .cache/e2e-up/env. --detach: run
+#                                          it in the background (log in
+#                                          .cache/e2e-up/testbed.log) and
+#                                          return once it is up
+#        hack/e2e.sh --down                stop the test bed of --up and
+#                                          remove it (namespaces, processes,
+#                                          files), from any shell
 # Env:   E2E_TIMEOUT        go test -timeout (default 15m)
 #        SVCPROXY_BIN       the svcproxy to test (default: build bin/svcproxy)
 #        E2E_SVCPROXY_ARGS  extra svcproxy flags, e.g. --mode=ipvs
@@ -50,10 +63,63 @@ if ((${#missing[@]})); then
 	apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-up=false
+# The test bed of --up: its PID (the testbed program's), its shortcuts and,
+# with --detach, its output.
+up_dir=${repo_root}/.cache/e2e-up
+up_pid=${up_dir}/pid
+up_env=${up_dir}/env
+up_log=${up_dir}/testbed.log
+testbed=${repo_root}/bin/e2e-testbed
+
+# up_running prints the PID of the running test bed of --up, if any: the
+# PID in ${up_pid} if that process is still bin/e2e-testbed.
+up_running() {
+	local pid
+	pid=$(cat "${up_pid}" 2>/dev/null) || return 1
+	[[ ${pid} =~ ^[0-9]+$ ]] || return 1
+	[[ $(readlink "/proc/${pid}/exe" 2>/dev/null) == "${testbed}" ]] || return 1
+	echo "${pid}"
+}
+
+if [[ ${1:-} == --down ]]; then
+	if ! pid=$(up_running); then
+		log "no test bed of --up is running"
+		rm -f "${up_pid}" "${up_env}"
+		exit 0
+	fi
+	log "stopping the test bed (pid ${pid}) and removing it"
+	kill -TERM "${pid}"
+	for ((i = 0; i < 600; i++)); do
+		kill -0 "${pid}" 2>/dev/null || break
+		sleep 0.1
+	done
+	if kill -0 "${pid}" 2>/dev/null; then
+		# Its processes die with it (Pdeathsig); the next start removes
+		# the namespaces it leaves.
+		log "still running after 60s: SIGKILL"
+		kill -KILL "${pid}" 2>/dev/null || true
+	fi
+	rm -f "${up_pid}" "${up_env}"
+	log "stopped"
+	exit 0
+fi
+
+up=false detach=false testbed_args=()
 if [[ ${1:-} == --up ]]; then
 	up=true
 	shift
+	for arg in "$@"; do
+		case ${arg} in
+		--detach | -d) detach=true ;;
+		--no-demo) testbed_args+=(-no-demo) ;;
+		*) log "--up takes --detach and --no-demo, not ${arg}"; exit 2 ;;
+		esac
+	done
+	set --
+	if pid=$(up_running); then
+		log "a test bed of --up is already running (pid ${pid}): hack/e2e.sh --down stops it"
+		exit 1
+	fi
 fi
 
 log "building the pinned tools (cached)"
@@ -70,9 +136,39 @@ if [[ -z ${SVCPROXY_BIN:-} ]]; then
 fi
 
 if ${up}; then
-	log "starting the test bed (Ctrl-C stops and removes it)"
-	go build -o "${repo_root}/bin/e2e-testbed" ./test/e2e/testbed
-	exec "${repo_root}/bin/e2e-testbed"
+	go build -o "${testbed}" ./test/e2e/testbed
+	mkdir -p "${up_dir}"
+	rm -f "${up_env}"
+	testbed_args+=(-env "${up_env}")
+	if ! ${detach}; then
+		log "starting the test bed (Ctrl-C or hack/e2e.sh --down stops and removes it)"
+		echo $$ >"${up_pid}" # exec keeps the PID
+		exec "${testbed}" "${testbed_args[@]}"
+	fi
+	log "starting the test bed in the background (hack/e2e.sh --down stops and removes it; log: ${up_log})"
+	setsid "${testbed}" "${testbed_args[@]}" </dev/null >"${up_log}" 2>&1 &
+	pid=$!
+	echo "${pid}" >"${up_pid}"
+	# Up once the shortcuts are written (after the summary is printed).
+	for ((i = 0; i < 3000; i++)); do
+		[[ -e ${up_env} ]] && break
+		if ! kill -0 "${pid}" 2>/dev/null; then
+			log "FAIL: the test bed exited while starting; the end of its log:"
+			tail -n 40 "${up_log}" >&2
+			rm -f "${up_pid}"
+			exit 1
+		fi
+		sleep 0.1
+	done
+	if [[ ! -e ${up_env} ]]; then
+		log "FAIL: the test bed is not up after 300s; stopping it (log: ${up_log})"
+		kill -TERM "${pid}" 2>/dev/null || true
+		exit 1
+	fi
+	sleep 0.2
+	sed -n '/^The test bed is up/,$p' "${up_log}"
+	log "up in $((SECONDS - start))s (pid ${pid})"
+	exit 0
 fi
 
 log "running the e2e tests"

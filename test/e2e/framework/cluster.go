@@ -271,6 +271,11 @@ func isExecutable(path string) bool {
 	return err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0
 }
 
+// Options returns the test bed's options as completed by Start (the
+// svcproxy binary under test, its extra flags, the tools' directory, the
+// repository).
+func (c *Cluster) Options() Options { return c.opts }
+
 // Tool is the path of a binary built by hack/tools/build.sh: etcd,
 // kube-apiserver, coredns, kubectl.
 func (c *Cluster) Tool(name string) string { return filepath.Join(c.opts.ToolsBin, name) }
