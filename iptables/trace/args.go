@@ -127,6 +127,14 @@ func ipv4(s string) error {
 	return nil
 }
 
+// ipAddr checks an IPv4 or IPv6 address (the family is checkFamily's).
+func ipAddr(s string) error {
+	if _, err := netip.ParseAddr(s); err != nil {
+		return fmt.Errorf("host/network %q not found", s)
+	}
+	return nil
+}
+
 // addrPrefix checks the argument of -s and -d: an IPv4 address, with an
 // optional mask (a prefix length or a contiguous dotted mask). Host bits
 // are allowed, as iptables masks them; the tracer refuses them. iptables

@@ -12,6 +12,12 @@
 // 8.0.0.1), Restore refuses it as well. The matches and targets modelled
 // are the ones svcproxy and kube-proxy render.
 //
-// `svcproxy explain` traces the rules svcproxy would program; the stateful
-// fake of iptables/testing keeps a Ruleset and traces it for the tests.
+// ParseLive reads a real kernel's iptables-save output instead, where
+// anything may sit next to the rules the model knows: it keeps what it
+// cannot model, and the tracer takes such a rule as one that may match
+// (Path.Assumed) rather than failing.
+//
+// `svcproxy explain` traces the rules svcproxy would program, and with
+// --live the kernel's; the stateful fake of iptables/testing keeps a
+// Ruleset and traces it for the tests.
 package trace

@@ -66,6 +66,15 @@ type rule struct {
 	target     string // "" when the rule has no target
 	isGoto     bool
 	targetOpts []opt
+	// unknown says why a rule of a kernel's listing (ParseLive) is not
+	// fully modelled ("" when it is): matches holds only the parts the
+	// model knows, so the rule may match whenever they hold.
+	unknown string
+	// opaqueTarget: the target is not modelled (NOTRACK, REDIRECT,
+	// NFQUEUE…, or a known one with options the model does not know);
+	// targetWhy says why.
+	opaqueTarget bool
+	targetWhy    string
 }
 
 // targetOpt returns the argument of a target option, "" if absent.

@@ -1,6 +1,7 @@
 package trace
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -16,6 +17,9 @@ import (
 type Ruleset struct {
 	tables map[string]*table
 	ipv6   bool // ip6tables: every address is IPv6
+	// tolerant: read from a real kernel (ParseLive), where anything may
+	// sit next to the rules the model knows.
+	tolerant bool
 }
 
 type table struct {
@@ -54,7 +58,7 @@ func (rs *Ruleset) IPv6() bool { return rs.ipv6 }
 
 // clone copies the tables; rules are immutable and shared.
 func (rs *Ruleset) clone() *Ruleset {
-	out := &Ruleset{tables: make(map[string]*table, len(rs.tables)), ipv6: rs.ipv6}
+	out := &Ruleset{tables: make(map[string]*table, len(rs.tables)), ipv6: rs.ipv6, tolerant: rs.tolerant}
 	for name, t := range rs.tables {
 		nt := &table{chains: make(map[string]*chain, len(t.chains))}
 		for cn, c := range t.chains {
@@ -83,14 +87,20 @@ func (rs *Ruleset) clone() *Ruleset {
 // a target reachable from a built-in chain it is not valid in (DNAT from
 // POSTROUTING, say).
 func (rs *Ruleset) Restore(data string, hasSet func(string) bool) (*Ruleset, error) {
-	if hasSet == nil {
+	switch {
+	case rs.tolerant:
+		// The kernel holds these rules: the sets they name exist.
+		hasSet = func(string) bool { return true }
+	case hasSet == nil:
 		hasSet = func(string) bool { return false }
 	}
-	if err := checkFamily(data, rs.ipv6); err != nil {
-		return nil, err
+	if !rs.tolerant {
+		if err := checkFamily(data, rs.ipv6); err != nil {
+			return nil, err
+		}
 	}
 	work := rs.clone()
-	if err := restore(work.tables, data, hasSet); err != nil {
+	if err := restore(work.tables, data, hasSet, rs.tolerant); err != nil {
 		return nil, err
 	}
 	return work, nil
@@ -104,7 +114,7 @@ func checkFamily(data string, ipv6 bool) error {
 		f := strings.Fields(line)
 		for j := 0; j+1 < len(f); j++ {
 			switch f[j] {
-			case "-s", "-d", "--source", "--destination", "--to-destination", "--to-source":
+			case "-s", "-d", "--source", "--destination", "--to-destination", "--to-source", "--mask":
 			default:
 				continue
 			}
@@ -173,7 +183,7 @@ func (rs *Ruleset) RecentLists() []string {
 	return out
 }
 
-func restore(tables map[string]*table, data string, hasSet func(string) bool) error {
+func restore(tables map[string]*table, data string, hasSet func(string) bool, tolerant bool) error {
 	var t *table
 	tname := ""
 	lines := strings.Split(data, "\n")
@@ -181,7 +191,7 @@ func restore(tables map[string]*table, data string, hasSet func(string) bool) er
 		lines = lines[:len(lines)-1]
 	}
 	for i, line := range lines {
-		if err := restoreLine(tables, &t, &tname, line, hasSet); err != nil {
+		if err := restoreLine(tables, &t, &tname, line, hasSet, tolerant); err != nil {
 			return fmt.Errorf("iptables-restore: line %d failed: %q: %w", i+1, line, err)
 		}
 	}
@@ -191,7 +201,7 @@ func restore(tables map[string]*table, data string, hasSet func(string) bool) er
 	return nil
 }
 
-func restoreLine(tables map[string]*table, tp **table, tname *string, line string, hasSet func(string) bool) error {
+func restoreLine(tables map[string]*table, tp **table, tname *string, line string, hasSet func(string) bool, tolerant bool) error {
 	line = strings.TrimSpace(line)
 	t := *tp
 	switch {
@@ -203,7 +213,12 @@ func restoreLine(tables map[string]*table, tp **table, tname *string, line strin
 		}
 		name := line[1:]
 		nt, ok := tables[name]
-		if !ok {
+		if !ok && tolerant {
+			// raw, security…: its built-in chains come declared with
+			// their policies.
+			nt = &table{chains: map[string]*chain{}}
+			tables[name] = nt
+		} else if !ok {
 			return fmt.Errorf("unknown table %q", name)
 		}
 		*tp, *tname = nt, name
@@ -212,8 +227,12 @@ func restoreLine(tables map[string]*table, tp **table, tname *string, line strin
 		if t == nil {
 			return errors.New("COMMIT outside a table")
 		}
-		if err := validateTable(*tname, t); err != nil {
-			return err
+		if !tolerant {
+			// A kernel's listing has passed the kernel's checks (and
+			// iptables-legacy nests deeper than nf_tables).
+			if err := validateTable(*tname, t); err != nil {
+				return err
+			}
 		}
 		*tp = nil
 		return nil
@@ -225,6 +244,15 @@ func restoreLine(tables map[string]*table, tp **table, tname *string, line strin
 			return errors.New("bad chain declaration")
 		}
 		name, policy := f[0], f[1]
+		if tolerant && !isBuiltin(*tname, name) && policy != "-" {
+			// A built-in chain of a table the model does not know.
+			if c := t.chains[name]; c != nil && c.policy != "" {
+				c.policy = policy
+			} else {
+				t.chains[name] = &chain{policy: policy}
+			}
+			return nil
+		}
 		if isBuiltin(*tname, name) {
 			if policy != "ACCEPT" && policy != "DROP" {
 				return fmt.Errorf("bad policy %q for built-in chain", policy)
@@ -235,15 +263,18 @@ func restoreLine(tables map[string]*table, tp **table, tname *string, line strin
 		if policy != "-" {
 			return fmt.Errorf("user chain %q cannot have a policy", name)
 		}
-		if err := validChainName(name); err != nil {
+		if err := validChainName(name); err != nil && !tolerant {
 			return err
 		}
 		t.chains[name] = &chain{} // creates, or flushes (--noflush)
 		return nil
 	}
-	args, err := tokenize(line)
-	if err != nil {
-		return err
+	args, tokErr := tokenize(line)
+	if tokErr != nil && tolerant {
+		// Words, and the rule is not known for sure.
+		args = strings.Fields(line)
+	} else if tokErr != nil {
+		return tokErr
 	}
 	if len(args) < 2 {
 		return errors.New("missing chain name")
@@ -280,9 +311,12 @@ func restoreLine(tables map[string]*table, tp **table, tname *string, line strin
 				}
 			}
 		}
-		r, err := newRule(t, *tname, ruleText(line, skip), rest, hasSet)
+		r, err := newRule(t, *tname, ruleText(line, skip), rest, hasSet, tolerant)
 		if err != nil {
 			return err
+		}
+		if tokErr != nil {
+			r.unknown = tokErr.Error()
 		}
 		c.rules = slices.Insert(c.rules, pos, r)
 		return nil
@@ -339,7 +373,10 @@ func ruleText(line string, n int) string {
 }
 
 // newRule parses and validates a rule for table tname.
-func newRule(t *table, tname, text string, args []string, hasSet func(string) bool) (*rule, error) {
+func newRule(t *table, tname, text string, args []string, hasSet func(string) bool, tolerant bool) (*rule, error) {
+	if tolerant {
+		return lenientRule(t, text, args), nil
+	}
 	r, err := parseArgs(text, args)
 	if err != nil {
 		return nil, err
@@ -476,7 +513,7 @@ func (rs *Ruleset) Insert(table, chain string, args []string, hasSet func(string
 	if t.chains[chain] == nil {
 		return nil, fmt.Errorf("chain %q does not exist", chain)
 	}
-	r, err := newRule(t, table, quoteArgs(args), slices.Clone(args), hasSet)
+	r, err := newRule(t, table, quoteArgs(args), slices.Clone(args), hasSet, rs.tolerant)
 	if err != nil {
 		return nil, err
 	}
@@ -538,14 +575,42 @@ func (rs *Ruleset) Rules(table, chain string) ([]string, bool) {
 
 func chainNames(tname string, t *table) []string {
 	out := slices.Clone(builtinChains[tname])
-	var user []string
+	var user, other []string
 	for n, c := range t.chains {
-		if c.policy == "" {
+		switch {
+		case c.policy == "":
 			user = append(user, n)
+		case !slices.Contains(out, n):
+			other = append(other, n) // a built-in chain of a table read from a kernel
 		}
 	}
+	slices.SortFunc(other, func(a, b string) int {
+		return cmp.Or(cmp.Compare(hookRank(a), hookRank(b)), cmp.Compare(a, b))
+	})
 	slices.Sort(user)
-	return append(out, user...)
+	return append(append(out, other...), user...)
+}
+
+// hookRank orders built-in chains as iptables-save prints them.
+func hookRank(chain string) int {
+	if i := slices.Index([]string{"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"}, chain); i >= 0 {
+		return i
+	}
+	return 5
+}
+
+// tableNames returns the tables in Dump's order: the modelled ones, then
+// any other a kernel's listing held, by name.
+func (rs *Ruleset) tableNames() []string {
+	out := slices.Clone(tableOrder)
+	var other []string
+	for name := range rs.tables {
+		if !slices.Contains(out, name) {
+			other = append(other, name)
+		}
+	}
+	slices.Sort(other)
+	return append(out, other...)
 }
 
 // Dump returns the tables in iptables-save format without counters,
@@ -554,10 +619,10 @@ func chainNames(tname string, t *table) []string {
 // Ruleset reproduces this one.
 func (rs *Ruleset) Dump() string {
 	var b strings.Builder
-	for _, tname := range tableOrder {
+	for _, tname := range rs.tableNames() {
 		t := rs.tables[tname]
 		names := chainNames(tname, t)
-		if tname == "mangle" && unused(t) {
+		if tname != "filter" && tname != "nat" && unused(t) {
 			continue // like a table iptables-nft never created
 		}
 		fmt.Fprintf(&b, "*%s\n", tname)

@@ -73,7 +73,11 @@ var targets = map[string]*targetSpec{
 			"icmp-net-unreachable", "net-unreach", "icmp-host-unreachable", "host-unreach",
 			"icmp-proto-unreachable", "proto-unreach", "icmp-port-unreachable", "port-unreach",
 			"icmp-net-prohibited", "net-prohib", "icmp-host-prohibited", "host-prohib",
-			"icmp-admin-prohibited", "admin-prohib", "tcp-reset")},
+			"icmp-admin-prohibited", "admin-prohib", "tcp-reset",
+			// ip6tables' (ip6tables-save prints the default,
+			// icmp6-port-unreachable).
+			"icmp6-no-route", "no-route", "icmp6-adm-prohibited", "adm-prohibited", "icmp6-addr-unreachable",
+			"addr-unreach", "icmp6-port-unreachable", "icmp6-policy-fail", "policy-fail", "icmp6-reject-route", "reject-route")},
 	}, final: func(r *rule) error {
 		if w, _ := r.targetOpt("--reject-with"); w == "tcp-reset" && r.proto() != "tcp" {
 			return errors.New("REJECT --reject-with tcp-reset needs -p tcp")
@@ -201,7 +205,7 @@ var modules = map[string]*moduleSpec{
 			"--name":     {args: 1, check: recentName},
 			"--rsource":  {},
 			"--rdest":    {},
-			"--mask":     {args: 1, check: ipv4},
+			"--mask":     {args: 1, check: ipAddr}, // ip6tables-save prints an IPv6 one
 		},
 		final: recentFinal,
 	},
@@ -243,6 +247,21 @@ var modules = map[string]*moduleSpec{
 			return nil
 		},
 	},
+	// state is conntrack's --ctstate under its old name, still common
+	// in firewalls.
+	"state": {
+		opts: map[string]optSpec{"--state": {args: 1, inv: true, check: flagList("state", "INVALID", "ESTABLISHED", "NEW", "RELATED", "UNTRACKED")}},
+		final: func(m *match) error {
+			if !m.has("--state") {
+				return errors.New(`state: option "--state" must be specified`)
+			}
+			return nil
+		},
+	},
+	// rpfilter is firewalld's reverse path filter (raw PREROUTING).
+	"rpfilter": {opts: map[string]optSpec{
+		"--loose": {}, "--validmark": {}, "--accept-local": {}, "--invert": {},
+	}},
 	"set": {
 		opts: map[string]optSpec{"--match-set": {args: 2, inv: true, check: setName}},
 		final: func(m *match) error {

@@ -25,6 +25,10 @@ const (
 	Accept = "ACCEPT"
 	Drop   = "DROP"
 	Reject = "REJECT"
+	// Unknown is the verdict of a path that ends in a target the tracer
+	// does not follow (a Ruleset of ParseLive only): NFQUEUE, REDIRECT,
+	// TPROXY, a jump to a chain the listing lacks…
+	Unknown = "UNKNOWN"
 )
 
 // Packet is the first packet of a new connection, and where it comes from.
@@ -95,6 +99,13 @@ type Path struct {
 	Hops []Hop
 	// Steps are the Hops as text, one each ("table/CHAIN rule").
 	Steps []string
+	// Assumed is, for a Ruleset of ParseLive, the rule the tracer could
+	// not evaluate (ParseLive says which) and took as matching to find
+	// this path; nil when every rule on the path was evaluated. A path
+	// with Assumed comes in addition to the paths without: those add up
+	// to 1, each assuming every rule it could not evaluate did not match.
+	// A path assumes one rule at most.
+	Assumed *Hop
 
 	recent []recentOp // the path's recent matches, for Recent.Replay
 }
@@ -151,7 +162,7 @@ func newPath(o Outcome, st state) Path {
 	for i, h := range st.hops {
 		steps[i] = h.String()
 	}
-	return Path{Outcome: o, Probability: st.prob, Hops: st.hops, Steps: steps, recent: st.recent}
+	return Path{Outcome: o, Probability: st.prob, Hops: st.hops, Steps: steps, Assumed: st.assumed, recent: st.recent}
 }
 
 // Trace walks the rules for p the way the kernel handles the first packet
@@ -191,7 +202,7 @@ func (rs *Ruleset) Explain(p Packet, recent *Recent, now time.Time) ([]Path, err
 	if recent == nil {
 		recent = &Recent{}
 	}
-	tr.tables, tr.recent, tr.now = rs.tables, recent, now
+	tr.tables, tr.recent, tr.now, tr.tolerant = rs.tables, recent, now, rs.tolerant
 	var paths []Path
 	st := state{src: p.SrcIP, dst: p.DstIP, proto: p.Proto, dport: p.DstPort, mark: p.Mark, prob: 1}
 	if err := tr.traverse(0, st, &paths); err != nil {
@@ -207,6 +218,7 @@ type tracer struct {
 	now      time.Time
 	local    map[netip.Addr]bool
 	srcLocal bool
+	tolerant bool // a kernel's listing (ParseLive)
 }
 
 var (
@@ -250,6 +262,7 @@ type state struct {
 	prob     float64 // of this path, given the random matches on it
 	hops     []Hop
 	recent   []recentOp // recent matches evaluated on this path, in order
+	assumed  *Hop       // the rule this path assumed to match (ParseLive)
 }
 
 // hop records a step; the slice is clipped so that forked states never
@@ -268,6 +281,18 @@ var (
 	filterInput    = hookRef{"filter", "INPUT"}
 	filterForward  = hookRef{"filter", "FORWARD"}
 	filterOutput   = hookRef{"filter", "OUTPUT"}
+
+	// The other tables, walked in a kernel's listing (ParseLive).
+	rawPrerouting     = hookRef{"raw", "PREROUTING"}
+	rawOutput         = hookRef{"raw", "OUTPUT"}
+	manglePrerouting  = hookRef{"mangle", "PREROUTING"}
+	mangleInput       = hookRef{"mangle", "INPUT"}
+	mangleForward     = hookRef{"mangle", "FORWARD"}
+	mangleOutput      = hookRef{"mangle", "OUTPUT"}
+	manglePostrouting = hookRef{"mangle", "POSTROUTING"}
+	securityInput     = hookRef{"security", "INPUT"}
+	securityForward   = hookRef{"security", "FORWARD"}
+	securityOutput    = hookRef{"security", "OUTPUT"}
 )
 
 // hookAt returns the i-th hook a packet in state st traverses. Only the
@@ -277,6 +302,21 @@ func (tr *tracer) hookAt(i int, st state) (hookRef, bool) {
 	local := tr.isLocal(st.dst)
 	var seq []hookRef
 	switch {
+	case tr.tolerant:
+		// Every table, in the order of their hook priorities. A packet
+		// from the node to itself leaves by OUTPUT and POSTROUTING and
+		// comes back through INPUT (its PREROUTING on lo is not walked).
+		// Only nat PREROUTING and nat OUTPUT DNAT, both third.
+		switch {
+		case tr.srcLocal && local:
+			seq = []hookRef{rawOutput, mangleOutput, natOutput, filterOutput, securityOutput, manglePostrouting, natPostrouting, mangleInput, filterInput, securityInput, natInput}
+		case tr.srcLocal:
+			seq = []hookRef{rawOutput, mangleOutput, natOutput, filterOutput, securityOutput, manglePostrouting, natPostrouting}
+		case local:
+			seq = []hookRef{rawPrerouting, manglePrerouting, natPrerouting, mangleInput, filterInput, securityInput, natInput}
+		default:
+			seq = []hookRef{rawPrerouting, manglePrerouting, natPrerouting, mangleForward, filterForward, securityForward, manglePostrouting, natPostrouting}
+		}
 	case tr.srcLocal && local:
 		seq = []hookRef{natOutput, filterOutput, natPostrouting, filterInput, natInput}
 	case tr.srcLocal:
@@ -298,6 +338,9 @@ func (tr *tracer) traverse(i int, st state, out *[]Path) error {
 		*out = append(*out, newPath(Outcome{Accept, st.dnat, st.masq}, st))
 		return nil
 	}
+	if tr.skip(h) {
+		return tr.traverse(i+1, st, out)
+	}
 	var results []result
 	if err := tr.walk(h, h.chain, 0, 0, nil, st, &results); err != nil {
 		return err
@@ -312,6 +355,21 @@ func (tr *tracer) traverse(i int, st state, out *[]Path) error {
 		}
 	}
 	return nil
+}
+
+// skip reports whether hook h does nothing a path should show: in a
+// kernel's listing, a table other than nat and filter whose built-in chain
+// is missing, or empty with the policy ACCEPT.
+func (tr *tracer) skip(h hookRef) bool {
+	if !tr.tolerant || h.table == "nat" || h.table == "filter" {
+		return false
+	}
+	t := tr.tables[h.table]
+	if t == nil || t.chains[h.chain] == nil {
+		return true
+	}
+	c := t.chains[h.chain]
+	return len(c.rules) == 0 && c.policy != Drop
 }
 
 // result is the end of a walk through one hook.
@@ -332,6 +390,10 @@ type frame struct {
 func (tr *tracer) walk(h hookRef, chain string, idx, depth int, stack []frame, st state, out *[]result) error {
 	t := tr.tables[h.table]
 	policy := t.chains[h.chain].policy
+	maxDepth := MaxDepth
+	if tr.tolerant {
+		maxDepth = maxDepthLive
+	}
 	for {
 		c := t.chains[chain]
 		if idx >= len(c.rules) {
@@ -348,9 +410,29 @@ func (tr *tracer) walk(h hookRef, chain string, idx, depth int, stack []frame, s
 			continue
 		}
 		r := c.rules[idx]
-		misses, hit, err := tr.matches(r, st)
+		misses, hit, unsure, err := tr.matches(r, st)
 		if err != nil {
 			return fmt.Errorf("%s/%s rule %d %q: %w", h.table, chain, idx+1, r.text, err)
+		}
+		target := r.target
+		if r.opaqueTarget {
+			switch {
+			case target == Accept || target == Drop || target == Reject || target == "RETURN":
+			case continuing[target]:
+				target = ""
+			default:
+				target = Unknown
+			}
+		}
+		if hit != nil && unsure {
+			// The rule may match: the path that assumes it does is
+			// worth following when it assumes nothing else yet and the
+			// rule does something.
+			if hit.assumed != nil || target == "" || target == "LOG" {
+				hit = nil
+			} else {
+				hit.assumed = &Hop{Table: h.table, Chain: chain, Rule: r.text}
+			}
 		}
 		if hit == nil && len(misses) == 1 {
 			st = misses[0]
@@ -370,14 +452,26 @@ func (tr *tracer) walk(h hookRef, chain string, idx, depth int, stack []frame, s
 		where := func(err error) error {
 			return fmt.Errorf("%s/%s rule %d %q (from %s): %w", h.table, chain, idx+1, r.text, h.chain, err)
 		}
-		switch r.target {
+		// unknown ends the path where the tracer cannot follow it (a
+		// kernel's listing), else fails with err.
+		unknown := func(err error) error {
+			if !tr.tolerant {
+				return where(err)
+			}
+			*out = append(*out, result{st, Unknown})
+			return nil
+		}
+		switch target {
 		case "", "LOG":
 			idx++
+		case Unknown:
+			*out = append(*out, result{st, Unknown})
+			return nil
 		case Accept, Drop, Reject:
-			if r.target == Reject && h.table != "filter" {
+			if target == Reject && h.table != "filter" && !tr.tolerant {
 				return where(errors.New("REJECT is only valid in the filter table"))
 			}
-			*out = append(*out, result{st, r.target})
+			*out = append(*out, result{st, target})
 			return nil
 		case "RETURN":
 			if len(stack) == 0 {
@@ -388,7 +482,7 @@ func (tr *tracer) walk(h hookRef, chain string, idx, depth int, stack []frame, s
 			f := stack[len(stack)-1]
 			chain, idx, depth, stack = f.chain, f.next, f.depth, stack[:len(stack)-1]
 		case "MARK":
-			if err := applyMark(r, &st); err != nil {
+			if err := applyMark(r, &st); err != nil && !tr.tolerant {
 				return where(err)
 			}
 			idx++
@@ -397,7 +491,7 @@ func (tr *tracer) walk(h hookRef, chain string, idx, depth int, stack []frame, s
 				return where(errors.New("DNAT is only valid in nat PREROUTING and OUTPUT"))
 			}
 			if err := applyDNAT(r, &st); err != nil {
-				return where(err)
+				return unknown(err)
 			}
 			*out = append(*out, result{st, Accept})
 			return nil
@@ -408,23 +502,36 @@ func (tr *tracer) walk(h hookRef, chain string, idx, depth int, stack []frame, s
 			st.masq = true
 			*out = append(*out, result{st, Accept})
 			return nil
+		case "SNAT":
+			if !tr.tolerant {
+				return where(errors.New("target SNAT is not supported by the tracer"))
+			}
+			// Another program's source NAT: the endpoint sees another
+			// source, as with MASQUERADE.
+			st.masq = true
+			*out = append(*out, result{st, Accept})
+			return nil
 		default:
-			if _, ok := targets[r.target]; ok {
-				return where(fmt.Errorf("target %s is not supported by the tracer", r.target))
+			if _, ok := targets[target]; ok {
+				return unknown(fmt.Errorf("target %s is not supported by the tracer", target))
 			}
-			if t.chains[r.target] == nil {
-				return where(fmt.Errorf("jump to missing chain %q", r.target))
+			if t.chains[target] == nil {
+				return unknown(fmt.Errorf("jump to missing chain %q", target))
 			}
-			if depth+1 > MaxDepth {
-				return where(fmt.Errorf("chain nesting deeper than %d", MaxDepth))
+			if depth+1 > maxDepth {
+				return where(fmt.Errorf("chain nesting deeper than %d", maxDepth))
 			}
 			if !r.isGoto {
 				stack = append(slices.Clip(stack), frame{chain, idx + 1, depth})
 			}
-			chain, idx, depth = r.target, 0, depth+1
+			chain, idx, depth = target, 0, depth+1
 		}
 	}
 }
+
+// maxDepthLive bounds the nesting of a kernel's listing: iptables-legacy
+// has no limit of its own, and the kernel refuses loops.
+const maxDepthLive = 64
 
 // holds is the probability of a deterministic condition: 1 or 0.
 func holds(b, neg bool) float64 {
@@ -440,21 +547,28 @@ func holds(b, neg bool) float64 {
 // rule does not match (one per way of failing, each with its probability)
 // and the state in which it does, nil if it cannot. Every match is
 // checked, so that an unsupported one is an error even behind one that
-// fails.
-func (tr *tracer) matches(r *rule, st state) (misses []state, hit *state, err error) {
+// fails. In a kernel's listing, what the model cannot evaluate is no
+// error: unsure then says that the rule may match (hit) or not (the last
+// of misses), the tracer cannot tell.
+func (tr *tracer) matches(r *rule, st state) (misses []state, hit *state, unsure bool, err error) {
 	alive := true
+	unsure = r.unknown != ""
 	for i := range r.matches {
 		m := &r.matches[i]
 		if !alive {
 			scratch := st
-			if _, err := tr.match(m, &scratch); err != nil {
-				return nil, nil, err
+			if _, err := tr.match(m, &scratch); err != nil && !tr.tolerant {
+				return nil, nil, false, err
 			}
 			continue
 		}
 		p, err := tr.match(m, &st)
 		if err != nil {
-			return nil, nil, err
+			if !tr.tolerant {
+				return nil, nil, false, err
+			}
+			unsure = true
+			continue
 		}
 		switch {
 		case p == 0:
@@ -468,9 +582,12 @@ func (tr *tracer) matches(r *rule, st state) (misses []state, hit *state, err er
 		}
 	}
 	if alive {
+		if unsure {
+			misses = append(misses, st)
+		}
 		hit = &st
 	}
-	return misses, hit, nil
+	return misses, hit, unsure && alive, nil
 }
 
 // match evaluates one match and returns the probability that it holds: 0
@@ -510,29 +627,83 @@ func (tr *tracer) option(module string, o opt, st *state) (float64, error) {
 			a = st.dst
 		}
 		return holds(pfx.Contains(a), o.neg), nil
+	case " -i":
+		// Only lo is known: the way in of what the node sends itself.
+		if o.arg() != "lo" {
+			return 0, errors.New("not modelled by the tracer (of the interfaces, only lo is)")
+		}
+		return holds(tr.srcLocal, o.neg), nil
+	case " -o":
+		if o.arg() != "lo" {
+			return 0, errors.New("not modelled by the tracer (of the interfaces, only lo is)")
+		}
+		return holds(tr.isLocal(st.dst), o.neg), nil
 	case "tcp --dport", "udp --dport", "sctp --dport":
 		lo, hi, err := parsePortRange(o.arg())
 		if err != nil {
 			return 0, err
 		}
 		return holds(module == st.proto && st.dport >= lo && st.dport <= hi, o.neg), nil
+	case "multiport --dports":
+		for _, p := range strings.Split(o.arg(), ",") {
+			lo, hi, err := parsePortRange(p)
+			if err != nil {
+				return 0, err
+			}
+			if st.dport >= lo && st.dport <= hi {
+				return holds(true, o.neg), nil
+			}
+		}
+		return holds(false, o.neg), nil
+	case "tcp --syn":
+		// The first packet of a connection: SYN alone.
+		return holds(true, o.neg), nil
+	case "tcp --tcp-flags":
+		mask, set := tcpFlagBits(o.args[0]), tcpFlagBits(o.args[1])
+		return holds(mask&tcpSYN == set, o.neg), nil
+	case "rpfilter --loose", "rpfilter --validmark", "rpfilter --accept-local":
+		return 1, nil
+	case "rpfilter --invert":
+		// A packet from a routable source passes the reverse path
+		// filter: "--invert" (firewalld's DROP of spoofed sources)
+		// does not match it.
+		return 0, nil
+	case "nfacct --nfacct-name":
+		return 1, nil
 	case "comment --comment":
 		return 1, nil
 	case "addrtype --src-type", "addrtype --dst-type":
-		if o.arg() != "LOCAL" {
-			return 0, fmt.Errorf("address type %q not modelled (only LOCAL)", o.arg())
-		}
+		a, local := st.dst, tr.isLocal(st.dst)
 		if o.name == "--src-type" {
-			return holds(tr.srcLocal, o.neg), nil
+			a, local = st.src, tr.srcLocal
 		}
-		return holds(tr.isLocal(st.dst), o.neg), nil
+		for _, typ := range strings.Split(strings.ToUpper(o.arg()), ",") {
+			var is bool
+			switch typ {
+			case "LOCAL":
+				is = local
+			case "MULTICAST":
+				is = a.IsMulticast()
+			case "UNICAST":
+				// What is neither the node's nor multicast routes as
+				// unicast (the tracer knows no blackhole or
+				// unreachable routes).
+				is = !local && !a.IsMulticast()
+			default:
+				return 0, fmt.Errorf("address type %q not modelled (only LOCAL, UNICAST and MULTICAST)", typ)
+			}
+			if is {
+				return holds(true, o.neg), nil
+			}
+		}
+		return holds(false, o.neg), nil
 	case "mark --mark":
 		v, m, err := parseMark(o.arg())
 		if err != nil {
 			return 0, err
 		}
 		return holds(st.mark&m == v, o.neg), nil
-	case "conntrack --ctstate":
+	case "conntrack --ctstate", "state --state":
 		// The traced packet opens a new connection; once DNATed, its
 		// conntrack entry also has the DNAT status.
 		match := false
@@ -556,6 +727,27 @@ func (tr *tracer) option(module string, o opt, st *state) (float64, error) {
 		return p, nil
 	}
 	return 0, errors.New("not modelled by the tracer")
+}
+
+// TCP flags, as --tcp-flags names them.
+const (
+	tcpFIN = 1 << iota
+	tcpSYN
+	tcpRST
+	tcpPSH
+	tcpACK
+	tcpURG
+)
+
+// tcpFlagBits returns the flags of a --tcp-flags list.
+func tcpFlagBits(s string) int {
+	bits := map[string]int{"FIN": tcpFIN, "SYN": tcpSYN, "RST": tcpRST, "PSH": tcpPSH, "ACK": tcpACK, "URG": tcpURG,
+		"ALL": tcpFIN | tcpSYN | tcpRST | tcpPSH | tcpACK | tcpURG}
+	n := 0
+	for _, f := range strings.Split(strings.ToUpper(s), ",") {
+		n |= bits[f]
+	}
+	return n
 }
 
 // parsePrefix parses the argument of -s or -d, refusing host bits.
