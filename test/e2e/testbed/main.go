@@ -99,18 +99,19 @@ func summary(c *framework.Cluster, d *demo.Demo, envFile string, took time.Durat
 			if pod == d.Client {
 				extra = ", resolv.conf: CoreDNS, search " + strings.Join(pod.SearchDomains(), " ")
 			}
-			p("  pod %-9s %-15s %-19s on %s, netns %s%s\n", pod.Name, pod.IP, pod.IP6, pod.Node.Name, pod.NetNS.Name, extra)
+			p("  pod %-9s %-15s %-18s on %s, netns %s%s\n", pod.Name, pod.IP, pod.IP6, pod.Node.Name, pod.NetNS.Name, extra)
 		}
 		for _, s := range []struct {
 			svc  *corev1.Service
 			what string
 		}{
-			{d.WebSvc, fmt.Sprintf("NodePort %d; endpoints b/web-1 (%s), b/web-2 and b/web-3 (%s)", demo.WebNodePort, d.Web[0].Node.Name, d.Web[1].Node.Name)},
-			{d.APISvc, fmt.Sprintf("NodePort %d, externalTrafficPolicy: Local; its one endpoint b/api-1 runs on %s", demo.APINodePort, d.API.Node.Name)},
-			{d.EmptySvc, "ClusterIP, no endpoints"},
+			{d.WebSvc, fmt.Sprintf("node port %d; endpoints b/web-1 (%s), b/web-2, b/web-3 (%s)", demo.WebNodePort, d.Web[0].Node.Name, d.Web[1].Node.Name)},
+			{d.APISvc, fmt.Sprintf("node port %d, externalTrafficPolicy Local; endpoint b/api-1 (%s)", demo.APINodePort, d.API.Node.Name)},
+			{d.EmptySvc, "no endpoints"},
 		} {
-			p("  svc b/%-6s %s  TCP and UDP %d: %s\n", s.svc.Name, strings.Join(s.svc.Spec.ClusterIPs, " "), demo.ServicePort, s.what)
+			p("  svc b/%-7s %-15s %-18s %s\n", s.svc.Name, s.svc.Spec.ClusterIPs[0], s.svc.Spec.ClusterIPs[len(s.svc.Spec.ClusterIPs)-1], s.what)
 		}
+		p("  (each Service: TCP and UDP %d to the pods' %d)\n", demo.ServicePort, framework.PodPort)
 	}
 	p("\nTry, as root from the repository (%s):\n\n", c.Options().RepoRoot)
 	p("  # kubectl, as the admin, in the control plane's namespace (the API server listens there)\n")
@@ -121,8 +122,7 @@ func summary(c *framework.Cluster, d *demo.Demo, envFile string, took time.Durat
 		p("  ip netns exec %s getent ahosts web.b\n", d.Client.NetNS.Name)
 		p("\n  # why it goes where it goes: svcproxy explain on %s, from the API server's state\n", node1.Name)
 		p("  %s \\\n      --from pod:%s web.b.svc.cluster.local\n", shellJoin(demo.ExplainCommand(c, node1)), d.Client.IP)
-		p("  (add -o json; --from pod:%s for IPv6; b/empty and b/api, or --from external:%s %s:%d, tell other stories)\n",
-			d.Client.IP6, c.Client.IP, node1.IP, demo.APINodePort)
+		p("  (-o json for JSON; --from pod:%s for IPv6)\n", d.Client.IP6)
 	}
 	p("\n  # node1's rules\n")
 	p("  ip netns exec %s iptables-save\n", node1.NetNS.Name)
@@ -135,7 +135,7 @@ func summary(c *framework.Cluster, d *demo.Demo, envFile string, took time.Durat
 			p("  kubectl get svc -A;  explain node1 --from node kubernetes.default;  on node1 iptables-save\n")
 		}
 	}
-	p("README.md, \"Troubleshooting\", walks through the demo.\n")
+	p("README.md, \"Troubleshooting\", walks through the demo's stories.\n")
 	return b.String()
 }
 
@@ -191,7 +191,7 @@ func shortcuts(c *framework.Cluster, d *demo.Demo) string {
 		shellQuote(o.Svcproxy), shellQuote(c.ProxyKubeconfig), framework.ClusterCIDRs, shellJoinTrailing(o.SvcproxyArgs))
 	p("# connect HOST NAME PORT: one TCP connection from HOST to NAME (resolved as HOST resolves it) and PORT;\n")
 	p("# prints the backend's greeting (name=<ns>/<pod> src=<the address it saw>), gives up after 3 s\n")
-	p("connect() { on \"${1:?connect HOST NAME PORT}\" timeout 3 bash -c 'exec 3<>\"/dev/tcp/$0/$1\" && head -1 <&3' \"${2:?}\" \"${3:?}\"; }\n")
+	p("connect() { on \"${1:?connect HOST NAME PORT}\" timeout 3 bash -c 'exec 3<>\"/dev/tcp/$1/$2\" && head -1 <&3' connect \"${2:?}\" \"${3:?}\"; }\n")
 	return b.String()
 }
 
