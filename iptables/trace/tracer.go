@@ -265,10 +265,16 @@ type state struct {
 	assumed  *Hop       // the rule this path assumed to match (ParseLive)
 }
 
-// hop records a step; the slice is clipped so that forked states never
-// share appends.
+// hop records a step. States that fork are clipped first (fork), so that
+// they never share appends.
 func (s *state) hop(h Hop) {
-	s.hops = append(slices.Clip(s.hops), h)
+	s.hops = append(s.hops, h)
+}
+
+// fork makes s safe to go its own way: its next hop goes to a slice of its
+// own.
+func (s *state) fork() {
+	s.hops = slices.Clip(s.hops)
 }
 
 type hookRef struct{ table, chain string }
@@ -440,6 +446,7 @@ func (tr *tracer) walk(h hookRef, chain string, idx, depth int, stack []frame, s
 			continue
 		}
 		for _, miss := range misses {
+			miss.fork()
 			if err := tr.walk(h, chain, idx+1, depth, stack, miss, out); err != nil {
 				return err
 			}
@@ -448,6 +455,7 @@ func (tr *tracer) walk(h hookRef, chain string, idx, depth int, stack []frame, s
 			return nil
 		}
 		st = *hit
+		st.fork()
 		st.hop(Hop{Table: h.table, Chain: chain, Rule: r.text})
 		where := func(err error) error {
 			return fmt.Errorf("%s/%s rule %d %q (from %s): %w", h.table, chain, idx+1, r.text, h.chain, err)
