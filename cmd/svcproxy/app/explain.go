@@ -44,6 +44,9 @@ const (
 	verdictReject  = "reject"
 	verdictDrop    = "drop"
 	verdictNoMatch = "no-match"
+	// verdictUnknown: the kernel's rules send the packet to a target
+	// explain does not follow (--live only).
+	verdictUnknown = "unknown"
 )
 
 // How a destination reaches a service port.
@@ -76,8 +79,16 @@ each with an optional :PORT or :PORTNAME. Or an address: IP:PORT[/tcp|udp|sctp]
 --from is pod:IP (a pod on this node; the default is a stand-in pod address
 in --cluster-cidr), remote-pod:IP, node, or external:IP.
 
-Exit status: 0 explained, 1 target not found, 2 usage error or unreadable
-state.
+--live also walks the connection through the rules in this node's kernel
+(iptables-save, ip6tables-save; read only) and reports every difference
+from the intended path as drift. --live --all checks every service port that
+way (a pod on this node to cluster IPs, an outside client to node ports,
+external and load-balancer IPs) and the node's jumps and chains: one line per
+service port and a summary, for a node self-check or a readiness probe.
+
+Exit status: 0 explained (with --live: the kernel agrees), 1 target not
+found, 2 usage error or unreadable state or kernel rules, 3 the kernel's
+rules differ from the intended ones.
 
 Flags:
 `
@@ -90,6 +101,7 @@ type explainFlags struct {
 	nodeIPs       []string
 	clusterDomain string
 	live          bool
+	all           bool
 }
 
 // newKubeClient builds the API client of --kubeconfig and --master.
@@ -97,7 +109,7 @@ type newKubeClient func(o *config.Config) (kubernetes.Interface, error)
 
 // explainMain runs `svcproxy explain` and returns its exit code.
 func explainMain(args []string, stdout, stderr io.Writer) int {
-	return runExplain(context.Background(), args, stdout, stderr, kubeClient)
+	return runExplain(context.Background(), args, stdout, stderr, defaultExplainDeps())
 }
 
 func kubeClient(o *config.Config) (kubernetes.Interface, error) {
@@ -110,8 +122,8 @@ func kubeClient(o *config.Config) (kubernetes.Interface, error) {
 	return kubernetes.NewForConfig(cfg)
 }
 
-// runExplain is explainMain with the API client to use.
-func runExplain(ctx context.Context, args []string, stdout, stderr io.Writer, newClient newKubeClient) int {
+// runExplain is explainMain with what it reads besides its arguments.
+func runExplain(ctx context.Context, args []string, stdout, stderr io.Writer, deps explainDeps) int {
 	o := config.Defaults()
 	fs := newFlagSet(o)
 	fs.SetOutput(stderr)
@@ -121,10 +133,11 @@ func runExplain(ctx context.Context, args []string, stdout, stderr io.Writer, ne
 	fs.StringVarP(&e.output, "output", "o", "text", "Output format: text or json.")
 	fs.StringSliceVar(&e.nodeIPs, "node-ip", nil, "This node's addresses (default: the Node's status.addresses, when the state has them).")
 	fs.StringVar(&e.clusterDomain, "cluster-domain", "cluster.local", "The cluster's DNS domain.")
-	fs.BoolVar(&e.live, "live", false, "Compare with the rules in this node's kernel (not supported yet).")
+	fs.BoolVar(&e.live, "live", false, "Also walk the connection through the rules in this node's kernel (iptables-save; read only) and report any difference (exit status 3).")
+	fs.BoolVar(&e.all, "all", false, "With --live and no TARGET: check every service port, and the node's jumps and chains.")
 	// The daemon's other flags are taken (a kube-proxy command line works
 	// as is) but not shown.
-	shown := map[string]bool{"from": true, "namespace": true, "output": true, "node-ip": true, "cluster-domain": true, "live": true,
+	shown := map[string]bool{"from": true, "namespace": true, "output": true, "node-ip": true, "cluster-domain": true, "live": true, "all": true,
 		"state": true, "kubeconfig": true, "master": true, "hostname-override": true, "cluster-cidr": true, "nodeport-addresses": true,
 		"masquerade-all": true, "iptables-masquerade-bit": true, "mode": true, "config": true, "v": true}
 	fs.VisitAll(func(f *pflag.Flag) { f.Hidden = !shown[f.Name] })
@@ -148,7 +161,14 @@ func runExplain(ctx context.Context, args []string, stdout, stderr io.Writer, ne
 		klog.SetLogger(klog.Logger{})
 		defer klog.ClearLogger()
 	}
-	if fs.NArg() != 1 {
+	switch {
+	case e.all && !e.live:
+		return usage(errors.New("--all checks the kernel's rules: it goes with --live"))
+	case e.all && fs.NArg() != 0:
+		return usage(fmt.Errorf("--all checks every service port: no TARGET, got %q", fs.Args()))
+	case e.all && e.from != "":
+		return usage(errors.New("--all picks its sources (a pod on this node, an outside client): no --from"))
+	case !e.all && fs.NArg() != 1:
 		return usage(fmt.Errorf("want exactly one TARGET, got %d arguments %q", fs.NArg(), fs.Args()))
 	}
 	if o.ConfigFile != "" {
@@ -165,8 +185,6 @@ func runExplain(ctx context.Context, args []string, stdout, stderr io.Writer, ne
 	switch {
 	case o.DryRun || o.Cleanup:
 		return usage(errors.New("--dry-run and --cleanup do not go with explain"))
-	case e.live:
-		return usage(errors.New("--live is not supported yet: explain shows the rules svcproxy would program, not the kernel's"))
 	case o.Mode == config.ModeIPVS:
 		return usage(errors.New("--mode=ipvs is not supported yet: explain follows iptables mode's rules only"))
 	case e.output != "text" && e.output != "json":
@@ -180,18 +198,29 @@ func runExplain(ctx context.Context, args []string, stdout, stderr io.Writer, ne
 	if err != nil {
 		return usage(fmt.Errorf("--node-ip: %w", err))
 	}
-	tgt, err := parseTarget(fs.Arg(0))
-	if err != nil {
-		return usage(err)
+	var tgt *target
+	if !e.all {
+		if tgt, err = parseTarget(fs.Arg(0)); err != nil {
+			return usage(err)
+		}
 	}
-	cl, err := loadCluster(ctx, o, newClient)
+	cl, err := loadCluster(ctx, o, deps.newClient, !e.all)
 	if err != nil {
 		return usage(err)
 	}
 	if len(nodeIPs) == 0 {
 		nodeIPs = cl.nodeAddrs
 	}
-	x := &explainer{o: o, e: e, cl: cl, src: src, nodeIPs: nodeIPs, rulesets: map[bool]*trace.Ruleset{}}
+	x := &explainer{o: o, e: e, cl: cl, src: src, nodeIPs: nodeIPs, rulesets: map[bool]*trace.Ruleset{},
+		deps: deps, live: map[bool]*trace.Ruleset{}, liveErr: map[bool]error{}}
+	if e.live {
+		if err := x.addHostAddrs(); err != nil {
+			return usage(err)
+		}
+	}
+	if e.all {
+		return x.runAll(stdout, stderr)
+	}
 	out, err := x.explain(tgt)
 	var nf *notFoundError
 	switch {
@@ -205,16 +234,25 @@ func runExplain(ctx context.Context, args []string, stdout, stderr io.Writer, ne
 		return usage(err)
 	}
 	if e.output == "json" {
-		enc := json.NewEncoder(stdout)
-		enc.SetEscapeHTML(false)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(out); err != nil {
+		if err := writeJSON(stdout, out); err != nil {
 			return usage(err)
 		}
 	} else if err := writeExplanation(stdout, out); err != nil {
 		return usage(err)
 	}
+	for _, r := range out.Results {
+		if len(r.Drift) > 0 {
+			return explainDrift
+		}
+	}
 	return explainOK
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
 
 // --- the cluster's state ---
@@ -229,8 +267,10 @@ type cluster struct {
 }
 
 // loadCluster reads --state, or lists the API server's objects, and builds
-// the Snapshot of this node as the daemon would.
-func loadCluster(ctx context.Context, o *config.Config, newClient newKubeClient) (*cluster, error) {
+// the Snapshot of this node as the daemon would. dns reads a state file
+// again for what only DNS answers and node addresses need (--all, on the
+// node, takes this namespace's addresses and answers no name).
+func loadCluster(ctx context.Context, o *config.Config, newClient newKubeClient, dns bool) (*cluster, error) {
 	var st *source.State
 	if o.State != "" {
 		var err error
@@ -238,8 +278,10 @@ func loadCluster(ctx context.Context, o *config.Config, newClient newKubeClient)
 			return nil, err
 		}
 		// Loading strips what the rules never need; DNS needs some of it.
-		if err := addUnstripped(o.State, st); err != nil {
-			return nil, err
+		if dns {
+			if err := addUnstripped(o.State, st); err != nil {
+				return nil, err
+			}
 		}
 	} else {
 		client, err := newClient(o)
@@ -515,6 +557,7 @@ type explanation struct {
 	Target  string       `json:"target"`
 	Node    string       `json:"node"`
 	Mode    string       `json:"mode"`
+	Live    bool         `json:"live"`              // compared with the kernel's rules
 	Service string       `json:"service,omitempty"` // a name target's ns/name
 	DNS     *dnsAnswer   `json:"dns,omitempty"`     // a name target's
 	Results []portResult `json:"results"`
@@ -557,7 +600,9 @@ type portResult struct {
 	Path             []string   `json:"path"`             // the chains, "table/CHAIN"
 	Rules            []string   `json:"rules"`            // the rules that matched, in order
 	PathTo           string     `json:"pathTo,omitempty"` // the endpoint of the path shown, of several
-	Drift            []string   `json:"drift"`
+	// With --live: what the kernel's rules do, and every difference.
+	Kernel *kernelView `json:"kernel,omitempty"`
+	Drift  []driftItem `json:"drift"`
 }
 
 // endpoint is one endpoint a DNAT may pick.
@@ -579,6 +624,13 @@ type explainer struct {
 	nodeIPs  []netip.Addr
 	rulesets map[bool]*trace.Ruleset // by IPv6
 	notes    []string
+	taken    map[netip.Addr]bool // every endpoint address, once needed
+
+	// --live
+	deps      explainDeps
+	live      map[bool]*trace.Ruleset // the kernel's, by IPv6
+	liveErr   map[bool]error
+	hostAddrs []netip.Addr // this namespace's
 }
 
 // dest is one destination to trace: an address of a service port.
@@ -596,7 +648,7 @@ func (x *explainer) note(format string, args ...any) {
 }
 
 func (x *explainer) explain(t *target) (*explanation, error) {
-	out := &explanation{Target: t.text, Node: x.o.NodeName(), Mode: config.ModeIPTables}
+	out := &explanation{Target: t.text, Node: x.o.NodeName(), Mode: config.ModeIPTables, Live: x.e.live}
 	var dests []dest
 	if t.isAddr() {
 		var err error
@@ -771,7 +823,7 @@ func untraced(svc *v1.Service, p v1.ServicePort, why string) portResult {
 }
 
 func newResult() portResult {
-	return portResult{Endpoints: []endpoint{}, Path: []string{}, Rules: []string{}, Drift: []string{}}
+	return portResult{Endpoints: []endpoint{}, Path: []string{}, Rules: []string{}, Drift: []driftItem{}}
 }
 
 // dnsAnswer is what a pod's lookup of fqdn returns, and whether kube-dns
@@ -937,12 +989,15 @@ func (x *explainer) source(d dest) (ip netip.Addr, desc string, ok bool) {
 	}
 	// A stand-in pod: an address of the cluster CIDR that is no endpoint,
 	// so that no hairpin rule takes it.
-	taken := map[netip.Addr]bool{}
-	for _, sp := range x.cl.snap.ServicePorts() {
-		for _, ep := range sp.AllEndpoints {
-			taken[ep.IP] = true
+	if x.taken == nil {
+		x.taken = map[netip.Addr]bool{}
+		for _, sp := range x.cl.snap.ServicePorts() {
+			for _, ep := range sp.AllEndpoints {
+				x.taken[ep.IP] = true
+			}
 		}
 	}
+	taken := x.taken
 	for _, cidr := range x.o.ClusterCIDRs() {
 		if cidr.Addr().Is4() != d.dst.Addr().Is4() || cidr.Bits() >= cidr.Addr().BitLen()-1 {
 			continue
@@ -972,8 +1027,8 @@ func lastAddr(p netip.Prefix) netip.Addr {
 // known (assumed to be the node's).
 func (x *explainer) localAddrs(d dest, src netip.Addr) []netip.Addr {
 	var out []netip.Addr
-	for _, a := range x.nodeIPs {
-		if a.Is4() == d.dst.Addr().Is4() {
+	for _, a := range slices.Concat(x.nodeIPs, x.hostAddrs) {
+		if a.Is4() == d.dst.Addr().Is4() && !slices.Contains(out, a) {
 			out = append(out, a)
 		}
 	}
@@ -1085,6 +1140,11 @@ func (x *explainer) traceDest(d dest) (*portResult, error) {
 	if x.src.kind == fromRemotePod && d.via == viaClusterIP {
 		x.note("a pod on another node reaches a cluster IP through its own node's rules: this is how %s's rules would treat it", x.o.NodeName())
 	}
+	if x.e.live {
+		if err := x.compareLive(d, pkt, paths, &r, !x.e.all); err != nil {
+			return nil, err
+		}
+	}
 	return &r, nil
 }
 
@@ -1094,6 +1154,8 @@ func verdictOf(o trace.Outcome) string {
 		return verdictReject
 	case o.Verdict == trace.Drop:
 		return verdictDrop
+	case o.Verdict == trace.Unknown:
+		return verdictUnknown
 	case o.DNAT.IsValid():
 		return verdictDNAT
 	}
@@ -1378,6 +1440,7 @@ func writeExplanation(w io.Writer, x *explanation) error {
 			}
 			line(key, "%s", s)
 		}
+		writeLive(line, r)
 	}
 	if len(x.Notes) > 0 {
 		b.WriteString("\n")

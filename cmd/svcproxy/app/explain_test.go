@@ -46,7 +46,7 @@ func noAPI(*config.Config) (kubernetes.Interface, error) {
 func runExplainArgs(t *testing.T, client newKubeClient, args ...string) (int, string, string) {
 	t.Helper()
 	var out, errOut bytes.Buffer
-	code := runExplain(context.Background(), args, &out, &errOut, client)
+	code := runExplain(context.Background(), args, &out, &errOut, explainDeps{newClient: client})
 	return code, out.String(), errOut.String()
 }
 
@@ -518,7 +518,10 @@ func TestExplainUsage(t *testing.T) {
 		{"unknown flag", append(state, "--no-such-flag", "web.shop"), []string{"no-such-flag"}},
 		{"bad --output", append(state, "-o", "yaml", "web.shop"), []string{`--output "yaml": want text or json`}},
 		{"--mode ipvs", append(state, "--mode", "ipvs", "web.shop"), []string{"--mode=ipvs is not supported yet"}},
-		{"--live", append(state, "--live", "web.shop"), []string{"--live is not supported yet"}},
+		{"--all without --live", append(state, "--all"), []string{"--all checks the kernel's rules: it goes with --live"}},
+		{"--all and a TARGET", append(state, "--live", "--all", "web.shop"), []string{`--all checks every service port: no TARGET, got ["web.shop"]`}},
+		{"--all and --from", append(state, "--live", "--all", "--from", "node"), []string{"--all picks its sources"}},
+		{"--live --mode ipvs", append(state, "--live", "--mode", "ipvs", "web.shop"), []string{"--mode=ipvs is not supported yet"}},
 		{"--dry-run", append(state, "--dry-run", "web.shop"), []string{"--dry-run and --cleanup do not go with explain"}},
 		{"--cleanup", append(state, "--cleanup", "web.shop"), []string{"--dry-run and --cleanup do not go with explain"}},
 		{"unknown --from", append(state, "--from", "moon", "web.shop"), []string{`--from "moon": want pod:IP, remote-pod:IP, node or external:IP`}},
@@ -691,7 +694,7 @@ func TestExplainOutputFails(t *testing.T) {
 	for _, o := range []string{"text", "json"} {
 		var w brokenPipe
 		var errOut bytes.Buffer
-		code := runExplain(context.Background(), append(common(exampleState), "-o", o, "web.shop"), &w, &errOut, noAPI)
+		code := runExplain(context.Background(), append(common(exampleState), "-o", o, "web.shop"), &w, &errOut, explainDeps{newClient: noAPI})
 		if code != explainUsage || w.writes == 0 || !strings.Contains(errOut.String(), "broken pipe") {
 			t.Errorf("-o %s: exit %d after %d writes, stderr:\n%s", o, code, w.writes, errOut.String())
 		}
