@@ -490,14 +490,19 @@ func (k *Kernel) LocalAddresses(prefixes []netip.Prefix) ([]netip.Addr, error) {
 	return out, err
 }
 
+// within reports whether a is in one of the prefixes of its family; a
+// family without prefixes matches every address (--nodeport-addresses per
+// family, as kube-proxy and iptables mode take it).
 func within(a netip.Addr, prefixes []netip.Prefix) bool {
-	if len(prefixes) == 0 {
-		return true
-	}
+	ofFamily := false
 	for _, p := range prefixes {
+		if p.Addr().Is6() != a.Is6() {
+			continue
+		}
+		ofFamily = true
 		if p.Contains(a) {
 			return true
 		}
 	}
-	return false
+	return !ofFamily
 }

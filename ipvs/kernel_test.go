@@ -3,8 +3,10 @@
 package ipvs
 
 import (
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -89,5 +91,34 @@ func TestKernelSysctl(t *testing.T) {
 	}
 	if _, err := k.Sysctl("net/ipv4/vs/nope"); err == nil {
 		t.Error("missing sysctl: no error")
+	}
+}
+
+// TestWithinPerFamily: --nodeport-addresses applies per family: a family
+// without a prefix matches every address of it (an IPv4-only list used to
+// leave a dual-stack node without IPv6 node ports).
+func TestWithinPerFamily(t *testing.T) {
+	v4only := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
+	v6only := []netip.Prefix{netip.MustParsePrefix("2001:db8::/64")}
+	both := append(slices.Clone(v4only), v6only...)
+	for _, tc := range []struct {
+		addr     string
+		prefixes []netip.Prefix
+		want     bool
+	}{
+		{"10.0.0.5", nil, true},
+		{"2001:db8::5", nil, true},
+		{"10.0.0.5", v4only, true},
+		{"192.168.0.5", v4only, false},
+		{"2001:db8::5", v4only, true},
+		{"10.0.0.5", v6only, true},
+		{"2001:db8:1::5", v6only, false},
+		{"2001:db8::5", both, true},
+		{"2001:db8:1::5", both, false},
+		{"192.168.0.5", both, false},
+	} {
+		if got := within(netip.MustParseAddr(tc.addr), tc.prefixes); got != tc.want {
+			t.Errorf("within(%s, %v) = %v, want %v", tc.addr, tc.prefixes, got, tc.want)
+		}
 	}
 }
