@@ -42,18 +42,24 @@ func NewDualStackBackend(k Interface, ipt, ipt6 iptables.Interface, opts Options
 	return &Backend{opts: opts, k: k, ipt: ipt, ipt6: ipt6, applier: NewDualStackApplier(k, ipt, ipt6, opts, nil)}
 }
 
-// HostOptions returns opts with the node addresses NodePorts answer on:
-// the local addresses within nodePortAddresses (all but loopback when
-// empty). Without IPVS in the kernel there are none; nothing is loaded.
+// HostOptions returns opts with the node's addresses (LocalAddresses) and
+// those NodePorts answer on: the ones within nodePortAddresses, per family
+// (all but loopback and link-local of a family without a prefix). Without IPVS in the kernel there are none; nothing is loaded.
 func HostOptions(k *Kernel, opts Options, nodePortAddresses []netip.Prefix) (Options, error) {
 	if !k.Available() {
 		return opts, nil
 	}
-	addrs, err := k.LocalAddresses(nodePortAddresses)
+	all, err := k.LocalAddresses(nil)
 	if err != nil {
 		return opts, fmt.Errorf("listing the node's addresses: %w", err)
 	}
-	opts.NodeAddresses = addrs
+	opts.LocalAddresses = all
+	opts.NodeAddresses = nil
+	for _, a := range all {
+		if within(a, nodePortAddresses) {
+			opts.NodeAddresses = append(opts.NodeAddresses, a)
+		}
+	}
 	return opts, nil
 }
 

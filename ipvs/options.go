@@ -36,6 +36,14 @@ type Options struct {
 	// finds them (local addresses within --nodeport-addresses, neither
 	// loopback nor link-local).
 	NodeAddresses []netip.Addr
+	// LocalAddresses are all the node's own addresses (on links other than
+	// DummyInterface), whatever --nodeport-addresses says. A service
+	// address among them (an externalIP set to a node address) gets its
+	// virtual server but is not bound to DummyInterface nor put in
+	// SetIPs: IPVS sees its packets anyway, and the REJECT of a service
+	// address's other ports would cut the node's own services (SSH, the
+	// kubelet) off that address. kube-proxy does the same.
+	LocalAddresses []netip.Addr
 	// NodePortRange bounds the ports of virtual servers on node addresses
 	// that IPVS mode considers its own when it finds them in the kernel
 	// (after a restart, or in Cleanup). Virtual servers on node addresses

@@ -115,6 +115,14 @@ type renderer struct {
 
 func (r *renderer) add(set, entry string) { r.sets[set][entry] = true }
 
+// bind asks for a service address on the dummy link (and in SetIPs),
+// unless it is one of the node's own addresses (Options.LocalAddresses).
+func (r *renderer) bind(a netip.Addr) {
+	if !slices.Contains(r.opts.LocalAddresses, a) {
+		r.addrs[a] = true
+	}
+}
+
 // addFor adds entry to the set of the layout named base for the family of
 // addr.
 func (r *renderer) addFor(addr netip.Addr, base, entry string) {
@@ -161,7 +169,7 @@ func (r *renderer) port(sp *proxy.ServicePort) {
 
 	port := uint16(sp.Port)
 	key := ServiceKey{Address: sp.ClusterIP, Protocol: sp.Protocol, Port: port}
-	r.addrs[sp.ClusterIP] = true
+	r.bind(sp.ClusterIP)
 	if vserver(key, internal) {
 		r.addFor(key.Address, SetClusterIP, ipPortEntry(key))
 	}
@@ -172,14 +180,14 @@ func (r *renderer) port(sp *proxy.ServicePort) {
 	}
 	for _, ip := range sp.ExternalIPs {
 		key := ServiceKey{Address: ip, Protocol: sp.Protocol, Port: port}
-		r.addrs[ip] = true
+		r.bind(ip)
 		if vserver(key, external) {
 			r.addFor(ip, externalSet, ipPortEntry(key))
 		}
 	}
 	for _, ip := range sp.LoadBalancerIPs {
 		key := ServiceKey{Address: ip, Protocol: sp.Protocol, Port: port}
-		r.addrs[ip] = true
+		r.bind(ip)
 		if !vserver(key, external) {
 			continue
 		}

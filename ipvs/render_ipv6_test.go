@@ -2,6 +2,7 @@ package ipvs
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -191,5 +192,34 @@ func TestRenderNodePortAddressFamilies(t *testing.T) {
 	want := "-t [2001:db8::1]:31000 -t [2001:db8:1::1]:31000 -t [fd00:10:96::10]:80"
 	if strings.Join(got, " ") != want {
 		t.Errorf("virtual servers %q, want %q", strings.Join(got, " "), want)
+	}
+}
+
+// TestRenderNodeAddressAsExternalIP: an externalIP that is one of the
+// node's own addresses gets its virtual server but is neither bound to the
+// dummy link nor put in the service-address set, whose REJECT of other
+// ports would cut the node's SSH or kubelet off that address.
+func TestRenderNodeAddressAsExternalIP(t *testing.T) {
+	svc := pt.Service("ns", "svc", "10.96.0.10", "p", 80, func(s *v1.Service) {
+		s.Spec.ExternalIPs = []string{"192.168.0.1", "192.0.2.7"}
+	})
+	slice := pt.Slice("ns", "svc", "svc-1", "p", 8080, pt.Ready("10.244.2.10", "node2"))
+	o := testOptions()
+	o.LocalAddresses = []netip.Addr{netip.MustParseAddr("192.168.0.1"), netip.MustParseAddr("172.16.0.1")}
+	p := Render(snapshotOf(t, svc, slice), o)
+	got := summary(p)
+	if !strings.Contains(got, "-A -t 192.168.0.1:80 -s rr\n") || !strings.Contains(got, "\nEXTERNAL 192.168.0.1,tcp:80\n") {
+		t.Errorf("no virtual server for the node address as externalIP:\n%s", got)
+	}
+	if slices.Contains(p.Addresses, netip.MustParseAddr("192.168.0.1")) || setHas(p.Sets[0], "192.168.0.1") {
+		t.Errorf("node address bound or in %s: %v", SetIPs, p.Addresses)
+	}
+	if !slices.Contains(p.Addresses, netip.MustParseAddr("192.0.2.7")) {
+		t.Errorf("the other externalIP is not bound: %v", p.Addresses)
+	}
+	// Another port of the node address is not the filter's to reject.
+	e := Explain(p, Packet{Src: netip.MustParseAddr("198.51.100.7"), Dst: netip.MustParseAddr("192.168.0.1"), Protocol: v1.ProtocolTCP, Port: 22})
+	if e.Verdict != VerdictNoMatch {
+		t.Errorf("port 22 of the node address: %s (%s), want no-match (the node's own)", e.Verdict, e.Reason)
 	}
 }
