@@ -22,7 +22,7 @@ type Packet struct {
 // Verdicts of an Explanation.
 const (
 	VerdictDNAT    = "dnat"     // IPVS picks a real server
-	VerdictReject  = "reject"   // refused (ICMP port unreachable / RST)
+	VerdictReject  = "reject"   // refused (ICMP or ICMPv6 port unreachable)
 	VerdictDrop    = "drop"     // dropped: the connection times out
 	VerdictNoMatch = "no-match" // no virtual server: the packet is not IPVS mode's
 )
@@ -66,7 +66,10 @@ type ExplainedEndpoint struct {
 // no endpoints, DROP for no local endpoint or a source outside
 // loadBalancerSourceRanges, REJECT for a service address's other ports),
 // the virtual server and its real servers, and the masquerade rules. It
-// reads the plan's sets as the kernel's ipset lookups would. Pure.
+// reads the plan's sets as the kernel's ipset lookups would. The node's
+// own connections skip the filter (IPVS takes them in LOCAL_OUT, before
+// filter OUTPUT): an empty virtual server refuses them itself, and
+// loadBalancerSourceRanges do not apply to them. Pure.
 func Explain(plan *Plan, p Packet) Explanation {
 	x := explainer{plan: plan, sets: map[string]*Set{}, v6: p.Dst.Is6()}
 	for _, s := range plan.Sets {
@@ -111,31 +114,49 @@ func (x *explainer) explain(p Packet) Explanation {
 		e.VirtualServer = x.plan.Services[i]
 	}
 
-	switch {
-	case x.in(&e.Path, SetReject, dst, dstPort):
-		e.Verdict, e.Reason = VerdictReject, "the service port has no endpoints (no ready, serving or terminating endpoint): REJECT"
-		return e
-	case x.in(&e.Path, SetDrop, dst, dstPort):
-		e.Verdict, e.Reason = VerdictDrop, "the traffic policy is Local and this node has no endpoint of the service port: DROP"
-		return e
-	case x.in(&e.Path, SetLBFirewall, dst, dstPort) && !x.in(&e.Path, SetLBSource, dst, dstPort, src):
-		e.Verdict, e.Reason = VerdictDrop, fmt.Sprintf("source %s is not in the service's loadBalancerSourceRanges: DROP", src)
-		return e
-	case x.in(&e.Path, SetIPs, dst) && !x.in(&e.Path, SetClusterIP, dst, dstPort) &&
-		!x.in(&e.Path, SetExternal, dst, dstPort) && !x.in(&e.Path, SetExternalLocal, dst, dstPort):
-		e.Verdict, e.Reason = VerdictReject, fmt.Sprintf("%s is a service address but %s is not one of its service ports: REJECT", dst, dstPort)
-		return e
-	}
-	if e.VirtualServer == nil {
-		e.Verdict = VerdictNoMatch
-		e.Reason = fmt.Sprintf("no virtual server %s: the packet is not a service's", key)
-		return e
-	}
-	if setHas(x.set(SetIPs), dst) && !slices.Contains(x.plan.Addresses, p.Dst) {
-		// IPVS sees only packets to local addresses.
-		e.Verdict = VerdictNoMatch
-		e.Reason = fmt.Sprintf("%s is not bound to %s: the packet is routed away, IPVS never sees it", dst, x.plan.Interface)
-		return e
+	if p.FromNode {
+		// IPVS schedules the node's own connections in LOCAL_OUT, before
+		// filter OUTPUT, which then sees the real server's address: the
+		// filter sets never match them (so loadBalancerSourceRanges do
+		// not apply to the node either). Only a service address's port
+		// without a virtual server reaches the filter as such.
+		if e.VirtualServer == nil {
+			if x.in(&e.Path, SetIPs, dst) {
+				e.Verdict, e.Reason = VerdictReject, fmt.Sprintf("%s is a service address but %s is not one of its service ports: REJECT", dst, dstPort)
+				return e
+			}
+			e.Verdict = VerdictNoMatch
+			e.Reason = fmt.Sprintf("no virtual server %s: the packet is not a service's", key)
+			return e
+		}
+		e.Path[len(e.Path)-1] = "nat/OUTPUT, then IPVS (LOCAL_OUT, before " + hook + ")"
+	} else {
+		switch {
+		case x.in(&e.Path, SetReject, dst, dstPort):
+			e.Verdict, e.Reason = VerdictReject, "the service port has no endpoints (no ready, serving or terminating endpoint): REJECT"
+			return e
+		case x.in(&e.Path, SetDrop, dst, dstPort):
+			e.Verdict, e.Reason = VerdictDrop, "the traffic policy is Local and this node has no endpoint of the service port: DROP"
+			return e
+		case x.in(&e.Path, SetLBFirewall, dst, dstPort) && !x.in(&e.Path, SetLBSource, dst, dstPort, src):
+			e.Verdict, e.Reason = VerdictDrop, fmt.Sprintf("source %s is not in the service's loadBalancerSourceRanges: DROP", src)
+			return e
+		case x.in(&e.Path, SetIPs, dst) && !x.in(&e.Path, SetClusterIP, dst, dstPort) &&
+			!x.in(&e.Path, SetExternal, dst, dstPort) && !x.in(&e.Path, SetExternalLocal, dst, dstPort):
+			e.Verdict, e.Reason = VerdictReject, fmt.Sprintf("%s is a service address but %s is not one of its service ports: REJECT", dst, dstPort)
+			return e
+		}
+		if e.VirtualServer == nil {
+			e.Verdict = VerdictNoMatch
+			e.Reason = fmt.Sprintf("no virtual server %s: the packet is not a service's", key)
+			return e
+		}
+		if setHas(x.set(SetIPs), dst) && !slices.Contains(x.plan.Addresses, p.Dst) {
+			// IPVS sees only packets to local addresses.
+			e.Verdict = VerdictNoMatch
+			e.Reason = fmt.Sprintf("%s is not bound to %s: the packet is routed away, IPVS never sees it", dst, x.plan.Interface)
+			return e
+		}
 	}
 	vs := e.VirtualServer
 	e.Path = append(e.Path, "IPVS virtual server "+vs.ServiceKey.String()+" -s "+vs.Scheduler+persistence(vs))
@@ -151,9 +172,13 @@ func (x *explainer) explain(p Packet) Explanation {
 		e.Endpoints = append(e.Endpoints, ep)
 	}
 	if len(e.Endpoints) == 0 {
-		// No REJECT entry, yet no real server with a weight: IPVS answers
+		// No REJECT entry (or the node's own connection, which the filter
+		// does not see), yet no real server with a weight: IPVS answers
 		// ICMP port unreachable itself.
-		e.Verdict, e.Reason = VerdictReject, "the virtual server has no real server with a weight (all draining): IPVS refuses"
+		e.Verdict, e.Reason = VerdictReject, "the virtual server has no real server with a weight: IPVS refuses"
+		if len(vs.Destinations) > 0 {
+			e.Reason = "every real server of the virtual server is draining (weight 0): IPVS refuses"
+		}
 		return e
 	}
 	e.Verdict = VerdictDNAT
@@ -161,7 +186,7 @@ func (x *explainer) explain(p Packet) Explanation {
 
 	chain := "nat/PREROUTING"
 	if p.FromNode {
-		chain = "nat/OUTPUT"
+		chain = "nat/OUTPUT (before IPVS)"
 	}
 	e.Path = append(e.Path, chain+" -> "+ServicesChain)
 	switch {

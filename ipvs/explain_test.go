@@ -84,6 +84,14 @@ func TestExplain(t *testing.T) {
 			verdict: VerdictDNAT, endpoints: map[string]float64{"10.244.2.10:8080": 1}, masquerade: "external"},
 		{name: "load-balancer source not allowed", pkt: tcp("192.0.2.9", "203.0.113.1", 80), verdict: VerdictDrop, reason: "loadBalancerSourceRanges"},
 		{name: "not a service", pkt: tcp("10.244.1.20", "10.244.2.10", 8080), verdict: VerdictNoMatch, reason: "no virtual server"},
+		{name: "node to a load-balancer IP: IPVS before the filter, no source ranges", pkt: Packet{Src: netip.MustParseAddr("192.168.0.1"), Dst: netip.MustParseAddr("203.0.113.1"), Protocol: v1.ProtocolTCP, Port: 80, FromNode: true},
+			verdict: VerdictDNAT, endpoints: map[string]float64{"10.244.2.10:8080": 1}, masquerade: "external"},
+		{name: "node to a node port, policy Local, no local endpoint: IPVS refuses", pkt: Packet{Src: netip.MustParseAddr("192.168.0.1"), Dst: netip.MustParseAddr("192.168.0.1"), Protocol: v1.ProtocolTCP, Port: 30081, FromNode: true},
+			verdict: VerdictReject, reason: "IPVS refuses"},
+		{name: "node to a service without endpoints", pkt: Packet{Src: netip.MustParseAddr("192.168.0.1"), Dst: netip.MustParseAddr("10.96.0.11"), Protocol: v1.ProtocolTCP, Port: 80, FromNode: true},
+			verdict: VerdictReject, reason: "IPVS refuses"},
+		{name: "node to another port of a service address", pkt: Packet{Src: netip.MustParseAddr("192.168.0.1"), Dst: netip.MustParseAddr("10.96.0.10"), Protocol: v1.ProtocolTCP, Port: 81, FromNode: true},
+			verdict: VerdictReject, reason: "not one of its service ports"},
 		{name: "hairpin", pkt: tcp("10.244.1.10", "10.96.0.15", 80), verdict: VerdictDNAT, endpoints: map[string]float64{"10.244.1.10:8080": 1}, hairpin: "10.244.1.10:8080"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

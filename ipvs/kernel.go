@@ -376,7 +376,8 @@ func (k *Kernel) ListAddresses(name string) ([]netip.Addr, error) {
 
 // hostAddr returns a as a host address: /32, or /128 without duplicate
 // address detection (an IPv6 address stays tentative, without its local
-// route, until DAD completes, and DAD never runs on a link that is down).
+// route, until DAD completes; our dummy link is NOARP, which skips DAD, but
+// a link of that name made by someone else might not be).
 func hostAddr(a netip.Addr) *netlink.Addr {
 	if a.Is6() {
 		return &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(a.AsSlice()), Mask: net.CIDRMask(128, 128)}, Flags: unix.IFA_F_NODAD}

@@ -142,7 +142,7 @@ func (p *Plan) Dump() string {
 		fmt.Fprintf(&b, "# bound to %s: %s\n", p.Interface, joinAddrs(p.Addresses[i:min(i+10, len(p.Addresses))]))
 	}
 	if len(p.Addresses) > 0 && p.Addresses[len(p.Addresses)-1].Is6() {
-		fmt.Fprintf(&b, "# (IPv6 ones as /128 with nodad: the link stays down, and DAD would leave them tentative)\n")
+		fmt.Fprintf(&b, "# (IPv6 ones as /128 with nodad: usable at once, never tentative)\n")
 	}
 	b.WriteString(setsText(p.Sets, true))
 	b.WriteString("# ipvsadm -Sn (restore with: grep -v '^#' | ipvsadm -R)\n")
