@@ -19,6 +19,7 @@ import (
 
 	"github.com/svcproxy/svcproxy/iptables"
 	"github.com/svcproxy/svcproxy/ipvs"
+	"github.com/svcproxy/svcproxy/nftables"
 	"github.com/svcproxy/svcproxy/proxy"
 )
 
@@ -26,6 +27,7 @@ import (
 const (
 	ModeIPTables = "iptables"
 	ModeIPVS     = "ipvs"
+	ModeNFTables = "nftables"
 )
 
 // Flag names that a KubeProxyConfiguration can also set, kube-proxy's.
@@ -111,7 +113,7 @@ func Defaults() *Config {
 
 // AddFlags registers the configuration's flags on fs.
 func (o *Config) AddFlags(fs *pflag.FlagSet) {
-	fs.StringVar(&o.Mode, flagMode, o.Mode, "Data plane: 'iptables' or 'ipvs'.")
+	fs.StringVar(&o.Mode, flagMode, o.Mode, "Data plane: 'iptables', 'ipvs' or 'nftables'.")
 	fs.StringVar(&o.Mode, flagProxyMode, o.Mode, "Alias of --mode, as kube-proxy names it.")
 	fs.StringVar(&o.Kubeconfig, flagKubeconfig, o.Kubeconfig, "Path to a kubeconfig file. Empty with --master empty: in-cluster configuration.")
 	fs.StringVar(&o.Master, "master", o.Master, "Address of the Kubernetes API server (overrides any value in kubeconfig).")
@@ -122,7 +124,7 @@ func (o *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&o.MasqueradeBit, flagMasqueradeBit, o.MasqueradeBit, "The fwmark bit (0-31) that marks packets to masquerade.")
 	fs.DurationVar(&o.SyncPeriod, flagSyncPeriod, o.SyncPeriod, "Longest time between two full syncs of the rules.")
 	fs.DurationVar(&o.MinSyncPeriod, flagMinSyncPeriod, o.MinSyncPeriod, "Shortest time between two syncs; changes in between are batched.")
-	fs.BoolVar(&o.DryRun, "dry-run", o.DryRun, "Print the rules that would be programmed (iptables-restore --noflush input) and exit.")
+	fs.BoolVar(&o.DryRun, "dry-run", o.DryRun, "Print the rules that would be programmed (iptables-restore --noflush input; nft -f input in nftables mode) and exit.")
 	fs.StringVar(&o.State, "state", o.State, "Read Services and EndpointSlices from this file (kubectl get svc,endpointslices -A -o yaml|json) instead of an API server; re-read when it changes.")
 	fs.DurationVar(&o.StatePoll, "state-poll-interval", o.StatePoll, "How often --state is checked for changes.")
 	fs.BoolVar(&o.Cleanup, "cleanup", o.Cleanup, "Remove every rule and chain svcproxy created on this node, then exit.")
@@ -216,6 +218,18 @@ func (o *Config) Validate() error {
 // one IP family: the cluster CIDRs and node-port addresses of that family.
 func (o *Config) IPTablesOptions(ipv6 bool) iptables.Options {
 	opts := iptables.DefaultOptions()
+	opts.IPv6 = ipv6
+	opts.ClusterCIDRs = prefixesOf(o.clusterCIDRs, ipv6)
+	opts.MasqueradeAll = o.MasqueradeAll
+	opts.MasqueradeBit = o.MasqueradeBit
+	opts.NodePortAddresses = prefixesOf(o.nodePortAddresses, ipv6)
+	return opts
+}
+
+// NFTablesOptions maps the configuration to nftables mode's options for
+// one IP family, like IPTablesOptions.
+func (o *Config) NFTablesOptions(ipv6 bool) nftables.Options {
+	opts := nftables.DefaultOptions()
 	opts.IPv6 = ipv6
 	opts.ClusterCIDRs = prefixesOf(o.clusterCIDRs, ipv6)
 	opts.MasqueradeAll = o.MasqueradeAll

@@ -28,8 +28,8 @@ import (
 // they hold a value other than kube-proxy's default, as are unknown and
 // duplicate fields (kube-proxy decodes leniently then, and warns too). An
 // unreadable or malformed file, a wrong kind or apiVersion, and a mode that
-// svcproxy does not implement (nftables, kernelspace, or one that does not
-// exist) are errors.
+// svcproxy does not implement (kernelspace, or one that does not exist)
+// are errors.
 //
 // changed is usually the FlagSet's Changed; nil means no flag was given.
 func (o *Config) ApplyConfigFile(path string, changed func(flag string) bool) (warnings []string, err error) {
@@ -137,14 +137,22 @@ func (o *Config) applyConfig(cfg *kubeproxyconfig.KubeProxyConfiguration, change
 	set(flagKubeconfig, func() { o.Kubeconfig = cfg.ClientConnection.Kubeconfig })
 	set(flagHostnameOverride, func() { o.HostnameOverride = cfg.HostnameOverride })
 	set(flagClusterCIDR, func() { o.ClusterCIDR = cfg.ClusterCIDR })
-	set(flagMasqueradeAll, func() { o.MasqueradeAll = cfg.IPTables.MasqueradeAll })
+	// The masquerade settings and sync periods come from the section of
+	// the mode (kube-proxy reads the iptables one in ipvs mode too, except
+	// for the sync periods).
+	masqAll, masqBit := cfg.IPTables.MasqueradeAll, cfg.IPTables.MasqueradeBit
+	syncPeriod, minSyncPeriod := cfg.IPTables.SyncPeriod.Duration, cfg.IPTables.MinSyncPeriod.Duration
+	if mode == ModeNFTables {
+		masqAll, masqBit = cfg.NFTables.MasqueradeAll, cfg.NFTables.MasqueradeBit
+		syncPeriod, minSyncPeriod = cfg.NFTables.SyncPeriod.Duration, cfg.NFTables.MinSyncPeriod.Duration
+	}
+	set(flagMasqueradeAll, func() { o.MasqueradeAll = masqAll })
 	set(flagMasqueradeBit, func() {
 		o.MasqueradeBit = kpMasqueradeBit
-		if cfg.IPTables.MasqueradeBit != nil {
-			o.MasqueradeBit = int(*cfg.IPTables.MasqueradeBit)
+		if masqBit != nil {
+			o.MasqueradeBit = int(*masqBit)
 		}
 	})
-	syncPeriod, minSyncPeriod := cfg.IPTables.SyncPeriod.Duration, cfg.IPTables.MinSyncPeriod.Duration
 	if minSyncPeriod == 0 {
 		minSyncPeriod = kpMinSyncPeriod
 	}
@@ -181,8 +189,8 @@ func (o *Config) applyConfig(cfg *kubeproxyconfig.KubeProxyConfiguration, change
 		})
 		warnIPVS(cfg, warn)
 	}
-	// Like kube-proxy, svcproxy does not read the nftables section, nor
-	// the ipvs one outside ipvs mode.
+	// Like kube-proxy, svcproxy reads the nftables section in nftables
+	// mode only, and the ipvs one in ipvs mode only.
 
 	warnUnsupported(cfg, warn)
 	return warnings, nil
@@ -190,12 +198,12 @@ func (o *Config) applyConfig(cfg *kubeproxyconfig.KubeProxyConfiguration, change
 
 func checkMode(mode string) error {
 	switch mode {
-	case ModeIPTables, ModeIPVS:
+	case ModeIPTables, ModeIPVS, ModeNFTables:
 		return nil
-	case "nftables", "kernelspace":
-		return fmt.Errorf("mode %q is a kube-proxy mode that svcproxy does not implement; use %q or %q", mode, ModeIPTables, ModeIPVS)
+	case "kernelspace":
+		return fmt.Errorf("mode %q is a kube-proxy mode that svcproxy does not implement; use %q, %q or %q", mode, ModeIPTables, ModeIPVS, ModeNFTables)
 	}
-	return fmt.Errorf("unknown mode %q: want %q or %q", mode, ModeIPTables, ModeIPVS)
+	return fmt.Errorf("unknown mode %q: want %q, %q or %q", mode, ModeIPTables, ModeIPVS, ModeNFTables)
 }
 
 // nodePortAddresses maps kube-proxy's nodePortAddresses (CIDRs and the

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -250,12 +251,38 @@ winkernel:
 		},
 		{
 			name:         "mode svcproxy lacks, overridden by --mode",
-			content:      header + "mode: nftables\n",
+			content:      header + "mode: kernelspace\n",
 			flags:        []string{"--mode=iptables"},
 			wantOptions:  func(*Config) {},
-			wantWarnings: []string{`config file: mode: mode "nftables" is a kube-proxy mode that svcproxy does not implement; use "iptables" or "ipvs"; ignored, --mode is given`},
+			wantWarnings: []string{`config file: mode: mode "kernelspace" is a kube-proxy mode that svcproxy does not implement; use "iptables", "ipvs" or "nftables"; ignored, --mode is given`},
 		},
-		{name: "nftables mode", content: header + "mode: nftables\n", wantErr: `mode "nftables" is a kube-proxy mode that svcproxy does not implement`},
+		{
+			name: "nftables mode: the nftables section's settings, not the iptables one's",
+			content: header + "mode: nftables\n" +
+				"iptables: {masqueradeAll: false, masqueradeBit: 12, syncPeriod: 10s, minSyncPeriod: 2s}\n" +
+				"nftables: {masqueradeAll: true, masqueradeBit: 13, syncPeriod: 1m, minSyncPeriod: 500ms}\n",
+			wantOptions: func(o *Config) {
+				o.Mode = ModeNFTables
+				o.MasqueradeAll, o.MasqueradeBit = true, 13
+				o.SyncPeriod, o.MinSyncPeriod = time.Minute, 500*time.Millisecond
+			},
+		},
+		{
+			name:        "nftables mode with kube-proxy's defaults",
+			content:     header + "mode: nftables\niptables: {masqueradeBit: 12, syncPeriod: 10s}\n",
+			wantOptions: func(o *Config) { o.Mode = ModeNFTables },
+		},
+		{
+			name:        "nftables section outside nftables mode is not read",
+			content:     header + "nftables: {masqueradeAll: true, masqueradeBit: 13, syncPeriod: 1m}\n",
+			wantOptions: func(*Config) {},
+		},
+		{
+			name:        "--mode=nftables over the file's iptables mode",
+			content:     header + "mode: iptables\nnftables: {syncPeriod: 1m}\n",
+			flags:       []string{"--mode=nftables"},
+			wantOptions: func(o *Config) { o.Mode = ModeNFTables; o.SyncPeriod = time.Minute },
+		},
 		{name: "kernelspace mode", content: header + "mode: kernelspace\n", wantErr: `mode "kernelspace" is a kube-proxy mode`},
 		{name: "unknown mode", content: header + "mode: iptable\n", wantErr: `unknown mode "iptable"`},
 		{name: "empty file", content: "\n# nothing\n", wantErr: "empty file"},
@@ -391,4 +418,55 @@ func newFlagSet(o *Config) *pflag.FlagSet {
 	fs := pflag.NewFlagSet("svcproxy", pflag.ContinueOnError)
 	o.AddFlags(fs)
 	return fs
+}
+
+// TestModeFlag: the three modes are taken, case and spaces aside; nftables
+// mode's options carry the family's CIDRs like iptables mode's.
+func TestModeFlag(t *testing.T) {
+	for _, tc := range []struct{ flag, want, wantErr string }{
+		{"iptables", ModeIPTables, ""},
+		{" IPVS", ModeIPVS, ""},
+		{"nftables", ModeNFTables, ""},
+		{"kernelspace", "", `mode "kernelspace" is a kube-proxy mode that svcproxy does not implement; use "iptables", "ipvs" or "nftables"`},
+		{"nft", "", `unknown mode "nft": want "iptables", "ipvs" or "nftables"`},
+	} {
+		o := Defaults()
+		fs := newFlagSet(o)
+		if err := fs.Parse([]string{"--mode=" + tc.flag, "--hostname-override=node1", "--cluster-cidr=10.244.0.0/16,fd00:10:244::/56",
+			"--nodeport-addresses=192.168.0.0/16,fd00:50::/64", "--masquerade-all"}); err != nil {
+			t.Fatal(err)
+		}
+		if err := o.Complete(); err != nil {
+			t.Fatal(err)
+		}
+		err := o.Validate()
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("--mode=%q: error %v, want %q", tc.flag, err, tc.wantErr)
+			}
+			continue
+		}
+		if err != nil || o.Mode != tc.want {
+			t.Errorf("--mode=%q: mode %q, error %v; want %q", tc.flag, o.Mode, err, tc.want)
+		}
+	}
+	o := Defaults()
+	fs := newFlagSet(o)
+	if err := fs.Parse([]string{"--hostname-override=node1", "--cluster-cidr=10.244.0.0/16,fd00:10:244::/56", "--nodeport-addresses=192.168.0.0/16,fd00:50::/64", "--masquerade-all", "--iptables-masquerade-bit=12"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.Complete(); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for _, ipv6 := range []bool{false, true} {
+		n, i := o.NFTablesOptions(ipv6), o.IPTablesOptions(ipv6)
+		if n.IPv6 != ipv6 || !n.MasqueradeAll || n.MasqueradeBit != 12 || !n.RandomFully ||
+			!cmp.Equal(n.ClusterCIDRs, i.ClusterCIDRs, cmpopts.EquateComparable(netip.Prefix{})) ||
+			!cmp.Equal(n.NodePortAddresses, i.NodePortAddresses, cmpopts.EquateComparable(netip.Prefix{})) || len(n.ClusterCIDRs) != 1 {
+			t.Errorf("NFTablesOptions(%v) = %+v, want the family's part of %+v", ipv6, n, i)
+		}
+	}
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/svcproxy/svcproxy/iptables"
 	"github.com/svcproxy/svcproxy/ipvs"
+	"github.com/svcproxy/svcproxy/nftables"
 	"github.com/svcproxy/svcproxy/proxy"
 	"github.com/svcproxy/svcproxy/proxy/config"
 	"github.com/svcproxy/svcproxy/proxy/daemon"
@@ -156,12 +157,28 @@ func daemonConfig(ctx context.Context, o *config.Config) (daemon.Config, error) 
 		}
 		be := ipvs.NewDualStackBackend(kernel, ipt, optional(ipt6), opts)
 		cfg.Backend = be
-		cfg.Leftovers = []proxy.Leftovers{iptables.ModeLeftovers(ipt, optional(ipt6))}
+		cfg.Leftovers = []proxy.Leftovers{iptables.ModeLeftovers(ipt, optional(ipt6)), nftables.ModeLeftovers()}
 		kubeProxy = append(kubeProxy, be.KubeProxyLeftovers())
 		klog.FromContext(ctx).Info("Using IPVS", "scheduler", opts.Scheduler, "nodeAddresses", opts.NodeAddresses, "iptablesVariant", variant, "ipv6", opts.IPv6)
+	case config.ModeNFTables:
+		be, ipv6, err := nftablesBackend(ctx, o)
+		if err != nil {
+			return cfg, err
+		}
+		cfg.Backend = be
+		// After our first sync: the other modes' objects, of both
+		// families (iptables mode's IPv6 chains cannot be in the way).
+		cfg.Leftovers = []proxy.Leftovers{iptables.ModeLeftovers(ipt, optional(ipt6)), ipvs.ModeLeftovers(kernel, ipt, optional(ipt6))}
+		// kube-proxy's IPv6 rules go only where we program IPv6.
+		kp6 := optional(ipt6)
+		if !ipv6 {
+			kp6 = nil
+		}
+		kubeProxy = []proxy.Leftovers{iptables.KubeProxyLeftovers(ipt, kp6), ipvs.KubeProxyNodePortLeftovers(kernel)}
+		klog.FromContext(ctx).Info("Using nftables", "table", nftables.TableName, "ipv6", ipv6)
 	default:
 		cfg.Backend = iptables.NewDualStackBackend(ipt, o.IPTablesOptions(false), optional(ipt6), o.IPTablesOptions(true))
-		cfg.Leftovers = []proxy.Leftovers{ipvs.ModeLeftovers(kernel, ipt, optional(ipt6))}
+		cfg.Leftovers = []proxy.Leftovers{ipvs.ModeLeftovers(kernel, ipt, optional(ipt6)), nftables.ModeLeftovers()}
 		kubeProxy = append(kubeProxy, ipvs.KubeProxyNodePortLeftovers(kernel))
 		klog.FromContext(ctx).Info("Using iptables", "variant", variant, "ipv6", ipt6 != nil)
 	}
@@ -178,6 +195,23 @@ func daemonConfig(ctx context.Context, o *config.Config) (daemon.Config, error) 
 			return 0, nil
 		}})
 	return cfg, nil
+}
+
+// nftablesBackend returns nftables mode's backend: the ip table always
+// (nft must work), the ip6 one where nft works for ip6 too (ipv6 true).
+func nftablesBackend(ctx context.Context, o *config.Config) (be *nftables.Backend, ipv6 bool, err error) {
+	nft4, err := nftables.New(nftables.Families[0])
+	if err != nil {
+		return nil, false, fmt.Errorf("--mode=nftables: %w (install nftables, or use --mode=iptables)", err)
+	}
+	v4 := nftables.Family{NFT: nft4, Lister: nftables.NewNetlinkLister(nftables.Families[0], nftables.TableName), Opts: o.NFTablesOptions(false)}
+	nft6, err := nftables.New(nftables.Families[1])
+	if err != nil {
+		klog.FromContext(ctx).Info("nft does not work for ip6: IPv4 only", "err", err)
+		return nftables.NewBackend(v4, nil), false, nil
+	}
+	v6 := nftables.Family{NFT: nft6, Lister: nftables.NewNetlinkLister(nftables.Families[1], nftables.TableName), Opts: o.NFTablesOptions(true)}
+	return nftables.NewBackend(v4, &v6), true, nil
 }
 
 // optional returns c as an Interface, nil for a nil c (not a typed nil).
@@ -244,6 +278,11 @@ func dryRun(ctx context.Context, o *config.Config, out io.Writer) error {
 			return err
 		}
 		text = ipvs.Render(snap, opts).Dump()
+	case config.ModeNFTables:
+		var err error
+		if text, err = dryRunNFTables(ctx, snap, o); err != nil {
+			return err
+		}
 	default:
 		text = dryRunIPTables(snap, o)
 	}
@@ -268,6 +307,17 @@ func dryRunIPTables(snap *proxy.Snapshot, o *config.Config) string {
 	return "# iptables-restore --noflush\n" + v4 + v6
 }
 
+// dryRunNFTables renders nftables mode: the nft -f input that programs an
+// empty namespace as svcproxy does, the ip table and, when the Snapshot
+// has IPv6 service ports, the ip6 one.
+func dryRunNFTables(ctx context.Context, snap *proxy.Snapshot, o *config.Config) (string, error) {
+	plans := []*nftables.Plan{nftables.Render(snap, o.NFTablesOptions(false))}
+	if families(snap)[v1.IPv6Protocol] {
+		plans = append(plans, nftables.Render(snap, o.NFTablesOptions(true)))
+	}
+	return nftables.DryRun(ctx, plans...)
+}
+
 // families returns the IP families of the Snapshot's service ports.
 func families(snap *proxy.Snapshot) map[v1.IPFamily]bool {
 	has := map[v1.IPFamily]bool{}
@@ -277,10 +327,10 @@ func families(snap *proxy.Snapshot) map[v1.IPFamily]bool {
 	return has
 }
 
-// cleanup removes everything of both modes: IPVS mode's first (its
-// virtual servers, dummy link, ipsets and SVCP-IPVS- chains; nothing, and
-// no module loaded, on a host that never ran it), then iptables mode's of
-// both families.
+// cleanup removes everything of every mode: nftables mode's tables, IPVS
+// mode's objects (its virtual servers, dummy link, ipsets and SVCP-IPVS-
+// chains; nothing, and no module loaded, on a host that never ran it),
+// then iptables mode's of both families.
 func cleanup(ctx context.Context) error {
 	variant := iptables.DetectVariant()
 	ipt, err := iptables.NewExec(variant)
@@ -293,7 +343,7 @@ func cleanup(ctx context.Context) error {
 	}
 	k := ipvs.NewKernel()
 	defer k.Close()
-	for _, l := range []proxy.Leftovers{ipvs.ModeLeftovers(k, ipt, ipt6), iptables.ModeLeftovers(ipt, ipt6)} {
+	for _, l := range []proxy.Leftovers{nftables.ModeLeftovers(), ipvs.ModeLeftovers(k, ipt, ipt6), iptables.ModeLeftovers(ipt, ipt6)} {
 		if _, err := l.Remove(ctx); err != nil {
 			return fmt.Errorf("removing %s: %w", l.Name(), err)
 		}
