@@ -93,10 +93,11 @@ func NewDualStackApplier(k Interface, ipt, ipt6 iptables.Interface, opts Options
 // previous state is unknown) it lists what the kernel holds and repairs
 // any drift; otherwise it diffs against what it last programmed. The
 // first sync also sets the sysctls IPVS needs. Additions are applied
-// first, then the iptables rules, then removals (addresses before the
-// virtual servers behind them); removed TCP real servers are drained, not
-// deleted. After an error the next sync is full; nothing is removed in a
-// sync whose additions failed.
+// first, then the iptables rules, then the new service addresses, then
+// removals (addresses before the virtual servers behind them); removed TCP
+// real servers are drained, not deleted. Each family goes on alone when
+// the other fails. After an error the next sync is full; nothing of a
+// family is removed in a sync whose additions of that family failed.
 func (a *Applier) Sync(ctx context.Context, plan *Plan, full bool) (SyncResult, error) {
 	logger := klog.FromContext(ctx)
 	res := SyncResult{Full: full || a.known == nil}
@@ -117,33 +118,52 @@ func (a *Applier) Sync(ctx context.Context, plan *Plan, full bool) (SyncResult, 
 	changes := Diff(plan, have)
 	now := a.clock.Now()
 
-	if err := a.apply(logger, changes.Add, now, &res.Added); err != nil {
-		return res, err
+	// The families are applied independently: a failure in one (an IPv6
+	// address the kernel refuses, a failing ip6tables-restore) fails the
+	// sync, and that family's later steps wait for the retry, but the
+	// other family's rules, addresses and removals still go in.
+	var binds, adds []Op
+	for _, op := range changes.Add {
+		if op.Kind == OpAddAddress {
+			binds = append(binds, op)
+		} else {
+			adds = append(adds, op)
+		}
 	}
-	if plan.IPTables != nil {
+	failed, err := a.apply(logger, adds, now, &res.Added)
+	errs := []error{err}
+	if plan.IPTables != nil && failed&fam4 == 0 {
 		ir, err := a.ipt.Sync(plan.IPTables, res.Full)
 		res.IPTables = ir
 		if err != nil {
-			return res, fmt.Errorf("iptables rules: %w", err)
+			failed |= fam4
+			errs = append(errs, fmt.Errorf("iptables rules: %w", err))
 		}
 	}
-	if plan.IPTables6 != nil {
-		if a.ipt6 == nil {
-			return res, errors.New("ip6tables rules: no ip6tables")
+	if plan.IPTables6 != nil && failed&fam6 == 0 {
+		var ir iptables.SyncResult
+		err := errors.New("no ip6tables")
+		if a.ipt6 != nil {
+			ir, err = a.ipt6.Sync(plan.IPTables6, res.Full)
 		}
-		ir, err := a.ipt6.Sync(plan.IPTables6, res.Full)
 		res.IPTables6 = ir
 		if err != nil {
-			return res, fmt.Errorf("ip6tables rules: %w", err)
+			failed |= fam6
+			errs = append(errs, fmt.Errorf("ip6tables rules: %w", err))
 		}
 	}
-	if err := a.apply(logger, changes.Remove, now, &res.Removed); err != nil {
-		return res, err
-	}
+	// Service addresses become local last: once their virtual servers and
+	// the filter rules that guard them (source ranges) are in place.
+	f, err := a.apply(logger, ofFamilies(binds, ^failed), now, &res.Added)
+	failed |= f
+	errs = append(errs, err)
+	_, err = a.apply(logger, ofFamilies(changes.Remove, ^failed), now, &res.Removed)
+	errs = append(errs, err)
 	drained, err := a.reap(logger, now)
 	res.Drained = drained
 	res.Draining = len(a.draining)
-	if err != nil {
+	errs = append(errs, err)
+	if err := errors.Join(errs...); err != nil {
 		return res, err
 	}
 	a.known = a.expected(plan)
@@ -211,14 +231,59 @@ func (a *Applier) graceful(k ServiceKey) bool {
 	return k.Protocol == v1.ProtocolTCP && a.opts.GracefulTimeout > 0
 }
 
-// apply runs ops in order. Sets are changed in one `ipset restore` per
-// batch of consecutive set operations. Creating something that exists and
-// deleting something missing count as done. Other failures are collected
-// and the remaining ops still run, so that one bad virtual server does
-// not hold back every other change.
-func (a *Applier) apply(logger klog.Logger, ops []Op, now time.Time, count *int) error {
+// families is a set of IP families, for the failures of a sync.
+type families uint8
+
+const (
+	fam4    families = 1
+	fam6    families = 2
+	famBoth          = fam4 | fam6
+)
+
+// opFamily returns the family an op changes: both for the link.
+func opFamily(op Op) families {
+	fam := func(a netip.Addr) families {
+		if a.Is6() {
+			return fam6
+		}
+		return fam4
+	}
+	switch op.Kind {
+	case OpCreateLink:
+		return famBoth
+	case OpCreateSet, OpAddEntry, OpDeleteEntry, OpDestroySet:
+		if isIPv6Set(op.Set) {
+			return fam6
+		}
+		return fam4
+	case OpAddAddress, OpDeleteAddress:
+		return fam(op.Address)
+	}
+	return fam(op.Service.Address)
+}
+
+// ofFamilies returns the ops that change only families in want.
+func ofFamilies(ops []Op, want families) []Op {
+	out := ops[:0:0]
+	for _, op := range ops {
+		if opFamily(op)&^want == 0 {
+			out = append(out, op)
+		}
+	}
+	return out
+}
+
+// apply runs ops in order and returns the families of the ops that failed.
+// Sets are changed in one `ipset restore` per batch of consecutive set
+// operations of one family. Creating something that exists and deleting
+// something missing count as done. Other failures are collected and the
+// remaining ops still run, so that one bad virtual server does not hold
+// back every other change.
+func (a *Applier) apply(logger klog.Logger, ops []Op, now time.Time, count *int) (families, error) {
 	var errs []error
+	var failed families
 	var setLines []string
+	var setFam families
 	flushSets := func() error {
 		if len(setLines) == 0 {
 			return nil
@@ -226,18 +291,25 @@ func (a *Applier) apply(logger klog.Logger, ops []Op, now time.Time, count *int)
 		err := a.k.RestoreSets([]byte(strings.Join(setLines, "\n") + "\n"))
 		if err == nil {
 			*count += len(setLines)
+		} else {
+			failed |= setFam
 		}
 		setLines = setLines[:0]
 		return err
 	}
 	for _, op := range ops {
 		if line := setLine(op); line != "" {
+			if fam := opFamily(op); fam != setFam {
+				if err := flushSets(); err != nil {
+					errs = append(errs, fmt.Errorf("ipsets: %w", err))
+				}
+				setFam = fam
+			}
 			setLines = append(setLines, line)
 			continue
 		}
 		if err := flushSets(); err != nil {
-			// Later ops need the sets (iptables rules reference them).
-			return errors.Join(append(errs, fmt.Errorf("ipsets: %w", err))...)
+			errs = append(errs, fmt.Errorf("ipsets: %w", err))
 		}
 		err := a.applyOne(logger, op, now)
 		switch {
@@ -246,9 +318,10 @@ func (a *Applier) apply(logger klog.Logger, ops []Op, now time.Time, count *int)
 		case isAdd(op.Kind) && IsExist(err), !isAdd(op.Kind) && IsNotFound(err):
 			logger.V(2).Info("Kernel already in the state an operation would bring", "op", op.String(), "err", err)
 		default:
+			failed |= opFamily(op)
 			errs = append(errs, fmt.Errorf("%s: %w", op, err))
 			if op.Kind == OpCreateLink {
-				return errors.Join(errs...)
+				return famBoth, errors.Join(errs...)
 			}
 		}
 	}
@@ -258,7 +331,7 @@ func (a *Applier) apply(logger klog.Logger, ops []Op, now time.Time, count *int)
 	if len(errs) > 10 {
 		errs = append(errs[:10], fmt.Errorf("and %d more errors", len(errs)-10))
 	}
-	return errors.Join(errs...)
+	return failed, errors.Join(errs...)
 }
 
 func isAdd(k OpKind) bool { return k <= OpAddAddress }

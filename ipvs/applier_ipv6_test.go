@@ -2,6 +2,7 @@ package ipvs_test
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"slices"
 	"strings"
@@ -163,6 +164,12 @@ func TestApplierDualStackIP6TablesFailure(t *testing.T) {
 	if !slices.Contains(e.ipt.Chains("nat"), ipvs.ServicesChain) {
 		t.Error("IPv4 rules not programmed when ip6tables failed")
 	}
+	// The IPv6 service address waits for its filter rules (source ranges,
+	// REJECT); the IPv4 one is live.
+	addrs, _ := e.k.ListAddresses(ipvs.DummyInterface)
+	if slices.Contains(addrs, netip.MustParseAddr("fd00:10:96::10")) || !slices.Contains(addrs, netip.MustParseAddr("10.96.0.10")) {
+		t.Errorf("addresses after ip6tables failed: %v, want the IPv4 cluster IP only", addrs)
+	}
 	res := e.sync(false, objs...)
 	if !res.Full {
 		t.Error("the sync after a failure is not full")
@@ -220,4 +227,34 @@ func TestCleanupDualStack(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestApplierDualStackFamiliesIndependent: an IPv6 failure (here the
+// kernel refusing an IPv6 address, as on a node with IPv6 disabled) fails
+// the sync but does not hold back IPv4: its endpoint removal still goes
+// in; the next (full) sync repairs IPv6.
+func TestApplierDualStackFamiliesIndependent(t *testing.T) {
+	e := newEnv6(t)
+	e.opts.GracefulTimeout = 0 // removed real servers go at once
+	e.a = ipvs.NewDualStackApplier(e.k, e.ipt, e.ipt6, e.opts, e.clock)
+	e.sync(false, web46([]pt.EP{ep1, ep2}, []pt.EP{ep6a})...)
+
+	v6only := pt.Service("ns", "only6", "fd00:10:96::20", "http", 80, func(s *v1.Service) {
+		s.Spec.IPFamilies = []v1.IPFamily{v1.IPv6Protocol}
+	})
+	objs := append(web46([]pt.EP{ep1}, []pt.EP{ep6a}), v6only)
+	e.k.FailNext("AddAddress", errors.New("permission denied"))
+	_, err := e.a.Sync(context.Background(), e.plan(objs...), false)
+	if err == nil || !strings.Contains(err.Error(), "permission denied") {
+		t.Fatalf("Sync: %v, want the refused IPv6 address", err)
+	}
+	vs4 := ipvs.ServiceKey{Address: netip.MustParseAddr("10.96.0.10"), Protocol: v1.ProtocolTCP, Port: 80}
+	ds, _ := e.k.ListDestinations(vs4)
+	if len(ds) != 1 || ds[0].Address != netip.MustParseAddr("10.244.1.10") {
+		t.Errorf("IPv4 real servers after the IPv6 failure: %v, want 10.244.1.10 only (the removal applied)", ds)
+	}
+	if res := e.sync(false, objs...); !res.Full {
+		t.Error("the sync after the failure is not full")
+	}
+	e.inSync(e.plan(objs...))
 }

@@ -2,7 +2,9 @@ package ipvs_test
 
 import (
 	"context"
+	"errors"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/svcproxy/svcproxy/iptables"
@@ -70,5 +72,24 @@ func TestBackendCheckDrift(t *testing.T) {
 	}
 	if why, err := be.CheckDrift(ctx); why != "" || err != nil {
 		t.Errorf("after a full sync: %q, %v; want no drift", why, err)
+	}
+}
+
+// TestIPv6Unusable: IPv6 service addresses are judged usable only where
+// the kernel has IPv6 and it is not disabled.
+func TestIPv6Unusable(t *testing.T) {
+	k := ipvstest.NewFake()
+	if why := ipvs.IPv6Unusable(k); why != "" {
+		t.Errorf("default fake: %q, want usable", why)
+	}
+	if err := k.SetSysctl("net/ipv6/conf/all/disable_ipv6", "1"); err != nil {
+		t.Fatal(err)
+	}
+	if why := ipvs.IPv6Unusable(k); !strings.Contains(why, "disable_ipv6=1") {
+		t.Errorf("disabled: %q", why)
+	}
+	k.FailNext("Sysctl", errors.New("no such file or directory"))
+	if why := ipvs.IPv6Unusable(k); !strings.Contains(why, "no IPv6") {
+		t.Errorf("no /proc/sys/net/ipv6: %q", why)
 	}
 }

@@ -86,3 +86,20 @@ func kernelAtLeast(release string, major, minor int) bool {
 	}
 	return ma > major || (ma == major && mi >= minor)
 }
+
+// IPv6Unusable says why IPv6 service addresses cannot work on this node,
+// or "" when they can: a kernel without IPv6 (ipv6.disable=1: no
+// /proc/sys/net/ipv6) or IPv6 disabled on every link
+// (net.ipv6.conf.all.disable_ipv6=1), where binding an IPv6 address is
+// refused and every sync would fail. ip6tables may still work there, so
+// its presence alone does not say.
+func IPv6Unusable(k Interface) string {
+	v, err := k.Sysctl("net/ipv6/conf/all/disable_ipv6")
+	switch {
+	case err != nil:
+		return "the kernel has no IPv6 (" + err.Error() + ")"
+	case v != "0":
+		return "IPv6 is disabled (net.ipv6.conf.all.disable_ipv6=" + v + ")"
+	}
+	return ""
+}

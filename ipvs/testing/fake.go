@@ -80,6 +80,7 @@ func DefaultSysctls() map[string]string {
 		"net/ipv4/vs/expire_quiescent_template": "0",
 		"net/ipv4/conf/all/arp_ignore":          "0",
 		"net/ipv4/conf/all/arp_announce":        "0",
+		"net/ipv6/conf/all/disable_ipv6":        "0",
 	}
 }
 
@@ -544,6 +545,9 @@ func (f *Fake) DeleteAddress(name string, a netip.Addr) error {
 func (f *Fake) Sysctl(name string) (string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if err := f.injected("Sysctl"); err != nil {
+		return "", err
+	}
 	v, ok := f.sysctls[name]
 	if !ok {
 		return "", fmt.Errorf("open /proc/sys/%s: %w", name, errors.New("no such file or directory"))

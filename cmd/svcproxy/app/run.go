@@ -147,7 +147,13 @@ func daemonConfig(ctx context.Context, o *config.Config) (daemon.Config, error) 
 			return cfg, fmt.Errorf("--mode=ipvs: the kernel has no IPVS (modprobe ip_vs, or use --mode=iptables)")
 		}
 		opts := o.IPVSOptions()
+		// IPv6 where ip6tables works and the kernel can bind IPv6
+		// addresses: elsewhere every sync would fail on them.
 		opts.IPv6 = ipt6 != nil
+		if why := ipvs.IPv6Unusable(kernel); opts.IPv6 && why != "" {
+			klog.FromContext(ctx).Info("IPVS mode programs IPv4 only", "why", why)
+			opts.IPv6 = false
+		}
 		opts, err := ipvs.HostOptions(kernel, opts, o.NodePortAddressPrefixes())
 		if err != nil {
 			return cfg, err
