@@ -185,8 +185,8 @@ func runExplain(ctx context.Context, args []string, stdout, stderr io.Writer, de
 	switch {
 	case o.DryRun || o.Cleanup:
 		return usage(errors.New("--dry-run and --cleanup do not go with explain"))
-	case o.Mode == config.ModeIPVS:
-		return usage(errors.New("--mode=ipvs is not supported yet: explain follows iptables mode's rules only"))
+	case o.Mode != config.ModeIPTables:
+		return usage(fmt.Errorf("--mode=%s is not supported yet: explain follows iptables mode's rules only", o.Mode))
 	case e.output != "text" && e.output != "json":
 		return usage(fmt.Errorf("--output %q: want text or json", e.output))
 	}

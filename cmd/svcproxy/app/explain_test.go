@@ -522,6 +522,7 @@ func TestExplainUsage(t *testing.T) {
 		{"--all and a TARGET", append(state, "--live", "--all", "web.shop"), []string{`--all checks every service port: no TARGET, got ["web.shop"]`}},
 		{"--all and --from", append(state, "--live", "--all", "--from", "node"), []string{"--all picks its sources"}},
 		{"--live --mode ipvs", append(state, "--live", "--mode", "ipvs", "web.shop"), []string{"--mode=ipvs is not supported yet"}},
+		{"--mode nftables", append(state, "--mode", "nftables", "web.shop"), []string{"--mode=nftables is not supported yet"}},
 		{"--dry-run", append(state, "--dry-run", "web.shop"), []string{"--dry-run and --cleanup do not go with explain"}},
 		{"--cleanup", append(state, "--cleanup", "web.shop"), []string{"--dry-run and --cleanup do not go with explain"}},
 		{"unknown --from", append(state, "--from", "moon", "web.shop"), []string{`--from "moon": want pod:IP, remote-pod:IP, node or external:IP`}},
