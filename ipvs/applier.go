@@ -43,6 +43,10 @@ type Applier struct {
 	draining map[drainKey]time.Time
 	// sysctlsSet is true once the sysctls were ensured.
 	sysctlsSet bool
+	// everNode are all node addresses the Applier was ever given: a node
+	// port's virtual server on an address the node lost is still ours to
+	// delete.
+	everNode []netip.Addr
 }
 
 type drainKey struct {
@@ -86,7 +90,21 @@ func NewDualStackApplier(k Interface, ipt, ipt6 iptables.Interface, opts Options
 	if ipt6 != nil {
 		a.ipt6 = iptables.NewOwnedSyncer(ipt6, 0, IsOwnedChain)
 	}
+	a.everNode = slices.Clone(opts.NodeAddresses)
 	return a
+}
+
+// SetHostAddresses gives the Applier the node's addresses as they are now
+// (Options.LocalAddresses and NodeAddresses); the virtual servers on the
+// node addresses it had before stay its own, so that the next sync deletes
+// those of addresses gone.
+func (a *Applier) SetHostAddresses(local, node []netip.Addr) {
+	a.opts.LocalAddresses, a.opts.NodeAddresses = local, node
+	for _, n := range node {
+		if !slices.Contains(a.everNode, n) {
+			a.everNode = append(a.everNode, n)
+		}
+	}
 }
 
 // Sync makes the kernel match plan. With full (and always when the
@@ -171,7 +189,11 @@ func (a *Applier) Sync(ctx context.Context, plan *Plan, full bool) (SyncResult, 
 }
 
 // list reads our part of the kernel's state.
-func (a *Applier) list(plan *Plan) (*State, error) { return ListState(a.k, plan, a.opts) }
+func (a *Applier) list(plan *Plan) (*State, error) {
+	o := a.opts
+	o.NodeAddresses = a.everNode
+	return ListState(a.k, plan, o)
+}
 
 // ListState reads what the kernel holds of IPVS mode, as Diff expects it:
 // the dummy link plan.Interface and its addresses, the virtual servers on

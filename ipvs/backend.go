@@ -26,6 +26,18 @@ type Backend struct {
 	plan   *Plan
 	// applied is the last plan synced successfully; nil before.
 	applied *Plan
+	// hostAddresses lists the node's addresses (Options.LocalAddresses
+	// and NodeAddresses) afresh; nil: fixed at start.
+	hostAddresses func() (local, node []netip.Addr, err error)
+}
+
+// WithHostAddresses makes every full sync list the node's addresses
+// through f, so that node ports follow addresses that come and go (IPv6
+// addresses from router advertisements or DHCPv6 arrive after boot) and
+// service addresses that are the node's own are not bound. It returns b.
+func (b *Backend) WithHostAddresses(f func() (local, node []netip.Addr, err error)) *Backend {
+	b.hostAddresses = f
+	return b
 }
 
 var _ proxy.Backend = (*Backend)(nil)
@@ -65,6 +77,9 @@ func HostOptions(k *Kernel, opts Options, nodePortAddresses []netip.Prefix) (Opt
 
 // Sync implements proxy.Backend.
 func (b *Backend) Sync(ctx context.Context, snap *proxy.Snapshot, full bool) (proxy.SyncResult, error) {
+	if full && b.hostAddresses != nil {
+		b.refreshAddresses(ctx)
+	}
 	plan := Render(snap, b.opts)
 	res, err := b.applier.Sync(ctx, plan, full)
 	b.planMu.Lock()
@@ -85,6 +100,23 @@ func (b *Backend) Sync(ctx context.Context, snap *proxy.Snapshot, full bool) (pr
 		out.Add(v1.IPv6Protocol, iptables.Result(plan.IPTables6, res.IPTables6, res.Full))
 	}
 	return out, err
+}
+
+// refreshAddresses lists the node's addresses and takes them when they
+// changed; a failure keeps the old ones.
+func (b *Backend) refreshAddresses(ctx context.Context) {
+	logger := klog.FromContext(ctx)
+	local, node, err := b.hostAddresses()
+	if err != nil {
+		logger.Error(err, "Listing the node's addresses failed; keeping the ones known", "nodeAddresses", b.opts.NodeAddresses)
+		return
+	}
+	if slices.Equal(local, b.opts.LocalAddresses) && slices.Equal(node, b.opts.NodeAddresses) {
+		return
+	}
+	logger.Info("The node's addresses changed", "nodeAddresses", node, "was", b.opts.NodeAddresses)
+	b.opts.LocalAddresses, b.opts.NodeAddresses = local, node
+	b.applier.SetHostAddresses(local, node)
 }
 
 // CheckDrift implements proxy.DriftChecker: the jumps into IPVS mode's

@@ -455,7 +455,8 @@ func (k *Kernel) SetSysctl(name, value string) error {
 // kube-proxy's kube-ipvs0), within
 // one of prefixes when any is given; sorted, without duplicates. It is
 // meant for Options.NodeAddresses at start: IPVS needs one virtual server
-// per address, so addresses that appear later need a restart.
+// per address; ipvs.Backend.WithHostAddresses lists them again at every
+// full sync.
 func (k *Kernel) LocalAddresses(prefixes []netip.Prefix) ([]netip.Addr, error) {
 	var out []netip.Addr
 	err := k.nlDo(func(h *netlink.Handle) error {
@@ -478,6 +479,11 @@ func (k *Kernel) LocalAddresses(prefixes []netip.Prefix) ([]netip.Addr, error) {
 					continue
 				}
 				a = a.Unmap()
+				// A tentative IPv6 address cannot be used yet, one that
+				// failed duplicate address detection never.
+				if ad.Flags&(unix.IFA_F_TENTATIVE|unix.IFA_F_DADFAILED) != 0 {
+					continue
+				}
 				if a.IsLoopback() || a.IsLinkLocalUnicast() || seen[a] || !within(a, prefixes) {
 					continue
 				}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os/signal"
 	"syscall"
 	"time"
@@ -161,7 +162,10 @@ func daemonConfig(ctx context.Context, o *config.Config) (daemon.Config, error) 
 		if err := opts.Validate(); err != nil {
 			return cfg, err
 		}
-		be := ipvs.NewDualStackBackend(kernel, ipt, optional(ipt6), opts)
+		be := ipvs.NewDualStackBackend(kernel, ipt, optional(ipt6), opts).WithHostAddresses(func() (local, node []netip.Addr, err error) {
+			h, err := ipvs.HostOptions(kernel, opts, o.NodePortAddressPrefixes())
+			return h.LocalAddresses, h.NodeAddresses, err
+		})
 		cfg.Backend = be
 		cfg.Leftovers = []proxy.Leftovers{iptables.ModeLeftovers(ipt, optional(ipt6)), nftables.ModeLeftovers()}
 		kubeProxy = append(kubeProxy, be.KubeProxyLeftovers())
