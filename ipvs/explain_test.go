@@ -25,14 +25,6 @@ func TestExplain(t *testing.T) {
 		timeout := int32(600)
 		s.Spec.SessionAffinityConfig = &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: &timeout}}
 	}
-	lb := func(ip string, ranges ...string) func(*v1.Service) {
-		return func(s *v1.Service) {
-			s.Spec.Type = v1.ServiceTypeLoadBalancer
-			s.Spec.Ports[0].NodePort = 31000
-			s.Spec.LoadBalancerSourceRanges = ranges
-			s.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: ip}}
-		}
-	}
 	local := pt.Ready("10.244.1.10", "node1")
 	remote := pt.Ready("10.244.2.10", "node2")
 	remote2 := pt.Ready("10.244.2.11", "node2")
@@ -44,7 +36,7 @@ func TestExplain(t *testing.T) {
 		pt.Slice("ns", "loc", "loc-1", "p", 8080, remote),
 		pt.Service("ns", "sticky", "10.96.0.13", "p", 80, affinity),
 		pt.Slice("ns", "sticky", "sticky-1", "p", 8080, remote),
-		pt.Service("ns", "front", "10.96.0.14", "p", 80, lb("203.0.113.1", "198.51.100.0/24")),
+		pt.Service("ns", "front", "10.96.0.14", "p", 80, lbService("203.0.113.1", "198.51.100.0/24")),
 		pt.Slice("ns", "front", "front-1", "p", 8080, remote),
 		pt.Service("ns", "own", "10.96.0.15", "p", 80, np(30082), etpLocal),
 		pt.Slice("ns", "own", "own-1", "p", 8080, local),

@@ -16,14 +16,6 @@ import (
 // entry, so the filter rule drops every source. It used to be left out of
 // LB-FW, open to everyone.
 func TestRenderSourceRangesFailClosed(t *testing.T) {
-	lb := func(ip string, ranges ...string) func(*v1.Service) {
-		return func(s *v1.Service) {
-			s.Spec.Type = v1.ServiceTypeLoadBalancer
-			s.Spec.Ports[0].NodePort = 31000
-			s.Spec.LoadBalancerSourceRanges = ranges
-			s.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: ip}}
-		}
-	}
 	dual := func(s *v1.Service) {
 		s.Spec.ClusterIPs = append(s.Spec.ClusterIPs, "fd00:10:96::10")
 		s.Spec.IPFamilies = []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol}
@@ -33,8 +25,8 @@ func TestRenderSourceRangesFailClosed(t *testing.T) {
 		name string
 		svc  *v1.Service
 	}{
-		{"IPv6 ranges only", pt.Service("ns", "svc", "10.96.0.10", "p", 80, lb("203.0.113.1", "2001:db8:50::/64"), dual)},
-		{"no range parses", pt.Service("ns", "svc", "10.96.0.10", "p", 80, lb("203.0.113.1", "not-a-cidr"))},
+		{"IPv6 ranges only", pt.Service("ns", "svc", "10.96.0.10", "p", 80, lbService("203.0.113.1", "2001:db8:50::/64"), dual)},
+		{"no range parses", pt.Service("ns", "svc", "10.96.0.10", "p", 80, lbService("203.0.113.1", "not-a-cidr"))},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			slice := pt.Slice("ns", "svc", "svc-1", "p", 8080, pt.Ready("10.244.2.10", "node2"))

@@ -148,15 +148,18 @@ func summary(p *Plan) string {
 	return b.String()
 }
 
-func TestRender(t *testing.T) {
-	lb := func(ip string, ranges ...string) func(*v1.Service) {
-		return func(s *v1.Service) {
-			s.Spec.Type = v1.ServiceTypeLoadBalancer
-			s.Spec.Ports[0].NodePort = 31000
-			s.Spec.LoadBalancerSourceRanges = ranges
-			s.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: ip}}
-		}
+// lbService makes a Service a LoadBalancer with node port 31000, the
+// load-balancer address ip and the source ranges.
+func lbService(ip string, ranges ...string) func(*v1.Service) {
+	return func(s *v1.Service) {
+		s.Spec.Type = v1.ServiceTypeLoadBalancer
+		s.Spec.Ports[0].NodePort = 31000
+		s.Spec.LoadBalancerSourceRanges = ranges
+		s.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: ip}}
 	}
+}
+
+func TestRender(t *testing.T) {
 	np := func(port int32) func(*v1.Service) {
 		return func(s *v1.Service) { s.Spec.Type = v1.ServiceTypeNodePort; s.Spec.Ports[0].NodePort = port }
 	}
@@ -273,7 +276,7 @@ func TestRender(t *testing.T) {
 		`,
 	}, {
 		name: "externalTrafficPolicy Local without local endpoints: external traffic dropped",
-		objs: []any{pt.Service("ns", "svc", "10.96.0.10", "p", 80, lb("203.0.113.1"), etpLocal), slice(v1.ProtocolTCP, remote)},
+		objs: []any{pt.Service("ns", "svc", "10.96.0.10", "p", 80, lbService("203.0.113.1"), etpLocal), slice(v1.ProtocolTCP, remote)},
 		want: `
 			addresses: 10.96.0.10 203.0.113.1
 			-A -t 10.96.0.10:80 -s rr
@@ -308,7 +311,7 @@ func TestRender(t *testing.T) {
 		`,
 	}, {
 		name: "loadBalancerSourceRanges: firewall entries; a host range without /32, 0.0.0.0/0 in halves",
-		objs: []any{pt.Service("ns", "svc", "10.96.0.10", "p", 80, lb("203.0.113.1", "198.51.100.0/24", "198.51.100.7/32", "0.0.0.0/0")), slice(v1.ProtocolTCP, remote)},
+		objs: []any{pt.Service("ns", "svc", "10.96.0.10", "p", 80, lbService("203.0.113.1", "198.51.100.0/24", "198.51.100.7/32", "0.0.0.0/0")), slice(v1.ProtocolTCP, remote)},
 		want: `
 			addresses: 10.96.0.10 203.0.113.1
 			-A -t 10.96.0.10:80 -s rr

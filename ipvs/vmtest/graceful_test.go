@@ -25,25 +25,7 @@ func TestGracefulTermination(t *testing.T) {
 	p.sync(false, both...)
 
 	// A live connection to srv1 (round robin: one of the first two).
-	var live *conn
-	for range 4 {
-		c, err := connect(cli, "tcp", "10.96.1.10:80")
-		if err != nil {
-			t.Fatal(err)
-		}
-		a, err := c.ask()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if a.Server == "srv1" {
-			live = c
-			break
-		}
-		c.Close()
-	}
-	if live == nil {
-		t.Fatal("no connection reached srv1")
-	}
+	live := connectedTo(t, cli, "10.96.1.10:80", "srv1")
 	defer live.Close()
 
 	res := p.sync(false, webObjects(pt.Ready("10.244.1.11", "node1"))...)
@@ -84,6 +66,29 @@ func TestGracefulTermination(t *testing.T) {
 	if res.Drained != 1 || res.Draining != 0 {
 		t.Errorf("sync result %+v, want 1 drained, 0 draining", res)
 	}
+}
+
+// connectedTo opens TCP connections from ns to target until one is
+// answered by server (a few tries: the scheduler spreads them), and returns
+// that one, open.
+func connectedTo(t testing.TB, ns nsHandle, target, server string) *conn {
+	t.Helper()
+	for range 4 {
+		c, err := connect(ns, "tcp", target)
+		if err != nil {
+			t.Fatalf("connect %s: %v", target, err)
+		}
+		a, err := c.ask()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a.Server == server {
+			return c
+		}
+		c.Close()
+	}
+	t.Fatalf("no connection to %s reached %s", target, server)
+	return nil
 }
 
 // realServer returns the real server ep of virtual server vs (TCP), or nil.

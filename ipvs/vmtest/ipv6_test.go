@@ -164,25 +164,7 @@ func TestIPv6GracefulTermination(t *testing.T) {
 	vip := addr("fd00:10:96::a", 80)
 	p.sync(false, web46Objects(nil, []pt.EP{pt.Ready(srv1IP6, "node1"), pt.Ready(srv2IP6, "node1")})...)
 
-	var live *conn
-	for range 4 {
-		c, err := connect(cli, "tcp", vip)
-		if err != nil {
-			t.Fatalf("connect %s: %v\n%s", vip, err, p.dumpServices())
-		}
-		a, err := c.ask()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if a.Server == "srv1" {
-			live = c
-			break
-		}
-		c.Close()
-	}
-	if live == nil {
-		t.Fatal("no connection reached srv1")
-	}
+	live := connectedTo(t, cli, vip, "srv1")
 	defer live.Close()
 
 	only2 := web46Objects(nil, []pt.EP{pt.Ready(srv2IP6, "node1")})
