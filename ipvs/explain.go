@@ -354,18 +354,47 @@ func ListedPlan(k Interface, plan *Plan, opts Options) (*Plan, error) {
 	return live, nil
 }
 
+// Kinds of DriftItem.
+const (
+	DriftVerdict         = "verdict"          // the kernel decides otherwise
+	DriftScheduler       = "scheduler"        // another scheduler or persistence
+	DriftMissingEndpoint = "missing-endpoint" // a real server intended, not in the kernel
+	DriftExtraEndpoint   = "extra-endpoint"   // a real server in the kernel, not intended
+	DriftEndpointWeight  = "endpoint-weight"  // a real server with another weight
+	DriftMasquerade      = "masquerade"       // masqueraded in one, not the other
+)
+
+// DriftItem is one difference Drift names: its kind (one of the Drift…
+// constants) and the difference in words.
+type DriftItem struct {
+	Kind, Detail string
+}
+
 // Drift lists how what the kernel does with a packet (live, Explain over
 // ListedPlan) differs from what svcproxy intends (want): the verdict,
 // endpoints missing or extra, weights, the scheduler and persistence, and
-// masquerading. Empty when they agree.
+// masquerading. Empty when they agree. DriftItems says the same with the
+// kind of each difference.
 func Drift(want, live Explanation) []string {
 	var out []string
+	for _, d := range DriftItems(want, live) {
+		out = append(out, d.Detail)
+	}
+	return out
+}
+
+// DriftItems is Drift with the kind of each difference.
+func DriftItems(want, live Explanation) []DriftItem {
+	var out []DriftItem
+	add := func(kind, format string, args ...any) {
+		out = append(out, DriftItem{Kind: kind, Detail: fmt.Sprintf(format, args...)})
+	}
 	if want.Verdict != live.Verdict {
-		out = append(out, fmt.Sprintf("verdict: intended %s (%s), the kernel's %s (%s)", want.Verdict, want.Reason, live.Verdict, live.Reason))
+		add(DriftVerdict, "verdict: intended %s (%s), the kernel's %s (%s)", want.Verdict, want.Reason, live.Verdict, live.Reason)
 	}
 	if want.VirtualServer != nil && live.VirtualServer != nil {
 		if w, l := want.VirtualServer, live.VirtualServer; w.Scheduler != l.Scheduler || w.Timeout != l.Timeout {
-			out = append(out, fmt.Sprintf("virtual server %s: intended -s %s%s, the kernel's -s %s%s", w.ServiceKey, w.Scheduler, persistence(w), l.Scheduler, persistence(l)))
+			add(DriftScheduler, "virtual server %s: intended -s %s%s, the kernel's -s %s%s", w.ServiceKey, w.Scheduler, persistence(w), l.Scheduler, persistence(l))
 		}
 	}
 	weights := func(eps []ExplainedEndpoint) map[netip.AddrPort]int {
@@ -391,15 +420,15 @@ func Drift(want, live Explanation) []string {
 		lv, inL := l[k]
 		switch {
 		case !inL:
-			out = append(out, fmt.Sprintf("endpoint %s: missing in the kernel", k))
+			add(DriftMissingEndpoint, "endpoint %s: missing in the kernel", k)
 		case !inW:
-			out = append(out, fmt.Sprintf("endpoint %s: in the kernel (weight %d), not intended", k, lv))
+			add(DriftExtraEndpoint, "endpoint %s: in the kernel (weight %d), not intended", k, lv)
 		case wv != lv:
-			out = append(out, fmt.Sprintf("endpoint %s: weight %d in the kernel, %d intended", k, lv, wv))
+			add(DriftEndpointWeight, "endpoint %s: weight %d in the kernel, %d intended", k, lv, wv)
 		}
 	}
 	if want.Verdict == VerdictDNAT && live.Verdict == VerdictDNAT && want.Masquerade != live.Masquerade {
-		out = append(out, fmt.Sprintf("masquerade: intended %v (%s), the kernel's %v (%s)", want.Masquerade, want.MasqueradeReason, live.Masquerade, live.MasqueradeReason))
+		add(DriftMasquerade, "masquerade: intended %v (%s), the kernel's %v (%s)", want.Masquerade, want.MasqueradeReason, live.Masquerade, live.MasqueradeReason)
 	}
 	return out
 }
