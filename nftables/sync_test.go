@@ -155,7 +155,12 @@ func webSlice(eps ...pt.EP) *discovery.EndpointSlice {
 }
 
 func nodePort(port int32) func(*v1.Service) {
-	return func(s *v1.Service) { s.Spec.Type = v1.ServiceTypeNodePort; s.Spec.Ports[0].NodePort = port }
+	return func(s *v1.Service) {
+		if s.Spec.Type == v1.ServiceTypeClusterIP || s.Spec.Type == "" {
+			s.Spec.Type = v1.ServiceTypeNodePort
+		}
+		s.Spec.Ports[0].NodePort = port
+	}
 }
 
 func affinity(seconds int32) func(*v1.Service) {
