@@ -82,7 +82,25 @@ func (l *NetlinkLister) Objects(context.Context) (Objects, error) {
 		return Objects{}, fmt.Errorf("listing the sets of table %s: %w", l.table, err)
 	}
 	out := Objects{Exists: true}
-	for _, m := range sets {
+	if out.Sets, out.Maps, err = parseSets(sets); err != nil {
+		return Objects{}, err
+	}
+	// The kernel dumps the chains of every table of the family (names
+	// only, no rules: fast even beside iptables-nft's 10,000 chains).
+	chains, err := l.dump(unix.NFT_MSG_GETCHAIN, nil)
+	if err != nil {
+		return Objects{}, fmt.Errorf("listing chains: %w", err)
+	}
+	if out.Chains, err = parseChains(chains, l.table); err != nil {
+		return Objects{}, err
+	}
+	return out, nil
+}
+
+// parseSets returns the names of the sets and of the maps of a set dump,
+// anonymous ones left out.
+func parseSets(msgs []netlink.Message) (sets, maps []string, err error) {
+	for _, m := range msgs {
 		var name string
 		var flags uint32
 		if err := attributes(m, func(typ uint16, ad *netlink.AttributeDecoder) {
@@ -93,36 +111,36 @@ func (l *NetlinkLister) Objects(context.Context) (Objects, error) {
 				flags = ad.Uint32()
 			}
 		}); err != nil {
-			return Objects{}, err
+			return nil, nil, err
 		}
 		switch {
 		case flags&unix.NFT_SET_ANONYMOUS != 0 || anonymous(name):
 		case flags&unix.NFT_SET_MAP != 0:
-			out.Maps = append(out.Maps, name)
+			maps = append(maps, name)
 		default:
-			out.Sets = append(out.Sets, name)
+			sets = append(sets, name)
 		}
 	}
-	// The kernel dumps the chains of every table of the family (names
-	// only, no rules: fast even beside iptables-nft's 10,000 chains).
-	chains, err := l.dump(unix.NFT_MSG_GETCHAIN, nil)
-	if err != nil {
-		return Objects{}, fmt.Errorf("listing chains: %w", err)
-	}
-	for _, m := range chains {
-		var table, name string
+	return sets, maps, nil
+}
+
+// parseChains returns the names of table's chains in a chain dump.
+func parseChains(msgs []netlink.Message, table string) ([]string, error) {
+	var out []string
+	for _, m := range msgs {
+		var t, name string
 		if err := attributes(m, func(typ uint16, ad *netlink.AttributeDecoder) {
 			switch typ {
 			case unix.NFTA_CHAIN_TABLE:
-				table = ad.String()
+				t = ad.String()
 			case unix.NFTA_CHAIN_NAME:
 				name = ad.String()
 			}
 		}); err != nil {
-			return Objects{}, err
+			return nil, err
 		}
-		if table == l.table {
-			out.Chains = append(out.Chains, name)
+		if t == table {
+			out = append(out, name)
 		}
 	}
 	return out, nil

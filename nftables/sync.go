@@ -136,13 +136,13 @@ func (s *Syncer) fullTx(ctx context.Context, plan *Plan, res *SyncResult) (*knft
 
 	// Sets and maps: recreated empty (a new version may have changed a
 	// definition, which cannot be changed in place); affinity sets are
-	// kept with the clients they hold.
+	// kept with the clients they hold, unless their definition changed.
 	isMap := map[string]bool{}
 	sets := map[string]*Set{}
 	plan.Sets(func(set *Set) {
 		sets[set.Name] = set
 		isMap[set.Name] = set.Map
-		if !set.Dynamic {
+		if old := s.sets[set.Name]; !set.Dynamic || (old != nil && !sameSet(old, set)) {
 			deleteSet(tx, set.Name, listedSets, listedMaps)
 		}
 		tx.Add(set.object())

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	v1 "k8s.io/api/core/v1"
@@ -683,4 +684,30 @@ func TestStrictFakeRefuses(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestSetRedefinedIsAFullSync: a set whose definition changes under the
+// same name (never from Render, whose affinity sets carry their timeout
+// in the name) cannot be changed in place: the partial sync asked for
+// turns into a full one, which recreates it (clients lost).
+func TestSetRedefinedIsAFullSync(t *testing.T) {
+	f := newStrictFake(t, knftables.IPv4Family)
+	s := NewSyncer(f, f.lister())
+	base := Render(pt.Snapshot(t), testOptions())
+	plan := func(timeout time.Duration) *Plan {
+		set := &Set{Name: "aff-x", Type: "ipv4_addr", Flags: []knftables.SetFlag{knftables.DynamicFlag, knftables.TimeoutFlag}, Timeout: timeout, Dynamic: true}
+		return &Plan{Family: knftables.IPv4Family, fixed: base.fixed, ports: []*fragment{{name: "x", sets: []*Set{set},
+			chains: []*Chain{{Name: "svc-x", Rules: []string{"ip saddr @aff-x drop"}}}}}}
+	}
+	if _, err := s.Sync(ctx, plan(10*time.Second), true); err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.Sync(ctx, plan(20*time.Second), false)
+	if err != nil || !res.Full {
+		t.Fatalf("%+v %v, want a full sync", res, err)
+	}
+	if got := *f.Table.Sets["aff-x"].Timeout; got != 20*time.Second {
+		t.Errorf("timeout %v, want the set recreated with 20s", got)
+	}
+	f.noViolations(t)
 }

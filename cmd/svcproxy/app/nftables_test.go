@@ -2,9 +2,16 @@ package app
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"os"
 	"strings"
 	"testing"
+
+	"sigs.k8s.io/knftables"
+
+	"github.com/svcproxy/svcproxy/nftables"
+	"github.com/svcproxy/svcproxy/proxy/config"
 )
 
 // dryRunNFT runs --dry-run --mode nftables on a state file.
@@ -83,5 +90,47 @@ func TestMainNFTablesModeFromConfigFile(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "meta mark set meta mark | 0x2000\n") || !strings.HasPrefix(out.String(), "add table ip svcproxy") {
 		t.Errorf("not nftables mode with mark 0x2000:\n%s", out.String())
+	}
+}
+
+// TestNFTablesBackendFamilies: nftables mode needs nft for ip, and
+// programs ip6 only where nft works for it.
+func TestNFTablesBackendFamilies(t *testing.T) {
+	defer func(orig func(knftables.Family) (knftables.Interface, error)) { newNFT = orig }(newNFT)
+	o := config.Defaults()
+	o.HostnameOverride = "node1"
+	if err := o.Complete(); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	fakeNFT := func(f knftables.Family) (knftables.Interface, error) { return knftables.NewFake(f, nftables.TableName), nil }
+	for _, tc := range []struct {
+		name     string
+		broken   knftables.Family
+		wantErr  string
+		wantIPv6 bool
+	}{
+		{name: "both families", wantIPv6: true},
+		{name: "no ip6", broken: knftables.IPv6Family},
+		{name: "no nft at all", broken: knftables.IPv4Family, wantErr: "--mode=nftables: could not find nftables binary"},
+	} {
+		newNFT = func(f knftables.Family) (knftables.Interface, error) {
+			if f == tc.broken || tc.broken == knftables.IPv4Family {
+				return nil, errors.New("could not find nftables binary")
+			}
+			return fakeNFT(f)
+		}
+		be, ipv6, err := nftablesBackend(context.Background(), o)
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("%s: %v, want %q", tc.name, err, tc.wantErr)
+			}
+			continue
+		}
+		if err != nil || be == nil || ipv6 != tc.wantIPv6 {
+			t.Errorf("%s: %v %v %v, want IPv6 %v", tc.name, be, ipv6, err, tc.wantIPv6)
+		}
 	}
 }

@@ -207,15 +207,19 @@ func daemonConfig(ctx context.Context, o *config.Config) (daemon.Config, error) 
 	return cfg, nil
 }
 
+// newNFT returns the knftables Interface of our table of a family (tests
+// replace it).
+var newNFT = nftables.New
+
 // nftablesBackend returns nftables mode's backend: the ip table always
 // (nft must work), the ip6 one where nft works for ip6 too (ipv6 true).
 func nftablesBackend(ctx context.Context, o *config.Config) (be *nftables.Backend, ipv6 bool, err error) {
-	nft4, err := nftables.New(nftables.Families[0])
+	nft4, err := newNFT(nftables.Families[0])
 	if err != nil {
 		return nil, false, fmt.Errorf("--mode=nftables: %w (install nftables, or use --mode=iptables)", err)
 	}
 	v4 := nftables.Family{NFT: nft4, Lister: nftables.NewNetlinkLister(nftables.Families[0], nftables.TableName), Opts: o.NFTablesOptions(false)}
-	nft6, err := nftables.New(nftables.Families[1])
+	nft6, err := newNFT(nftables.Families[1])
 	if err != nil {
 		klog.FromContext(ctx).Info("nft does not work for ip6: IPv4 only", "err", err)
 		return nftables.NewBackend(v4, nil), false, nil
