@@ -105,7 +105,9 @@ func TestNFTablesBackendFamilies(t *testing.T) {
 	if err := o.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	fakeNFT := func(f knftables.Family) (knftables.Interface, error) { return knftables.NewFake(f, nftables.TableName), nil }
+	fakeNFT := func(f knftables.Family) (knftables.Interface, error) {
+		return knftables.NewFake(f, nftables.TableName), nil
+	}
 	for _, tc := range []struct {
 		name     string
 		broken   knftables.Family
