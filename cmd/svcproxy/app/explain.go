@@ -77,7 +77,9 @@ each with an optional :PORT or :PORTNAME. Or an address: IP:PORT[/tcp|udp|sctp]
 (a cluster, external or load-balancer IP, or a node address and node port).
 
 --from is pod:IP (a pod on this node; the default is a stand-in pod address
-in --cluster-cidr), remote-pod:IP, node, or external:IP.
+in --cluster-cidr), remote-pod:IP, node, or external:IP. A dual-stack
+source gives both its addresses, pod:IPv4,IPv6: each family is traced from
+its own.
 
 --live also walks the connection through the rules in this node's kernel
 (iptables-save, ip6tables-save; read only) and reports every difference
@@ -128,7 +130,7 @@ func runExplain(ctx context.Context, args []string, stdout, stderr io.Writer, de
 	fs := newFlagSet(o)
 	fs.SetOutput(stderr)
 	var e explainFlags
-	fs.StringVar(&e.from, "from", "", "Where the connection comes from: pod:IP (a pod on this node), remote-pod:IP, node, external:IP. Default: a pod on this node.")
+	fs.StringVar(&e.from, "from", "", "Where the connection comes from: pod:IP (a pod on this node), remote-pod:IP, node, external:IP; pod:IPv4,IPv6 (and the others) for a dual-stack source, each family traced from its address. Default: a pod on this node.")
 	fs.StringVarP(&e.namespace, "namespace", "n", v1.NamespaceDefault, "The namespace of the pod whose DNS search path resolves a bare name.")
 	fs.StringVarP(&e.output, "output", "o", "text", "Output format: text or json.")
 	fs.StringSliceVar(&e.nodeIPs, "node-ip", nil, "This node's addresses (default: the Node's status.addresses, when the state has them).")
@@ -185,8 +187,8 @@ func runExplain(ctx context.Context, args []string, stdout, stderr io.Writer, de
 	switch {
 	case o.DryRun || o.Cleanup:
 		return usage(errors.New("--dry-run and --cleanup do not go with explain"))
-	case o.Mode != config.ModeIPTables:
-		return usage(fmt.Errorf("--mode=%s is not supported yet: explain follows iptables mode's rules only", o.Mode))
+	case o.Mode != config.ModeIPTables && o.Mode != config.ModeIPVS:
+		return usage(fmt.Errorf("--mode=%s is not supported yet: explain follows iptables and IPVS mode's rules only", o.Mode))
 	case e.output != "text" && e.output != "json":
 		return usage(fmt.Errorf("--output %q: want text or json", e.output))
 	}
@@ -214,6 +216,15 @@ func runExplain(ctx context.Context, args []string, stdout, stderr io.Writer, de
 	x := &explainer{o: o, e: e, cl: cl, src: src, nodeIPs: nodeIPs, rulesets: map[bool]*trace.Ruleset{},
 		deps: deps, live: map[bool]*trace.Ruleset{}, liveErr: map[bool]error{}}
 	if e.live {
+		if x.ipvsMode() {
+			err := x.openIPVS()
+			if c, ok := x.ipvs.k.(interface{ Close() }); ok {
+				defer c.Close()
+			}
+			if err != nil {
+				return usage(err)
+			}
+		}
 		if err := x.addHostAddrs(); err != nil {
 			return usage(err)
 		}
@@ -507,14 +518,25 @@ func (e *notFoundError) Error() string { return e.msg }
 
 // --- the source ---
 
-// from is a parsed --from; ip is invalid for pod (a stand-in) and node.
+// from is a parsed --from: its kind and addresses, at most one of each
+// family (a dual-stack pod's two); none for a stand-in pod and node.
 type from struct {
 	kind string
-	ip   netip.Addr
+	ips  []netip.Addr
+}
+
+// addr returns the source's address of a family.
+func (f from) addr(ipv6 bool) (netip.Addr, bool) {
+	for _, a := range f.ips {
+		if a.Is6() == ipv6 {
+			return a, true
+		}
+	}
+	return netip.Addr{}, false
 }
 
 func parseFrom(s string) (from, error) {
-	kind, ip, hasIP := strings.Cut(s, ":")
+	kind, ips, hasIP := strings.Cut(s, ":")
 	f := from{kind: cmp.Or(kind, fromPod)}
 	switch f.kind {
 	case fromPod, fromRemotePod, fromExternal:
@@ -528,12 +550,25 @@ func parseFrom(s string) (from, error) {
 	default:
 		return f, fmt.Errorf("--from %q: want pod:IP, remote-pod:IP, node or external:IP", s)
 	}
-	if hasIP {
-		a, err := netip.ParseAddr(ip)
+	if !hasIP {
+		return f, nil
+	}
+	// pod:10.244.1.2,fd00:10:244:1::2 — a dual-stack source, each family
+	// traced from its own address.
+	parts := strings.Split(ips, ",")
+	if len(parts) > 2 {
+		return f, fmt.Errorf("--from %q: at most two addresses, one IPv4 and one IPv6", s)
+	}
+	for _, p := range parts {
+		a, err := netip.ParseAddr(strings.TrimSpace(p))
 		if err != nil {
 			return f, fmt.Errorf("--from %q: %w", s, err)
 		}
-		f.ip = a.Unmap()
+		a = a.Unmap()
+		if _, dup := f.addr(a.Is6()); dup {
+			return f, fmt.Errorf("--from %q: two %s addresses: give one of each family (a dual-stack pod's IPv4 and IPv6)", s, family(a))
+		}
+		f.ips = append(f.ips, a)
 	}
 	return f, nil
 }
@@ -626,6 +661,8 @@ type explainer struct {
 	notes    []string
 	taken    map[netip.Addr]bool // every endpoint address, once needed
 
+	ipvs ipvsView // --mode ipvs
+
 	// --live
 	deps      explainDeps
 	live      map[bool]*trace.Ruleset // the kernel's, by IPv6
@@ -648,7 +685,7 @@ func (x *explainer) note(format string, args ...any) {
 }
 
 func (x *explainer) explain(t *target) (*explanation, error) {
-	out := &explanation{Target: t.text, Node: x.o.NodeName(), Mode: config.ModeIPTables, Live: x.e.live}
+	out := &explanation{Target: t.text, Node: x.o.NodeName(), Mode: x.o.Mode, Live: x.e.live}
 	var dests []dest
 	if t.isAddr() {
 		var err error
@@ -686,6 +723,9 @@ func (x *explainer) explain(t *target) (*explanation, error) {
 				out.Results = append(out.Results, untraced(svc, p, "svcproxy programs nothing for this port: the Service or its address is invalid, or another Service holds the address (the daemon's log says which)"))
 			}
 		}
+	}
+	if x.ipvsMode() {
+		x.assumeNodeAddrs(dests)
 	}
 	for _, d := range dests {
 		r, err := x.traceDest(d)
@@ -962,18 +1002,19 @@ func family(a netip.Addr) string {
 func (x *explainer) source(d dest) (ip netip.Addr, desc string, ok bool) {
 	fam := family(d.dst.Addr())
 	node := x.o.NodeName()
-	if x.src.ip.IsValid() {
-		if x.src.ip.Is4() != d.dst.Addr().Is4() {
-			x.note("%s not traced: the source %s is not %s", fam, x.src.ip, fam)
+	if len(x.src.ips) > 0 {
+		a, ok := x.src.addr(d.dst.Addr().Is6())
+		if !ok {
+			x.note("%s not traced: the source %s is not %s", fam, x.src.ips[0], fam)
 			return ip, "", false
 		}
 		switch x.src.kind {
 		case fromPod:
-			return x.src.ip, fmt.Sprintf("a pod on %s (%s)", node, x.src.ip), true
+			return a, fmt.Sprintf("a pod on %s (%s)", node, a), true
 		case fromRemotePod:
-			return x.src.ip, fmt.Sprintf("a pod on another node (%s)", x.src.ip), true
+			return a, fmt.Sprintf("a pod on another node (%s)", a), true
 		}
-		return x.src.ip, fmt.Sprintf("an outside client (%s)", x.src.ip), true
+		return a, fmt.Sprintf("an outside client (%s)", a), true
 	}
 	if x.src.kind == fromNode {
 		for _, a := range x.nodeIPs {
@@ -1045,6 +1086,9 @@ func (x *explainer) localAddrs(d dest, src netip.Addr) []netip.Addr {
 // traceDest traces a connection to d and explains it; nil when the source
 // has no address of d's family.
 func (x *explainer) traceDest(d dest) (*portResult, error) {
+	if x.ipvsMode() {
+		return x.traceDestIPVS(d)
+	}
 	src, desc, ok := x.source(d)
 	if !ok {
 		return nil, nil
@@ -1205,6 +1249,9 @@ func (x *explainer) dnatReason(d dest, c string) string {
 	case d.via != viaClusterIP && sp.ExternalPolicyLocal && c == classExternal:
 		local = true
 		parts = append(parts, "externalTrafficPolicy Local: this node's endpoints only")
+	case d.via != viaClusterIP && sp.ExternalPolicyLocal && x.ipvsMode():
+		local = true
+		parts = append(parts, "externalTrafficPolicy Local: this node's endpoints only, for pods and the node too (IPVS mode: one virtual server serves every source)")
 	case d.via != viaClusterIP && sp.ExternalPolicyLocal:
 		parts = append(parts, "externalTrafficPolicy Local, but traffic from pods and from the node itself goes to every endpoint, as in kube-proxy")
 	}
@@ -1240,7 +1287,7 @@ func (x *explainer) dnatReason(d dest, c string) string {
 	if notReady > 0 {
 		parts = append(parts, fmt.Sprintf("%d not ready", notReady))
 	}
-	if sp.AffinityTimeout > 0 {
+	if sp.AffinityTimeout > 0 && !x.ipvsMode() { // IPVS mode: its persistence says it
 		parts = append(parts, fmt.Sprintf("sessionAffinity ClientIP: a client keeps the endpoint it got for %d s after its last connection", sp.AffinityTimeout))
 	}
 	return strings.Join(parts, "; ")
@@ -1270,12 +1317,7 @@ func rejectReason(sp *proxy.ServicePort) string {
 // dropReason says why a connection is dropped.
 func (x *explainer) dropReason(d dest, src netip.Addr, c string) string {
 	sp := d.sp
-	elsewhere := 0
-	for _, ep := range sp.AllEndpoints {
-		if !ep.IsLocal && (ep.Ready || (ep.Serving && ep.Terminating)) {
-			elsewhere++
-		}
-	}
+	elsewhere := elsewhere(sp)
 	node := x.o.NodeName()
 	switch {
 	case d.via == viaClusterIP && sp.InternalPolicyLocal && len(sp.LocalEndpoints) == 0:
@@ -1290,17 +1332,40 @@ func (x *explainer) dropReason(d dest, src netip.Addr, c string) string {
 			rs = append(rs, p.String())
 		}
 		return fmt.Sprintf("source %s not in loadBalancerSourceRanges %s", src, strings.Join(rs, ","))
-	case d.via != viaClusterIP && sp.ExternalPolicyLocal && len(sp.LocalEndpoints) == 0 && c == classExternal:
-		return fmt.Sprintf("externalTrafficPolicy Local and no endpoint on %s (%d on other nodes): a load balancer's health check (node port %d) steers clients to nodes that have one", node, elsewhere, sp.HealthCheckNodePort)
+	case d.via != viaClusterIP && sp.ExternalPolicyLocal && len(sp.LocalEndpoints) == 0 && (c == classExternal || x.ipvsMode()):
+		return x.etpLocalReason(sp, elsewhere, c)
 	}
-	return "dropped by a rule of svcproxy's"
+	return dropFallback
 }
+
+// dropFallback is dropReason's answer when the Snapshot does not say why.
+const dropFallback = "dropped by a rule of svcproxy's"
+
+// etpLocalReason says why externalTrafficPolicy Local without a local
+// endpoint turns a connection away, and what steers clients elsewhere: a
+// LoadBalancer's health-check node port; a NodePort Service (or an
+// external IP) has none.
+func (x *explainer) etpLocalReason(sp *proxy.ServicePort, elsewhere int, c string) string {
+	s := fmt.Sprintf("externalTrafficPolicy Local and no endpoint on %s (%d on other nodes)", x.o.NodeName(), elsewhere)
+	if c != classExternal {
+		// IPVS mode only: iptables mode sends pods and the node to every
+		// endpoint.
+		return s + ": in IPVS mode pods and the node reach this address through the virtual server outside clients use, so they get this node's endpoints only too"
+	}
+	if sp.HealthCheckNodePort != 0 {
+		return s + fmt.Sprintf("; the load balancer's health check (node port %d) steers clients to nodes that have one", sp.HealthCheckNodePort)
+	}
+	return s + "; the Service has no health-check node port (only a LoadBalancer gets one): clients must be sent to nodes that have an endpoint"
+}
+
+// ipvsMode reports whether explain follows IPVS mode's plan.
+func (x *explainer) ipvsMode() bool { return x.o.Mode == config.ModeIPVS }
 
 // noMatchReason says why no rule of svcproxy's took the connection.
 func (x *explainer) noMatchReason(d dest, local []netip.Addr) string {
 	ip := d.dst.Addr()
 	if d.via != viaNodePort {
-		return "no rule of svcproxy's matched"
+		return noMatchFallback
 	}
 	switch {
 	case ip.IsLoopback():
@@ -1317,8 +1382,12 @@ func (x *explainer) noMatchReason(d dest, local []netip.Addr) string {
 		}
 		return fmt.Sprintf("nodePort not on an allowed address: %s is not within --nodeport-addresses %s", ip, strings.Join(s, ","))
 	}
-	return "no rule of svcproxy's matched"
+	return noMatchFallback
 }
+
+// noMatchFallback is noMatchReason's answer when the Snapshot and the
+// flags do not say why.
+const noMatchFallback = "no rule of svcproxy's matched"
 
 // masqueradeReason says why a DNATed connection is (or is not)
 // masqueraded: the endpoint sees the node's address, or the client's.
@@ -1433,7 +1502,11 @@ func writeExplanation(w io.Writer, x *explanation) error {
 		if r.PathTo != "" {
 			line("  path", "to %s, one of %d (the paths to the others differ from the DNAT on):", r.PathTo, len(r.Endpoints))
 		}
-		for i, s := range r.Rules {
+		steps := r.Rules
+		if len(steps) == 0 {
+			steps = r.Path // IPVS mode: the objects met
+		}
+		for i, s := range steps {
 			key := ""
 			if i == 0 && r.PathTo == "" {
 				key = "  path"

@@ -11,7 +11,6 @@ import (
 	"github.com/svcproxy/svcproxy/iptables"
 	"github.com/svcproxy/svcproxy/iptables/trace"
 	"github.com/svcproxy/svcproxy/proxy"
-	"github.com/svcproxy/svcproxy/proxy/config"
 )
 
 // explain --live --all: every service port of every family, each address
@@ -88,7 +87,7 @@ func (x *explainer) runAll(stdout, stderr io.Writer) int {
 
 // checkAll checks every service port and the node's jumps and chains.
 func (x *explainer) checkAll() (*allReport, error) {
-	rep := &allReport{Node: x.o.NodeName(), Mode: config.ModeIPTables, Ports: []portCheck{}, Drift: []familyDrift{}, Notes: []string{}}
+	rep := &allReport{Node: x.o.NodeName(), Mode: x.o.Mode, Ports: []portCheck{}, Drift: []familyDrift{}, Notes: []string{}}
 	for _, sp := range x.cl.snap.ServicePorts() {
 		pc, err := x.checkPort(sp)
 		if err != nil {
@@ -107,6 +106,23 @@ func (x *explainer) checkAll() (*allReport, error) {
 			rep.Summary.Differ++
 		}
 	}
+	drift, err := x.nodeDriftAll()
+	if err != nil {
+		return nil, err
+	}
+	rep.Drift = append(rep.Drift, drift...)
+	rep.Summary.NodeDrift = len(rep.Drift)
+	rep.Notes = append(rep.Notes, x.notes...)
+	return rep, nil
+}
+
+// nodeDriftAll checks every family's jumps and chains of the mode (and in
+// IPVS mode the virtual servers nobody intends).
+func (x *explainer) nodeDriftAll() ([]familyDrift, error) {
+	if x.ipvsMode() {
+		return x.ipvsNodeDrift()
+	}
+	var out []familyDrift
 	for _, ipv6 := range []bool{false, true} {
 		live, err := x.liveRuleset(ipv6)
 		if ipv6 && errors.Is(err, errNoIP6tables) {
@@ -119,13 +135,11 @@ func (x *explainer) checkAll() (*allReport, error) {
 		if err != nil {
 			return nil, err
 		}
-		for _, d := range nodeDrift(rs, live) {
-			rep.Drift = append(rep.Drift, familyDrift{Family: familyName(ipv6), driftItem: d})
+		for _, d := range nodeDrift(iptables.IsOwnedChain, rs, live) {
+			out = append(out, familyDrift{Family: familyName(ipv6), driftItem: d})
 		}
 	}
-	rep.Summary.NodeDrift = len(rep.Drift)
-	rep.Notes = append(rep.Notes, x.notes...)
-	return rep, nil
+	return out, nil
 }
 
 func familyName(ipv6 bool) string {
@@ -146,7 +160,7 @@ func (x *explainer) checkPort(sp *proxy.ServicePort) (portCheck, error) {
 		d   dest
 		src from
 	}
-	ext := from{kind: fromExternal, ip: x.externalSource(ipv6, nil)}
+	ext := from{kind: fromExternal, ips: []netip.Addr{x.externalSource(ipv6, nil)}}
 	checks := []check{{dest{sp: sp, dst: netip.AddrPortFrom(sp.ClusterIP, uint16(sp.Port)), via: viaClusterIP}, from{kind: fromPod}}}
 	if sp.NodePort != 0 {
 		if a, ok := x.nodePortAddr(ipv6); ok {
@@ -161,7 +175,7 @@ func (x *explainer) checkPort(sp *proxy.ServicePort) (portCheck, error) {
 	for _, ip := range sp.LoadBalancerIPs {
 		// A client the source ranges admit, when there are any: the
 		// path to the endpoints is what is worth checking.
-		lb := from{kind: fromExternal, ip: x.externalSource(ipv6, sp.LoadBalancerSourceRanges)}
+		lb := from{kind: fromExternal, ips: []netip.Addr{x.externalSource(ipv6, sp.LoadBalancerSourceRanges)}}
 		checks = append(checks, check{dest{sp: sp, dst: netip.AddrPortFrom(ip, uint16(sp.Port)), via: viaLBIP}, lb})
 	}
 	for _, c := range checks {
@@ -231,8 +245,8 @@ func (x *explainer) nodePortAddr(ipv6 bool) (netip.Addr, bool) {
 }
 
 // nodeDrift checks the kernel for every jump and chain of svcproxy's
-// intended rules of a family.
-func nodeDrift(rs, live *trace.Ruleset) []driftItem {
+// intended rules of a family; owned tells the mode's chains.
+func nodeDrift(owned func(string) bool, rs, live *trace.Ruleset) []driftItem {
 	var out []driftItem
 	for _, table := range []string{iptables.TableFilter, iptables.TableNAT} {
 		chains, _ := rs.Chains(table)
@@ -244,12 +258,12 @@ func nodeDrift(rs, live *trace.Ruleset) []driftItem {
 			targets, _ := rs.Targets(table, c)
 			var want []string
 			for _, t := range targets {
-				if iptables.IsOwnedChain(t) {
+				if owned(t) {
 					want = append(want, t)
 				}
 			}
 			if len(want) > 0 {
-				out = append(out, jumpDrift(live, table, c, want)...)
+				out = append(out, jumpDrift(owned, live, table, c, want)...)
 			}
 		}
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/svcproxy/svcproxy/iptables"
 	"github.com/svcproxy/svcproxy/iptables/trace"
+	"github.com/svcproxy/svcproxy/ipvs"
 )
 
 // explain --live: the same connection walked through the rules in this
@@ -71,6 +72,9 @@ type explainDeps struct {
 	newClient  newKubeClient
 	kernel     kernelRules
 	localAddrs func() ([]netip.Addr, error)
+	// ipvsKernel opens IPVS mode's kernel state (--live --mode ipvs),
+	// which explain only lists.
+	ipvsKernel func() ipvs.Interface
 }
 
 // kernelRules reads this node's iptables rules.
@@ -128,7 +132,8 @@ func hostAddrs() ([]netip.Addr, error) {
 }
 
 func defaultExplainDeps() explainDeps {
-	return explainDeps{newClient: kubeClient, kernel: &execKernel{}, localAddrs: hostAddrs}
+	return explainDeps{newClient: kubeClient, kernel: &execKernel{}, localAddrs: hostAddrs,
+		ipvsKernel: func() ipvs.Interface { return ipvs.NewKernel() }}
 }
 
 // kernelError is a failure to read or parse the kernel's rules.
@@ -181,6 +186,9 @@ func (x *explainer) addHostAddrs() error {
 		return &kernelError{fmt.Errorf("this node's addresses: %w", err)}
 	}
 	for _, a := range addrs {
+		if slices.Contains(x.ipvs.onDummy, a) {
+			continue // a service address on IPVS mode's dummy link
+		}
 		if !slices.Contains(x.hostAddrs, a) {
 			x.hostAddrs = append(x.hostAddrs, a)
 		}
@@ -224,10 +232,10 @@ func (x *explainer) compareLive(d dest, pkt trace.Packet, intended []trace.Path,
 	r.Kernel = x.kernelView(d, got)
 	rs, _ := x.ruleset(ipv6)
 	if structural {
-		r.Drift = append(r.Drift, structuralDrift(rs, live, intended)...)
+		r.Drift = append(r.Drift, structuralDrift(iptables.IsOwnedChain, rs, live, intended)...)
 	}
 	r.Drift = append(r.Drift, outcomeDrift(want, got)...)
-	r.Drift = append(r.Drift, foreignDrift(live, want, certain, assumed)...)
+	r.Drift = append(r.Drift, foreignDrift(iptables.IsOwnedChain, live, want, certain, assumed)...)
 	return nil
 }
 
@@ -386,8 +394,9 @@ func masqWord(masq, kernel bool) string {
 
 // structuralDrift checks, for the chains and built-in chains the intended
 // paths go through, that the kernel has svcproxy's jumps and chains (with
-// as many rules) and no kube-proxy chain jumped to before them.
-func structuralDrift(rs, live *trace.Ruleset, intended []trace.Path) []driftItem {
+// as many rules) and no kube-proxy chain jumped to before them. owned
+// tells the mode's chains (iptables.IsOwnedChain, ipvs.IsOwnedChain).
+func structuralDrift(owned func(string) bool, rs, live *trace.Ruleset, intended []trace.Path) []driftItem {
 	type ref struct{ table, chain string }
 	seen := map[ref]bool{}
 	var chains []ref
@@ -400,7 +409,7 @@ func structuralDrift(rs, live *trace.Ruleset, intended []trace.Path) []driftItem
 				chains = append(chains, c)
 			}
 			if pol, _ := rs.Policy(h.Table, h.Chain); pol != "" && h.Rule != "" {
-				if tgt := ruleTarget(h.Rule); iptables.IsOwnedChain(tgt) && !slices.Contains(jumps[c], tgt) {
+				if tgt := ruleTarget(h.Rule); owned(tgt) && !slices.Contains(jumps[c], tgt) {
 					jumps[c] = append(jumps[c], tgt)
 				}
 			}
@@ -409,7 +418,7 @@ func structuralDrift(rs, live *trace.Ruleset, intended []trace.Path) []driftItem
 	var out []driftItem
 	for _, c := range chains {
 		if pol, _ := rs.Policy(c.table, c.chain); pol != "" {
-			out = append(out, jumpDrift(live, c.table, c.chain, jumps[c])...)
+			out = append(out, jumpDrift(owned, live, c.table, c.chain, jumps[c])...)
 			continue
 		}
 		out = append(out, chainDrift(rs, live, c.table, c.chain)...)
@@ -419,7 +428,7 @@ func structuralDrift(rs, live *trace.Ruleset, intended []trace.Path) []driftItem
 
 // jumpDrift checks a built-in chain of the kernel's for svcproxy's jumps
 // to want, and for kube-proxy chains jumped to before them.
-func jumpDrift(live *trace.Ruleset, table, chain string, want []string) []driftItem {
+func jumpDrift(owned func(string) bool, live *trace.Ruleset, table, chain string, want []string) []driftItem {
 	where := table + "/" + chain
 	targets, _ := live.Targets(table, chain)
 	var out []driftItem
@@ -428,7 +437,7 @@ func jumpDrift(live *trace.Ruleset, table, chain string, want []string) []driftI
 			out = append(out, driftItem{Kind: driftMissingJump, Chain: where, Detail: fmt.Sprintf("%s has no jump to %s: svcproxy's rules are not reached from it", where, w)})
 		}
 	}
-	ours := slices.IndexFunc(targets, iptables.IsOwnedChain)
+	ours := slices.IndexFunc(targets, owned)
 	rules, _ := live.Rules(table, chain)
 	for i, tgt := range targets {
 		if (ours < 0 || i < ours) && iptables.IsKubeProxyChain(tgt) {
@@ -472,15 +481,15 @@ func ruleTarget(rule string) string {
 
 // ours reports whether a hop is svcproxy's: in a chain of ours, or a jump
 // into one.
-func ours(h trace.Hop) bool {
-	return iptables.IsOwnedChain(h.Chain) || (h.Rule != "" && iptables.IsOwnedChain(ruleTarget(h.Rule)))
+func ours(owned func(string) bool, h trace.Hop) bool {
+	return owned(h.Chain) || (h.Rule != "" && owned(ruleTarget(h.Rule)))
 }
 
 // foreignDrift names the rules of other programs that decide the
 // connection otherwise than intended: on the kernel's certain paths, the
 // rule that decided; on the paths that assume a rule the tracer cannot
 // evaluate, that rule.
-func foreignDrift(live *trace.Ruleset, want summary, certain, assumed []trace.Path) []driftItem {
+func foreignDrift(owned func(string) bool, live *trace.Ruleset, want summary, certain, assumed []trace.Path) []driftItem {
 	var out []driftItem
 	seen := map[string]bool{}
 	add := func(d driftItem) {
@@ -494,7 +503,7 @@ func foreignDrift(live *trace.Ruleset, want summary, certain, assumed []trace.Pa
 			continue
 		}
 		for _, h := range decidingHops(p) {
-			if ours(h) {
+			if ours(owned, h) {
 				continue
 			}
 			where := h.Table + "/" + h.Chain
@@ -504,7 +513,7 @@ func foreignDrift(live *trace.Ruleset, want summary, certain, assumed []trace.Pa
 				}
 				continue
 			}
-			add(driftItem{Kind: driftForeign, Chain: where, Rule: h.Rule, Detail: fmt.Sprintf("a foreign rule %s catches the packet%s: %s%s", place(live, h), first(live, h), h.Rule, opaque(p))})
+			add(driftItem{Kind: driftForeign, Chain: where, Rule: h.Rule, Detail: fmt.Sprintf("a foreign rule %s catches the packet%s: %s%s", place(owned, live, h), first(owned, live, h), h.Rule, opaque(p))})
 		}
 	}
 	for _, p := range assumed {
@@ -513,7 +522,7 @@ func foreignDrift(live *trace.Ruleset, want summary, certain, assumed []trace.Pa
 		}
 		h := *p.Assumed
 		add(driftItem{Kind: driftForeignMay, Chain: h.Table + "/" + h.Chain, Rule: h.Rule,
-			Detail: fmt.Sprintf("a foreign rule %s may catch the packet%s: %s (explain cannot tell whether it matches)", place(live, h), first(live, h), h.Rule)})
+			Detail: fmt.Sprintf("a foreign rule %s may catch the packet%s: %s (explain cannot tell whether it matches)", place(owned, live, h), first(owned, live, h), h.Rule)})
 	}
 	return out
 }
@@ -552,28 +561,28 @@ func decidingHops(p trace.Path) []trace.Hop {
 // place says where a rule is: "earlier in nat/PREROUTING" for a built-in
 // chain where it comes before svcproxy's jump (or svcproxy has none), "in
 // table/CHAIN" otherwise.
-func place(live *trace.Ruleset, h trace.Hop) string {
-	if before(live, h) {
+func place(owned func(string) bool, live *trace.Ruleset, h trace.Hop) string {
+	if before(owned, live, h) {
 		return "earlier in " + h.Table + "/" + h.Chain
 	}
 	return "in " + h.Table + "/" + h.Chain
 }
 
-func first(live *trace.Ruleset, h trace.Hop) string {
-	if before(live, h) {
+func first(owned func(string) bool, live *trace.Ruleset, h trace.Hop) string {
+	if before(owned, live, h) {
 		return " first"
 	}
 	return ""
 }
 
-func before(live *trace.Ruleset, h trace.Hop) bool {
+func before(owned func(string) bool, live *trace.Ruleset, h trace.Hop) bool {
 	if pol, _ := live.Policy(h.Table, h.Chain); pol == "" {
 		return false
 	}
 	rules, _ := live.Rules(h.Table, h.Chain)
 	targets, _ := live.Targets(h.Table, h.Chain)
 	i := slices.Index(rules, h.Rule)
-	ours := slices.IndexFunc(targets, iptables.IsOwnedChain)
+	ours := slices.IndexFunc(targets, owned)
 	return i >= 0 && (ours < 0 || i < ours)
 }
 
@@ -607,7 +616,15 @@ func writeLive(line func(key, format string, args ...any), r portResult) {
 			}
 			line("", "%s  p=%.4f%s", endpointAddr(e), e.Probability, masq)
 		}
-		if len(r.Kernel.Path) > 0 {
+		switch {
+		case slices.ContainsFunc(r.Kernel.Path, func(s string) bool { return strings.Contains(s, " ") }):
+			for i, s := range r.Kernel.Path { // IPVS mode: the objects met
+				if i == 0 {
+					s = "via " + s
+				}
+				line("", "%s", s)
+			}
+		case len(r.Kernel.Path) > 0:
 			line("", "via %s", strings.Join(r.Kernel.Path, " "))
 		}
 	}
