@@ -336,9 +336,13 @@ func (x *explainer) compareLiveIPVS(d dest, src netip.Addr, pkt ipvs.Packet, wan
 	if decided != nil {
 		// Another program's rule decides before IPVS sees the packet:
 		// that is the kernel's verdict, whatever IPVS would do.
-		items = slices.DeleteFunc(items, func(i ipvs.DriftItem) bool { return i.Kind == ipvs.DriftVerdict })
-		items = nil // IPVS never sees the packet
+		// What IPVS holds is still reported (the next sync repairs it),
+		// but not the verdict IPVS would give; after a DNAT elsewhere
+		// neither are IPVS's endpoints, which the DNAT's replace.
 		v := verdictOf(decided.Outcome)
+		items = slices.DeleteFunc(items, func(i ipvs.DriftItem) bool {
+			return i.Kind == ipvs.DriftVerdict || (v == verdictDNAT && i.Kind != ipvs.DriftScheduler)
+		})
 		k.Verdict, k.Endpoints, k.Masquerade, k.Path = v, []endpoint{}, decided.Masquerade, append([]string{}, decided.Steps...)
 		if v != want.Verdict {
 			r.Drift = append(r.Drift, driftItem{Kind: driftVerdict, Detail: fmt.Sprintf("intended %s; the kernel's iptables rules give %s before IPVS sees the packet", strings.ToUpper(want.Verdict), strings.ToUpper(v))})
@@ -361,7 +365,8 @@ func (x *explainer) compareLiveIPVS(d dest, src netip.Addr, pkt ipvs.Packet, wan
 		}
 	}
 	for _, i := range items {
-		r.Drift = append(r.Drift, driftItem{Kind: i.Kind, Detail: i.Detail})
+		// "verdict: intended …": the kind is said once, as in iptables mode.
+		r.Drift = append(r.Drift, driftItem{Kind: i.Kind, Detail: strings.TrimPrefix(i.Detail, i.Kind+": ")})
 	}
 	r.Drift = append(r.Drift, firewall...)
 	r.Kernel = k

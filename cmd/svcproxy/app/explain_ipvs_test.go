@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -409,7 +410,7 @@ func TestExplainIPVSLive(t *testing.T) {
 			tamper: func(t *testing.T, n *ipvsNode) { must(t, n.k.DeleteDestination(key, rs("10.244.1.10", 0))) },
 			kinds:  [][]string{{ipvs.DriftMissingEndpoint}}, details: []string{"endpoint 10.244.1.10:8080: missing in the kernel"},
 			kernel:  []string{"dnat 1"},
-			textHas: []string{"kernel    DNAT\n", "10.244.2.10:8080  p=1.0000", "via filter/INPUT (new connections) -> SVCP-IPVS-FILTER\n", "drift     missing-endpoint: endpoint 10.244.1.10:8080: missing in the kernel"},
+			textHas: []string{"kernel    DNAT\n", "10.244.2.10:8080  p=1.0000", "            via the path above\n", "drift     missing-endpoint: endpoint 10.244.1.10:8080: missing in the kernel"},
 		},
 		{
 			name: "a real server added by hand", args: web,
@@ -433,9 +434,9 @@ func TestExplainIPVSLive(t *testing.T) {
 		},
 		{
 			name: "the virtual server deleted", args: web,
-			tamper: func(t *testing.T, n *ipvsNode) { must(t, n.k.DeleteService(key)) },
-			kinds:  [][]string{{ipvs.DriftVerdict, ipvs.DriftMissingEndpoint, ipvs.DriftMissingEndpoint}},
-			details: []string{"verdict: intended dnat", "the kernel's no-match (no virtual server -t 10.96.100.20:80"},
+			tamper:  func(t *testing.T, n *ipvsNode) { must(t, n.k.DeleteService(key)) },
+			kinds:   [][]string{{ipvs.DriftVerdict, ipvs.DriftMissingEndpoint, ipvs.DriftMissingEndpoint}},
+			details: []string{"intended dnat (", "the kernel's no-match (no virtual server -t 10.96.100.20:80"},
 			kernel:  []string{"no-match 0"},
 		},
 		{
@@ -456,6 +457,7 @@ func TestExplainIPVSLive(t *testing.T) {
 			kinds:   [][]string{{ipvs.DriftVerdict, ipvs.DriftMissingEndpoint, ipvs.DriftMissingEndpoint}},
 			details: []string{"is a service address but tcp:80 is not one of its service ports: REJECT"},
 			kernel:  []string{"reject 0"},
+			textHas: []string{"kernel    REJECT\n            via filter/INPUT (new connections) -> SVCP-IPVS-FILTER\n", "            ipset SVCP-IPVS-CLUSTER-IP does not have 10.96.100.20,tcp:80\n", "drift     verdict: intended dnat ("},
 		},
 		{
 			name: "a node port's masquerade entry deleted", args: nodePort,
@@ -463,7 +465,7 @@ func TestExplainIPVSLive(t *testing.T) {
 				must(t, n.k.RestoreSets([]byte("del SVCP-IPVS-NODE-PORT 192.168.0.1,tcp:30080\n")))
 			},
 			kinds:   [][]string{{ipvs.DriftMasquerade}},
-			details: []string{"masquerade: intended true (a node port with externalTrafficPolicy Cluster), the kernel's false"},
+			details: []string{"intended true (a node port with externalTrafficPolicy Cluster), the kernel's false"},
 			kernel:  []string{"dnat 2"},
 		},
 		{
@@ -480,12 +482,23 @@ func TestExplainIPVSLive(t *testing.T) {
 		},
 		{
 			name: "a foreign DROP above our jump in INPUT", args: web,
-			tamper: func(t *testing.T, n *ipvsNode) { n.restore(t, false, "*filter\n-I INPUT -s 10.244.0.0/16 -j DROP\nCOMMIT\n") },
-			kinds:  [][]string{{driftVerdict, driftForeign}},
+			tamper: func(t *testing.T, n *ipvsNode) {
+				n.restore(t, false, "*filter\n-I INPUT -s 10.244.0.0/16 -j DROP\nCOMMIT\n")
+			},
+			kinds: [][]string{{driftVerdict, driftForeign}},
 			details: []string{"intended DNAT; the kernel's iptables rules give DROP before IPVS sees the packet",
 				"a foreign rule earlier in filter/INPUT catches the packet first: -s 10.244.0.0/16 -j DROP"},
 			kernel:  []string{"drop 0"},
 			textHas: []string{"kernel    DROP\n", "via nat/PREROUTING -m comment --comment svcproxy-ipvs-services -j SVCP-IPVS-SERVICES\n", "          filter/INPUT -s 10.244.0.0/16 -j DROP\n"},
+		},
+		{
+			name: "a foreign DROP before IPVS and a real server deleted: both reported", args: web,
+			tamper: func(t *testing.T, n *ipvsNode) {
+				n.restore(t, false, "*filter\n-I INPUT -s 10.244.0.0/16 -j DROP\nCOMMIT\n")
+				must(t, n.k.DeleteDestination(key, rs("10.244.1.10", 0)))
+			},
+			kinds:  [][]string{{driftVerdict, ipvs.DriftMissingEndpoint, driftForeign}},
+			kernel: []string{"drop 0"},
 		},
 		{
 			name: "a foreign DROP below ours in INPUT: our chain accepts nothing, it catches the packet all the same", args: web,
@@ -533,8 +546,10 @@ func TestExplainIPVSLive(t *testing.T) {
 		},
 		{
 			name: "from the node: filter OUTPUT sees the real server's address, a DROP of the service address there never matches", args: fromNode,
-			tamper: func(t *testing.T, n *ipvsNode) { n.restore(t, false, "*filter\n-I OUTPUT -d 10.96.100.20/32 -j DROP\nCOMMIT\n") },
-			kinds:  [][]string{nil}, kernel: []string{"dnat 2"},
+			tamper: func(t *testing.T, n *ipvsNode) {
+				n.restore(t, false, "*filter\n-I OUTPUT -d 10.96.100.20/32 -j DROP\nCOMMIT\n")
+			},
+			kinds: [][]string{nil}, kernel: []string{"dnat 2"},
 		},
 		{
 			name: "from the node: a REDIRECT in nat OUTPUT comes before IPVS", args: fromNode,
@@ -547,8 +562,8 @@ func TestExplainIPVSLive(t *testing.T) {
 		},
 		{
 			name: "no IPVS in the kernel", args: web,
-			tamper: func(t *testing.T, n *ipvsNode) { n.k.NoIPVS = true },
-			kinds:  [][]string{{driftNoIPVS, ipvs.DriftVerdict, ipvs.DriftMissingEndpoint, ipvs.DriftMissingEndpoint}},
+			tamper:  func(t *testing.T, n *ipvsNode) { n.k.NoIPVS = true },
+			kinds:   [][]string{{driftNoIPVS, ipvs.DriftVerdict, ipvs.DriftMissingEndpoint, ipvs.DriftMissingEndpoint}},
 			details: []string{"the kernel has no IPVS (ip_vs is not loaded)"},
 			kernel:  []string{"no-match 0"},
 		},
@@ -646,5 +661,160 @@ func must(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestExplainIPVSLiveErrors: what keeps explain from reading IPVS mode's
+// state or the iptables rules is exit status 2, said on stderr.
+func TestExplainIPVSLiveErrors(t *testing.T) {
+	web := ipvsArgs(exampleState, "--live", "web.shop")
+	for _, tc := range []struct {
+		name   string
+		tamper func(n *ipvsNode)
+		want   string
+	}{
+		{"the virtual servers cannot be listed", func(n *ipvsNode) { n.k.FailNext("ListServices", errors.New("netlink: permission denied")) },
+			"reading this node's rules: IPVS mode's state: listing virtual servers: netlink: permission denied"},
+		{"the ipsets cannot be listed", func(n *ipvsNode) {
+			n.k.FailNext("ListSets", errors.New(`exec: "ipset": executable file not found in $PATH`))
+		},
+			"reading this node's rules: IPVS mode's state: listing ipsets: exec: \"ipset\""},
+		{"the dummy link's addresses cannot be listed", func(n *ipvsNode) { n.k.FailNext("ListAddresses", errors.New("netlink: operation not permitted")) },
+			"reading this node's rules: the addresses of svcproxy-ipvs0: netlink: operation not permitted"},
+		{"iptables-save fails", func(n *ipvsNode) { n.saveErr = errors.New("iptables-nft-save: exit status 1") },
+			"reading this node's rules: iptables-nft-save: exit status 1"},
+		{"the namespace's addresses cannot be listed", func(n *ipvsNode) { n.addrErr = errors.New("netlink: permission denied") },
+			"reading this node's rules: this node's addresses: netlink: permission denied"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := newIPVSNode(t, common(exampleState)...)
+			tc.tamper(n)
+			code, out, errOut := runIPVSLive(t, n, web...)
+			if code != explainUsage || out != "" || !strings.Contains(errOut, tc.want) {
+				t.Errorf("exit %d (want %d), stdout %q, stderr:\n%s\nwant %q", code, explainUsage, out, errOut, tc.want)
+			}
+		})
+	}
+	// The kernel is listed once for every result: kube-dns has two ports.
+	n := newIPVSNode(t, common(exampleState)...)
+	n.k.ResetCalls()
+	if code, _, errOut := runIPVSLive(t, n, ipvsArgs(exampleState, "--live", "kube-dns.kube-system")...); code != 0 || n.saves != 1 {
+		t.Errorf("exit %d after %d reads of the iptables rules; stderr:\n%s", code, n.saves, errOut)
+	}
+	for _, c := range n.k.Calls() {
+		if !strings.HasPrefix(c, "List") {
+			t.Errorf("explain --live changed the kernel: %s", c)
+		}
+	}
+}
+
+// TestExplainIPVSAll: --live --all in IPVS mode, every service port and
+// the node's SVCP-IPVS-* jumps and chains and virtual servers.
+func TestExplainIPVSAll(t *testing.T) {
+	example := ipvsArgs(exampleState, "--live", "--all")
+	dual := []string{"--state", dualStackState, "--hostname-override", "node1", "--cluster-cidr", dualStackCIDRs, "--mode", "ipvs", "--live", "--all"}
+	for _, tc := range []struct {
+		name    string
+		args    []string
+		tamper  func(t *testing.T, n *ipvsNode)
+		code    int
+		lines   []string
+		summary string
+		check   func(t *testing.T, rep *allReport)
+	}{
+		{
+			name: "intact", args: example, code: explainOK,
+			lines: []string{
+				"ok     shop/web:http/TCP IPv4  cluster IP 10.96.100.20:80 DNAT 2 endpoints; node port 192.168.0.1:30080 DNAT 2 endpoints; external IP 192.0.2.50:80 DNAT 2 endpoints",
+				"ok     shop/payments:grpc/TCP IPv4  cluster IP 10.96.100.40:9090 REJECT",
+				"ok     blog/frontend:http/TCP IPv4  cluster IP 10.96.200.10:80 DNAT",
+			},
+			summary: "service ports checked on node1 (",
+			check: func(t *testing.T, rep *allReport) {
+				// The addresses on the dummy link are listed first, yet
+				// they are no node address for node ports.
+				s := rep.Summary
+				if rep.Mode != "ipvs" || s.Ports == 0 || s.Agree != s.Ports || s.NodeDrift != 0 {
+					t.Errorf("mode %s, summary %+v, node drift %v", rep.Mode, s, rep.Drift)
+				}
+			},
+		},
+		{
+			name: "a real server deleted", args: example, code: explainDrift,
+			tamper: func(t *testing.T, n *ipvsNode) {
+				must(t, n.k.DeleteDestination(ipvs.ServiceKey{Address: netip.MustParseAddr("10.96.100.20"), Protocol: v1.ProtocolTCP, Port: 80},
+					&ipvs.RealServer{Address: netip.MustParseAddr("10.244.1.10"), Port: 8080}))
+			},
+			lines: []string{
+				"DRIFT  shop/web:http/TCP IPv4  cluster IP 10.96.100.20:80 DNAT 2 endpoints; node port 192.168.0.1:30080 DNAT 2 endpoints",
+				"         cluster IP 10.96.100.20:80: missing-endpoint: endpoint 10.244.1.10:8080: missing in the kernel",
+			},
+			summary: "1 differ; the node's jumps and chains agree",
+		},
+		{
+			name: "a virtual server nobody intends, a jump deleted", args: example, code: explainDrift,
+			tamper: func(t *testing.T, n *ipvsNode) {
+				must(t, n.k.AddService(&ipvs.VirtualServer{ServiceKey: ipvs.ServiceKey{Address: netip.MustParseAddr("10.96.100.20"), Protocol: v1.ProtocolTCP, Port: 81}, Scheduler: "rr"}))
+				n.deleteRule(t, false, "nat", "OUTPUT", "-j SVCP-IPVS-SERVICES")
+			},
+			lines: []string{
+				"ok     shop/web:http/TCP IPv4",
+				"DRIFT  node IPv4: missing-jump: nat/OUTPUT has no jump to SVCP-IPVS-SERVICES",
+				"DRIFT  node IPv4: extra-virtual-server: the kernel has the virtual server -t 10.96.100.20:81 (0 real servers) that svcproxy does not intend",
+			},
+			summary: "0 differ; 2 differences in the node's jumps and chains",
+		},
+		{
+			name: "no IPVS in the kernel", args: example, code: explainDrift,
+			tamper: func(t *testing.T, n *ipvsNode) { n.k.NoIPVS = true },
+			lines: []string{
+				"DRIFT  shop/web:http/TCP IPv4",
+				"         cluster IP 10.96.100.20:80: no-ipvs: the kernel has no IPVS",
+				"DRIFT  node IPv4: no-ipvs: the kernel has no IPVS",
+			},
+			summary: "0 agree",
+		},
+		{
+			name: "dual-stack, intact", args: dual, code: explainOK,
+			lines: []string{"ok     demo/web:http/TCP IPv6  cluster IP [fd00:10:96::a]:80 DNAT 2 endpoints"},
+			check: func(t *testing.T, rep *allReport) {
+				if rep.Summary.IPv6 == 0 || rep.Summary.Differ != 0 {
+					t.Errorf("summary %+v", rep.Summary)
+				}
+			},
+		},
+		{
+			name: "dual-stack, an IPv6 chain flushed", args: dual, code: explainDrift,
+			tamper: func(t *testing.T, n *ipvsNode) { n.restore(t, true, "*filter\n-F SVCP-IPVS-FILTER\nCOMMIT\n") },
+			lines:  []string{"DRIFT  node IPv6: chain-rules: filter/SVCP-IPVS-FILTER holds 0 rules in the kernel, 4 intended"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := newIPVSNode(t, tc.args[:len(tc.args)-2]...)
+			if tc.tamper != nil {
+				tc.tamper(t, n)
+			}
+			code, text, errOut := runIPVSLive(t, n, tc.args...)
+			if code != tc.code {
+				t.Fatalf("exit %d, want %d; stderr:\n%s\nstdout:\n%s", code, tc.code, errOut, text)
+			}
+			lines := strings.Split(text, "\n")
+			for _, l := range tc.lines {
+				if !slices.ContainsFunc(lines, func(s string) bool { return strings.HasPrefix(s, l) }) {
+					t.Errorf("no line starts with %q:\n%s", l, text)
+				}
+			}
+			if !strings.Contains(text, tc.summary) {
+				t.Errorf("summary lacks %q:\n%s", tc.summary, text)
+			}
+			code, out, _ := runIPVSLive(t, n, append(tc.args, "-o", "json")...)
+			var rep allReport
+			if err := json.Unmarshal([]byte(out), &rep); err != nil || code != tc.code {
+				t.Fatalf("-o json: exit %d, %v:\n%s", code, err, out)
+			}
+			if tc.check != nil {
+				tc.check(t, &rep)
+			}
+		})
 	}
 }

@@ -617,6 +617,8 @@ func writeLive(line func(key, format string, args ...any), r portResult) {
 			line("", "%s  p=%.4f%s", endpointAddr(e), e.Probability, masq)
 		}
 		switch {
+		case slices.Equal(r.Kernel.Path, r.Path) && slices.ContainsFunc(r.Path, func(s string) bool { return strings.Contains(s, " ") }):
+			line("", "via the path above")
 		case slices.ContainsFunc(r.Kernel.Path, func(s string) bool { return strings.Contains(s, " ") }):
 			for i, s := range r.Kernel.Path { // IPVS mode: the objects met
 				if i == 0 {
