@@ -5,6 +5,7 @@ package app
 
 import (
 	"flag"
+	"fmt"
 
 	"github.com/spf13/pflag"
 	"k8s.io/klog/v2"
@@ -19,5 +20,23 @@ func newFlagSet(c *config.Config) *pflag.FlagSet {
 	gofs := flag.NewFlagSet("klog", flag.ContinueOnError)
 	klog.InitFlags(gofs)
 	fs.AddGoFlagSet(gofs)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), daemonUsageText)
+		fs.PrintDefaults()
+	}
 	return fs
 }
+
+// daemonUsageText heads svcproxy --help (explain has its own).
+const daemonUsageText = `Usage: svcproxy [flags]
+       svcproxy explain [flags] TARGET
+
+svcproxy programs this node's kernel so that Services reach their endpoints
+(--mode iptables, ipvs or nftables), from the API server or a --state file.
+
+svcproxy explain says why a connection to TARGET is DNATed, rejected or
+dropped on this node, and with --live whether the kernel agrees
+(svcproxy explain --help).
+
+Flags:
+`
