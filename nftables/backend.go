@@ -22,9 +22,9 @@ type Backend struct {
 	families []*familyBackend
 }
 
-// Family is what the Backend needs of one family: the table's knftables
-// Interface, its Lister and the options of the family.
-type Family struct {
+// FamilyConfig is what the Backend needs of one IP family: the table's
+// knftables Interface, its Lister and the options of the family.
+type FamilyConfig struct {
 	NFT    knftables.Interface
 	Lister Lister
 	Opts   Options
@@ -45,7 +45,7 @@ var (
 // NewBackend returns nftables mode programming IPv4 through v4 and, when
 // v6 is not nil (a node where nft works for ip6), IPv6 through v6. The
 // families' Opts.IPv6 are set here.
-func NewBackend(v4 Family, v6 *Family) *Backend {
+func NewBackend(v4 FamilyConfig, v6 *FamilyConfig) *Backend {
 	v4.Opts.IPv6 = false
 	b := &Backend{families: []*familyBackend{newFamily(v1.IPv4Protocol, v4)}}
 	if v6 != nil {
@@ -56,7 +56,7 @@ func NewBackend(v4 Family, v6 *Family) *Backend {
 	return b
 }
 
-func newFamily(family v1.IPFamily, f Family) *familyBackend {
+func newFamily(family v1.IPFamily, f FamilyConfig) *familyBackend {
 	return &familyBackend{family: family, nft: f.NFT, renderer: NewRenderer(f.Opts), syncer: NewSyncer(f.NFT, f.Lister)}
 }
 

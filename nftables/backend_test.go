@@ -15,7 +15,7 @@ import (
 // dualStack returns a Backend over two strict fakes.
 func dualStack(t *testing.T) (*Backend, *strictFake, *strictFake) {
 	f4, f6 := newStrictFake(t, knftables.IPv4Family), newStrictFake(t, knftables.IPv6Family)
-	b := NewBackend(Family{NFT: f4, Lister: f4.lister(), Opts: testOptions()}, &Family{NFT: f6, Lister: f6.lister(), Opts: testOptions6()})
+	b := NewBackend(FamilyConfig{NFT: f4, Lister: f4.lister(), Opts: testOptions()}, &FamilyConfig{NFT: f6, Lister: f6.lister(), Opts: testOptions6()})
 	return b, f4, f6
 }
 
@@ -87,7 +87,7 @@ func TestBackendOneFamilyFails(t *testing.T) {
 // programmed.
 func TestBackendIPv4Only(t *testing.T) {
 	f4 := newStrictFake(t, knftables.IPv4Family)
-	b := NewBackend(Family{NFT: f4, Lister: f4.lister(), Opts: testOptions()}, nil)
+	b := NewBackend(FamilyConfig{NFT: f4, Lister: f4.lister(), Opts: testOptions()}, nil)
 	res, err := b.Sync(ctx, pt.Snapshot(t, dualStackSnapshot(t)...), true)
 	if err != nil || len(res.ByFamily) != 1 {
 		t.Fatalf("%+v %v", res, err)

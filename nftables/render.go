@@ -55,7 +55,7 @@ func (o Options) Family() knftables.Family {
 const (
 	natDNATPriority      = knftables.DNATPriority + "-1"
 	natSNATPriority      = knftables.SNATPriority + "-1"
-	filterPreDNATPrioity = knftables.DNATPriority + "-11"
+	filterPreDNATPriority = knftables.DNATPriority + "-11"
 	filterPriority       = knftables.FilterPriority + "-1"
 )
 
@@ -139,8 +139,8 @@ func (c *common) renderFixed() *fragment {
 		f.chains = append(f.chains, &Chain{Name: name, Rules: rules})
 	}
 	newConn := "ct state new "
-	base(filterPreroutingChain, knftables.FilterType, knftables.PreroutingHook, filterPreDNATPrioity, newConn+"jump "+firewallCheckChain)
-	base(filterOutputPreDNATChain, knftables.FilterType, knftables.OutputHook, filterPreDNATPrioity, newConn+"jump "+firewallCheckChain)
+	base(filterPreroutingChain, knftables.FilterType, knftables.PreroutingHook, filterPreDNATPriority, newConn+"jump "+firewallCheckChain)
+	base(filterOutputPreDNATChain, knftables.FilterType, knftables.OutputHook, filterPreDNATPriority, newConn+"jump "+firewallCheckChain)
 	base(filterInputChain, knftables.FilterType, knftables.InputHook, filterPriority,
 		newConn+"jump "+nodePortEndpointsCheckChain, newConn+"jump "+endpointsCheckChain)
 	base(filterForwardChain, knftables.FilterType, knftables.ForwardHook, filterPriority, newConn+"jump "+endpointsCheckChain)

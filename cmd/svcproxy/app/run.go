@@ -218,13 +218,13 @@ func nftablesBackend(ctx context.Context, o *config.Config) (be *nftables.Backen
 	if err != nil {
 		return nil, false, fmt.Errorf("--mode=nftables: %w (install nftables, or use --mode=iptables)", err)
 	}
-	v4 := nftables.Family{NFT: nft4, Lister: nftables.NewNetlinkLister(nftables.Families[0], nftables.TableName), Opts: o.NFTablesOptions(false)}
+	v4 := nftables.FamilyConfig{NFT: nft4, Lister: nftables.NewNetlinkLister(nftables.Families[0], nftables.TableName), Opts: o.NFTablesOptions(false)}
 	nft6, err := newNFT(nftables.Families[1])
 	if err != nil {
 		klog.FromContext(ctx).Info("nft does not work for ip6: IPv4 only", "err", err)
 		return nftables.NewBackend(v4, nil), false, nil
 	}
-	v6 := nftables.Family{NFT: nft6, Lister: nftables.NewNetlinkLister(nftables.Families[1], nftables.TableName), Opts: o.NFTablesOptions(true)}
+	v6 := nftables.FamilyConfig{NFT: nft6, Lister: nftables.NewNetlinkLister(nftables.Families[1], nftables.TableName), Opts: o.NFTablesOptions(true)}
 	return nftables.NewBackend(v4, &v6), true, nil
 }
 
