@@ -169,10 +169,9 @@ func TestExplainLiveWithTheBinary(t *testing.T) {
 		}
 		t.Logf("%s: serving after %v", what, time.Since(start).Round(100*time.Millisecond))
 	}
-	explain := func() (int, explainJSON, string) {
+	run := func(args ...string) (int, string, string) {
 		t.Helper()
-		cmd := exec.Command(svcproxyBin, append(append([]string{"explain"}, flags...),
-			"--live", "-o", "json", "--from", "pod:"+cliIP+","+cliIP6, "web.it:http")...)
+		cmd := exec.Command(svcproxyBin, append(append([]string{"explain"}, flags...), args...)...)
 		var out, errOut bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &errOut
 		began := time.Now()
@@ -185,14 +184,19 @@ func TestExplainLiveWithTheBinary(t *testing.T) {
 		case err != nil:
 			t.Fatal(err)
 		}
+		t.Logf("explain %s: exit %d in %v", strings.Join(args, " "), code, time.Since(began).Round(10*time.Millisecond))
+		return code, out.String(), errOut.String()
+	}
+	explain := func() (int, explainJSON, string) {
+		t.Helper()
+		code, out, errOut := run("--live", "-o", "json", "--from", "pod:"+cliIP+","+cliIP6, "web.it:http")
 		var x explainJSON
 		if code == 0 || code == 3 {
-			if err := json.Unmarshal(out.Bytes(), &x); err != nil {
-				t.Fatalf("explain exit %d: %v:\n%s\nstderr:\n%s", code, err, out.String(), errOut.String())
+			if err := json.Unmarshal([]byte(out), &x); err != nil {
+				t.Fatalf("explain exit %d: %v:\n%s\nstderr:\n%s", code, err, out, errOut)
 			}
 		}
-		t.Logf("explain --live: exit %d in %v", code, time.Since(began).Round(10*time.Millisecond))
-		return code, x, out.String() + errOut.String()
+		return code, x, out + errOut
 	}
 	ips := func(eps []struct {
 		IP   string `json:"ip"`
@@ -253,6 +257,18 @@ func TestExplainLiveWithTheBinary(t *testing.T) {
 	if eps, _ := reached(r4.Destination, 6); !slices.Equal(eps, kernel) || !slices.Equal(kernel, []string{"10.244.1.10"}) {
 		t.Errorf("after the deletion connections reach %v, explain says the kernel has %v, want [10.244.1.10] both", eps, kernel)
 	}
+	// The same as text, and the node self-check: both say it too (and the
+	// log shows what an operator sees).
+	code, text, errOut := run("--live", "--from", "pod:"+cliIP+","+cliIP6, "web.it:http")
+	if code != 3 || !strings.Contains(text, "missing-endpoint: endpoint 10.244.1.11:8080: missing in the kernel") {
+		t.Errorf("text: exit %d:\n%s%s", code, text, errOut)
+	}
+	t.Logf("svcproxy explain --live --mode ipvs --from pod:%s,%s web.it:http\n%s", cliIP, cliIP6, text)
+	code, text, errOut = run("--live", "--all")
+	if code != 3 || !strings.Contains(text, "DRIFT  it/web:http/TCP IPv4") || !strings.Contains(text, "ok     it/web:http/TCP IPv6") {
+		t.Errorf("--all: exit %d:\n%s%s", code, text, errOut)
+	}
+	t.Logf("svcproxy explain --live --all --mode ipvs\n%s", text)
 
 	// The daemon's next sync: a restart, whose first sync lists the kernel.
 	d.Process.Signal(syscall.SIGTERM)
