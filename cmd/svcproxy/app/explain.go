@@ -81,12 +81,18 @@ in --cluster-cidr), remote-pod:IP, node, or external:IP. A dual-stack
 source gives both its addresses, pod:IPv4,IPv6: each family is traced from
 its own.
 
---live also walks the connection through the rules in this node's kernel
-(iptables-save, ip6tables-save; read only) and reports every difference
-from the intended path as drift. --live --all checks every service port that
-way (a pod on this node to cluster IPs, an outside client to node ports,
-external and load-balancer IPs) and the node's jumps and chains: one line per
-service port and a summary, for a node self-check or a readiness probe.
+--mode iptables (the default) follows the chains svcproxy renders; --mode
+ipvs the IPVS plan: the filter's ipsets, the virtual server and its real
+servers, the masquerade marks. nftables mode is not explained yet.
+
+--live also walks the connection through what this node's kernel holds
+(iptables-save, ip6tables-save; in IPVS mode also the virtual servers, the
+addresses of svcproxy-ipvs0 and the ipsets; read only) and reports every
+difference from the intended path as drift. --live --all checks every
+service port that way (a pod on this node to cluster IPs, an outside client
+to node ports, external and load-balancer IPs) and the node's jumps and
+chains: one line per service port and a summary, for a node self-check or a
+readiness probe.
 
 Exit status: 0 explained (with --live: the kernel agrees), 1 target not
 found, 2 usage error or unreadable state or kernel rules, 3 the kernel's
@@ -135,7 +141,7 @@ func runExplain(ctx context.Context, args []string, stdout, stderr io.Writer, de
 	fs.StringVarP(&e.output, "output", "o", "text", "Output format: text or json.")
 	fs.StringSliceVar(&e.nodeIPs, "node-ip", nil, "This node's addresses (default: the Node's status.addresses, when the state has them).")
 	fs.StringVar(&e.clusterDomain, "cluster-domain", "cluster.local", "The cluster's DNS domain.")
-	fs.BoolVar(&e.live, "live", false, "Also walk the connection through the rules in this node's kernel (iptables-save; read only) and report any difference (exit status 3).")
+	fs.BoolVar(&e.live, "live", false, "Also walk the connection through this node's kernel (iptables-save; IPVS mode: the virtual servers, addresses and ipsets too; read only) and report any difference (exit status 3).")
 	fs.BoolVar(&e.all, "all", false, "With --live and no TARGET: check every service port, and the node's jumps and chains.")
 	// The daemon's other flags are taken (a kube-proxy command line works
 	// as is) but not shown.
