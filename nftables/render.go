@@ -53,10 +53,10 @@ func (o Options) Family() knftables.Family {
 // during a takeover or a mode switch svcproxy's DNAT decides first (a
 // connection's first nat chain to translate it wins).
 const (
-	natDNATPriority      = knftables.DNATPriority + "-1"
-	natSNATPriority      = knftables.SNATPriority + "-1"
+	natDNATPriority       = knftables.DNATPriority + "-1"
+	natSNATPriority       = knftables.SNATPriority + "-1"
 	filterPreDNATPriority = knftables.DNATPriority + "-11"
-	filterPriority       = knftables.FilterPriority + "-1"
+	filterPriority        = knftables.FilterPriority + "-1"
 )
 
 // common holds what Options give once per Render.
