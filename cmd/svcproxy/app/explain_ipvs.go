@@ -27,6 +27,7 @@ const (
 	driftNoIPVS          = "no-ipvs"           // the kernel has no ip_vs loaded
 	driftNotBound        = "address-not-bound" // a service address missing from the dummy link
 	driftExtraVirtServer = "extra-virtual-server"
+	driftNoIPv6          = "no-ipv6" // the kernel cannot bind IPv6 addresses
 )
 
 // ipvsView is what explain works with in IPVS mode.
@@ -188,7 +189,7 @@ func (x *explainer) traceDestIPVS(d dest) (*portResult, error) {
 	r.Masquerade = slices.ContainsFunc(r.Endpoints, func(e endpoint) bool { return e.Masquerade })
 	r.Path = append(r.Path, e.Path...)
 	c := x.classify(src)
-	r.Reason = x.ipvsReason(d, c, e)
+	r.Reason = x.ipvsReason(d, src, c, e)
 	if r.Verdict == verdictDNAT {
 		r.MasqueradeReason = x.ipvsMasqueradeReason(d, src, c, e)
 	}
@@ -220,8 +221,7 @@ func (x *explainer) ipvsEndpoints(d dest, e ipvs.Explanation) []endpoint {
 // the traffic policies, the source ranges, the node port's address) and
 // from the Explanation for what is IPVS's own (the scheduler and
 // persistence, IPVS refusing, the node's connections skipping the filter).
-func (x *explainer) ipvsReason(d dest, c string, e ipvs.Explanation) string {
-	src := x.srcAddr(d)
+func (x *explainer) ipvsReason(d dest, src netip.Addr, c string, e ipvs.Explanation) string {
 	switch e.Verdict {
 	case ipvs.VerdictDNAT:
 		return x.dnatReason(d, c) + "; " + e.Reason
@@ -252,12 +252,6 @@ func (x *explainer) ipvsReason(d dest, c string, e ipvs.Explanation) string {
 		return why
 	}
 	return e.Reason
-}
-
-// srcAddr is the address traced for d's family.
-func (x *explainer) srcAddr(d dest) netip.Addr {
-	a, _, _ := x.source(d)
-	return a
 }
 
 // localPolicyReason says why a Local traffic policy leaves d without an
@@ -306,6 +300,10 @@ func (x *explainer) compareLiveIPVS(d dest, src netip.Addr, pkt ipvs.Packet, wan
 	}
 	if err != nil {
 		return err
+	}
+	if why := ipvs.IPv6Unusable(x.ipvs.k); ipv6 && why != "" {
+		r.Drift = append(r.Drift, driftItem{Kind: driftNoIPv6, Detail: why + ": svcproxy programs no IPv6 in IPVS mode here, and nothing proxies this IPv6 connection"})
+		return nil
 	}
 	listed, err := x.ipvsListed()
 	if err != nil {
@@ -481,8 +479,8 @@ func (x *explainer) ipvsNodeDrift() ([]familyDrift, error) {
 		if err != nil {
 			return nil, err
 		}
-		if rules == nil {
-			continue // not programmed
+		if rules == nil || (ipv6 && ipvs.IPv6Unusable(x.ipvs.k) != "") {
+			continue // not programmed; IPv6 ports say why
 		}
 		live, err := x.liveRuleset(ipv6)
 		if ipv6 && errors.Is(err, errNoIP6tables) {

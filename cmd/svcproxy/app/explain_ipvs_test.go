@@ -586,6 +586,12 @@ func TestExplainIPVSLive(t *testing.T) {
 			kernel: []string{"dnat 2", "dnat 2"},
 		},
 		{
+			name: "dual-stack, IPv6 disabled in the kernel", args: dual,
+			tamper: func(t *testing.T, n *ipvsNode) { must(t, n.k.SetSysctl("net/ipv6/conf/all/disable_ipv6", "1")) },
+			kinds:  [][]string{nil, {driftNoIPv6}}, details: []string{"IPv6 is disabled (net.ipv6.conf.all.disable_ipv6=1): svcproxy programs no IPv6 in IPVS mode here"},
+			kernel: []string{"dnat 2", ""},
+		},
+		{
 			name: "dual-stack without ip6tables", args: dual,
 			tamper: func(t *testing.T, n *ipvsNode) { n.no6 = true },
 			kinds:  [][]string{nil, {driftNoIP6tables}}, details: []string{"svcproxy programs no IPv6 in IPVS mode"},
@@ -782,6 +788,15 @@ func TestExplainIPVSAll(t *testing.T) {
 					t.Errorf("summary %+v", rep.Summary)
 				}
 			},
+		},
+		{
+			name: "dual-stack, IPv6 disabled: the IPv6 ports say so, no IPv6 node drift", args: dual, code: explainDrift,
+			tamper: func(t *testing.T, n *ipvsNode) {
+				must(t, n.k.SetSysctl("net/ipv6/conf/all/disable_ipv6", "1"))
+				n.restore(t, true, "*filter\n-F SVCP-IPVS-FILTER\nCOMMIT\n") // not judged
+			},
+			lines:   []string{"ok     demo/web:http/TCP IPv4", "DRIFT  demo/web:http/TCP IPv6", "         cluster IP [fd00:10:96::a]:80: no-ipv6: IPv6 is disabled"},
+			summary: "the node's jumps and chains agree",
 		},
 		{
 			name: "dual-stack, an IPv6 chain flushed", args: dual, code: explainDrift,
