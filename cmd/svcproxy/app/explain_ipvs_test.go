@@ -17,8 +17,10 @@ import (
 
 	"github.com/svcproxy/svcproxy/iptables"
 	iptablestest "github.com/svcproxy/svcproxy/iptables/testing"
+	"github.com/svcproxy/svcproxy/iptables/trace"
 	"github.com/svcproxy/svcproxy/ipvs"
 	ipvstest "github.com/svcproxy/svcproxy/ipvs/testing"
+	"github.com/svcproxy/svcproxy/proxy"
 	"github.com/svcproxy/svcproxy/proxy/config"
 )
 
@@ -691,15 +693,24 @@ func TestExplainIPVSLiveErrors(t *testing.T) {
 			"reading this node's rules: iptables-nft-save: exit status 1"},
 		{"the namespace's addresses cannot be listed", func(n *ipvsNode) { n.addrErr = errors.New("netlink: permission denied") },
 			"reading this node's rules: this node's addresses: netlink: permission denied"},
+		{"rules the kernel would never have taken", func(n *ipvsNode) {
+			n.raw[false] = "*filter\n:INPUT ACCEPT [0:0]\n:X - [0:0]\n-A INPUT -j X\n-A X -p tcp -j DNAT --to-destination 10.244.1.1:80\nCOMMIT\n"
+		}, "reading this node's rules: tracing 10.244.255.254 -> 10.96.100.20:80 through the kernel's rules"},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			n := newIPVSNode(t, common(exampleState)...)
-			tc.tamper(n)
-			code, out, errOut := runIPVSLive(t, n, web...)
-			if code != explainUsage || out != "" || !strings.Contains(errOut, tc.want) {
-				t.Errorf("exit %d (want %d), stdout %q, stderr:\n%s\nwant %q", code, explainUsage, out, errOut, tc.want)
-			}
-		})
+		for _, args := range [][]string{web, ipvsArgs(exampleState, "--live", "--all")} {
+			t.Run(tc.name+" "+args[len(args)-1], func(t *testing.T) {
+				n := newIPVSNode(t, common(exampleState)...)
+				tc.tamper(n)
+				code, out, errOut := runIPVSLive(t, n, args...)
+				want := tc.want
+				if args[len(args)-1] == "--all" {
+					want = strings.Split(want, ": tracing")[0]
+				}
+				if code != explainUsage || out != "" || !strings.Contains(errOut, want) {
+					t.Errorf("exit %d (want %d), stdout %q, stderr:\n%s\nwant %q", code, explainUsage, out, errOut, want)
+				}
+			})
+		}
 	}
 	// The kernel is listed once for every result: kube-dns has two ports.
 	n := newIPVSNode(t, common(exampleState)...)
@@ -831,5 +842,34 @@ func TestExplainIPVSAll(t *testing.T) {
 				tc.check(t, &rep)
 			}
 		})
+	}
+}
+
+// TestExplainIPVSUnloadableRules: rules that cannot be read or walked —
+// never svcproxy's own, but the code says so rather than guess.
+func TestExplainIPVSUnloadableRules(t *testing.T) {
+	x := &explainer{}
+	x.ipvs.plan = &ipvs.Plan{IPTables: &iptables.Plan{Jumps: []iptables.Jump{{Table: iptables.TableFilter, Chain: "NOPE", Args: []string{"-j", "ACCEPT"}}}}}
+	if _, err := x.ipvsRules(false); err == nil || !strings.Contains(err.Error(), "IPVS mode's rendered rules do not load") {
+		t.Errorf("rules with a jump from a chain that does not exist: %v", err)
+	}
+	if rs, err := x.ipvsRules(true); rs != nil || err != nil {
+		t.Errorf("a family not programmed: %v, %v", rs, err)
+	}
+
+	sp := &proxy.ServicePort{Protocol: v1.ProtocolTCP}
+	d := dest{sp: sp, dst: netip.MustParseAddrPort("10.96.0.1:80"), via: viaClusterIP}
+	x.src = from{kind: fromNode}
+	broken, err := trace.ParseLive("*nat\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n:X - [0:0]\n-A POSTROUTING -j X\n-A X -p tcp -j DNAT --to-destination 10.244.1.1:80\nCOMMIT\n", false)
+	must(t, err)
+	fine, err := trace.ParseLive("*nat\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n", false)
+	must(t, err)
+	src := netip.MustParseAddr("192.168.0.1")
+	if _, _, err := x.ipvsFirewallDrift(d, src, broken, fine); err == nil || !strings.Contains(err.Error(), "through IPVS mode's rules: nat/X rule 1") {
+		t.Errorf("intended rules that cannot be walked: %v", err)
+	}
+	var ke *kernelError
+	if _, _, err := x.ipvsFirewallDrift(d, src, fine, broken); !errors.As(err, &ke) || !strings.Contains(err.Error(), "through the kernel's rules: nat/X rule 1") {
+		t.Errorf("kernel rules that cannot be walked: %v", err)
 	}
 }
