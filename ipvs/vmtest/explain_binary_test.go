@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/svcproxy/svcproxy/ipvs"
 )
 
 // explainState is a dual-stack ClusterIP Service it/web (10.96.1.10 and
@@ -275,7 +277,7 @@ func TestExplainLiveWithTheBinary(t *testing.T) {
 	if err := d.Wait(); err != nil {
 		t.Fatalf("svcproxy exited with %v after SIGTERM", err)
 	}
-	daemon()
+	d = daemon()
 	deadline := time.Now().Add(45 * time.Second)
 	for {
 		if code, x, raw = explain(); code == 0 {
@@ -288,6 +290,39 @@ func TestExplainLiveWithTheBinary(t *testing.T) {
 	}
 	if eps, _ := reached(targets[0], 12); !slices.Equal(eps, ips(x.Results[0].Endpoints)) || len(eps) != 2 {
 		t.Errorf("after the restart connections reach %v, explain lists %v", eps, ips(x.Results[0].Endpoints))
+	}
+
+	// An ipset entry deleted by hand (the daemon stopped, so that no sync
+	// repairs it meanwhile): the filter now rejects the cluster IP as a
+	// service address without that port; explain says so, exit 3, and
+	// connections are indeed refused. The next start repairs it.
+	d.Process.Signal(syscall.SIGTERM)
+	if err := d.Wait(); err != nil {
+		t.Fatalf("svcproxy exited with %v after SIGTERM", err)
+	}
+	var ipsetOut bytes.Buffer
+	ipset := exec.Command("ipset", "del", ipvs.SetClusterIP, "10.96.1.10,tcp:80")
+	ipset.Stdout, ipset.Stderr = &ipsetOut, &ipsetOut
+	if err := inNS(tp.node, ipset.Run); err != nil {
+		t.Fatalf("ipset del: %v: %s", err, ipsetOut.String())
+	}
+	code, x, raw = explain()
+	if code != 3 || len(x.Results) != 2 || !strings.Contains(raw, "verdict") || !strings.Contains(raw, "reject") {
+		t.Fatalf("an ipset entry deleted: exit %d, want 3 and a verdict drift to reject:\n%s", code, raw)
+	}
+	if _, err := dial(cli, "tcp", targets[0]); err == nil {
+		t.Errorf("%s still answers without its %s entry: explain says it is rejected", targets[0], ipvs.SetClusterIP)
+	}
+	d = daemon()
+	deadline = time.Now().Add(45 * time.Second)
+	for {
+		if code, _, raw = explain(); code == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the ipset entry's repair: exit %d, not 0 within 45 s:\n%s", code, raw)
+		}
+		time.Sleep(time.Second)
 	}
 	t.Logf("done in %v", time.Since(start).Round(100*time.Millisecond))
 }
