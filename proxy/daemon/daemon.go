@@ -277,7 +277,7 @@ func (d *Daemon) sync(ctx context.Context, full bool) error {
 	}
 	if res.StaleErr != nil {
 		logger.Error(res.StaleErr, "Could not delete rules no longer needed; the rest of the sync is in place, retrying at the next sync")
-		d.metrics.StaleDeletionFailed()
+		d.countStaleFailure(res)
 	}
 	// A full sync (the first after a start, the retry after a failure) is
 	// when the pending changes may not say everything: judge every entry.
@@ -317,6 +317,23 @@ func (d *Daemon) sync(ctx context.Context, full bool) error {
 		"chainsWritten", res.ChainsWritten, "chainsDeleted", res.ChainsDeleted, "restores", res.Restores,
 		"chains", res.Chains, "rules", res.TotalRules())
 	return nil
+}
+
+// countStaleFailure counts a sync whose stale-object deletion failed under
+// the ip_family label of each family whose deletion failed (a chain of
+// one family held by a foreign reference is no failure of the other);
+// under every family when the backend does not say which.
+func (d *Daemon) countStaleFailure(res proxy.SyncResult) {
+	counted := false
+	for family, fr := range res.ByFamily {
+		if fr.StaleErr != nil {
+			d.metrics.StaleDeletionFailedOf(string(family))
+			counted = true
+		}
+	}
+	if !counted {
+		d.countStaleFailure(res)
+	}
 }
 
 // startLeftovers starts a round of the removers that have not succeeded

@@ -33,6 +33,9 @@ type fakeBackend struct {
 	// families, when set, are reported per family (SyncResult.ByFamily),
 	// as a dual-stack backend does.
 	families []v1.IPFamily
+	// staleIn, when set, is the family whose stale chains cannot be
+	// deleted (SyncResult.StaleErr of that family).
+	staleIn v1.IPFamily
 }
 
 func (b *fakeBackend) Sync(_ context.Context, snap *proxy.Snapshot, full bool) (proxy.SyncResult, error) {
@@ -57,7 +60,11 @@ func (b *fakeBackend) Sync(_ context.Context, snap *proxy.Snapshot, full bool) (
 	if len(b.families) > 0 {
 		var out proxy.SyncResult
 		for _, f := range b.families {
-			out.Add(f, res)
+			fr := res
+			if f == b.staleIn {
+				fr.StaleErr = errors.New("chain SVCP-SVC-X: Device or resource busy")
+			}
+			out.Add(f, fr)
 		}
 		return out, nil
 	}
@@ -449,6 +456,21 @@ func TestSyncMetricsPerFamily(t *testing.T) {
 		if testutil.ToFloat64(d.metrics.SyncProxyRulesLastTimestamp.WithLabelValues(family)) == 0 {
 			t.Errorf("no last-sync timestamp for %s", family)
 		}
+	}
+}
+
+// A stale chain that cannot go in one family is counted under that
+// family's ip_family label only.
+func TestStaleDeletionFailureCountedInItsFamily(t *testing.T) {
+	svc, slice := udpService("10.244.2.5")
+	be := &fakeBackend{families: []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol}, staleIn: v1.IPv4Protocol}
+	src := &fakeSource{initial: []any{svc, slice}}
+	d := start(t, Config{Backend: be, NewSource: sourceFor(src), Conntrack: &fakeConntrack{}})
+	eventually(t, "the failure counted", func() bool {
+		return testutil.ToFloat64(d.metrics.StaleDeletionFailuresTotal.WithLabelValues("IPv4")) > 0
+	})
+	if n := testutil.ToFloat64(d.metrics.StaleDeletionFailuresTotal.WithLabelValues("IPv6")); n != 0 {
+		t.Errorf("IPv6 counted %v failures; only IPv4's deletion failed", n)
 	}
 }
 

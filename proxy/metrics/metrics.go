@@ -285,9 +285,16 @@ func (m *Metrics) DriftDetected() {
 	m.each(func(family string) { m.DriftDetectedTotal.WithLabelValues(family).Inc() })
 }
 
-// StaleDeletionFailed counts one sync whose stale-object deletion failed.
+// StaleDeletionFailed counts one sync whose stale-object deletion failed,
+// under every family of SetFamilies.
 func (m *Metrics) StaleDeletionFailed() {
-	m.each(func(family string) { m.StaleDeletionFailuresTotal.WithLabelValues(family).Inc() })
+	m.each(m.StaleDeletionFailedOf)
+}
+
+// StaleDeletionFailedOf counts one sync whose stale-object deletion failed
+// in one IP family ("IPv4", "IPv6").
+func (m *Metrics) StaleDeletionFailedOf(family string) {
+	m.StaleDeletionFailuresTotal.WithLabelValues(family).Inc()
 }
 
 // Skipped counts a skipped object; it is a proxy.SkipFunc.
