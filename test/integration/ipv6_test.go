@@ -633,16 +633,21 @@ func TestDualStackProxy(t *testing.T) {
 		}
 	})
 	t.Run("metrics per IP family", func(t *testing.T) {
-		_, body, err := httpGet(tp.node, "http://127.0.0.1:10249/metrics")
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, m := range []string{`kubeproxy_sync_proxy_rules_iptables_total{ip_family="IPv4",table="nat"}`,
-			`kubeproxy_sync_proxy_rules_iptables_total{ip_family="IPv6",table="nat"}`} {
-			if !strings.Contains(body, m) {
-				t.Errorf("/metrics lacks %s", m)
+		// The rule counts are set once the first sync returned, after
+		// the traffic it enabled was checked: wait for them.
+		eventually(t, "rule counts of both families", 10*time.Second, func() error {
+			_, body, err := httpGet(tp.node, "http://127.0.0.1:10249/metrics")
+			if err != nil {
+				return err
 			}
-		}
+			for _, m := range []string{`kubeproxy_sync_proxy_rules_iptables_total{ip_family="IPv4",table="nat"}`,
+				`kubeproxy_sync_proxy_rules_iptables_total{ip_family="IPv6",table="nat"}`} {
+				if !strings.Contains(body, m) {
+					return fmt.Errorf("/metrics lacks %s", m)
+				}
+			}
+			return nil
+		})
 	})
 
 	t.Run("partial sync of IPv6 endpoints; conntrack cleanup of an IPv6 UDP flow; IPv4 untouched", func(t *testing.T) {
