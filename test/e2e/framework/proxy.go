@@ -88,16 +88,22 @@ func (c *Cluster) logf(format string, args ...any) {
 }
 
 // ipvsMode reports whether svcproxy's flags ask for IPVS mode.
-func ipvsMode(argv []string) bool {
-	mode := ""
+func ipvsMode(argv []string) bool { return proxyMode(argv) == "ipvs" }
+
+// proxyMode returns the mode svcproxy's flags ask for (the last --mode or
+// --proxy-mode): "iptables" (the default), "ipvs" or "nftables".
+func proxyMode(argv []string) string {
+	mode := "iptables"
 	for i, a := range argv {
-		if v, ok := strings.CutPrefix(a, "--mode="); ok {
-			mode = v
-		} else if a == "--mode" && i+1 < len(argv) {
-			mode = argv[i+1]
+		for _, flag := range []string{"--mode", "--proxy-mode"} {
+			if v, ok := strings.CutPrefix(a, flag+"="); ok {
+				mode = v
+			} else if a == flag && i+1 < len(argv) {
+				mode = argv[i+1]
+			}
 		}
 	}
-	return mode == "ipvs"
+	return mode
 }
 
 // containerSecurity is how the shipped DaemonSet runs svcproxy's container
@@ -240,8 +246,8 @@ func (sc containerSecurity) wrap(argv []string) []string {
 // informers sync first) and working ClusterIP rules. In iptables mode the
 // canary is dual-stack and must be refused over both families (IPv4 TCP,
 // IPv6 UDP: an IPv6 TCP connect is failed only at the SYN retransmit):
-// svcproxy programs IPv6 too. IPVS mode programs IPv4 only, so there it
-// is an IPv4 Service.
+// svcproxy programs IPv6 too; so in nftables mode. IPVS mode programs IPv4
+// only, so there it is an IPv4 Service.
 func (c *Cluster) WaitProxyReady(ctx context.Context, n *Node) error {
 	addr := net.JoinHostPort(KubernetesServiceIP, "443")
 	err := poll(ctx, proxyReadyTimeout, n.Proxy, func() error {
