@@ -93,7 +93,9 @@ func diffSVCP(got, want svcpRules) string {
 // partial sync — each node's svcproxy chains in iptables and in ip6tables
 // are exactly what svcproxy --dry-run renders for that node, section by
 // section (canonicalised through iptables-restore and ip6tables-restore in
-// a scratch namespace).
+// a scratch namespace). In nftables mode: each node's ip and ip6
+// svcproxy tables are exactly what --dry-run --mode nftables renders
+// (loaded by the real nft into a scratch namespace and listed again).
 func TestDualStackDryRunMatchesNodes(t *testing.T) {
 	requireIPv6Proxy(t)
 	const ns = "dualstack-dryrun"
@@ -169,6 +171,9 @@ func TestDualStackDryRunMatchesNodes(t *testing.T) {
 		var last string
 		start := time.Now()
 		err := framework.Eventually(ctx, 20*time.Second, func(ctx context.Context) error {
+			if cluster.NFTablesMode() {
+				return nftMatchesDryRun(ctx, t, n, start, &last)
+			}
 			text, err := cluster.DryRun(ctx, n)
 			if err != nil {
 				return err
@@ -216,4 +221,34 @@ func TestDualStackDryRunMatchesNodes(t *testing.T) {
 			t.Errorf("%s: svcproxy's rules do not match its dry run: %v\n%s", n.Name, err, last)
 		}
 	}
+}
+
+// nftMatchesDryRun is the check of TestDualStackDryRunMatchesNodes in
+// nftables mode: node n's ip and ip6 svcproxy tables equal --dry-run's,
+// both listed by nft (the render loaded into a scratch namespace). last
+// gets the difference.
+func nftMatchesDryRun(ctx context.Context, t *testing.T, n *framework.Node, start time.Time, last *string) error {
+	want, err := nftRenderedRules(ctx, n)
+	if err != nil {
+		return err
+	}
+	v6 := 0
+	for k := range want.chains {
+		if strings.HasPrefix(k, "IPv6 ") {
+			v6++
+		}
+	}
+	if v6 == 0 {
+		return fmt.Errorf("dry run for %s: no ip6 table; want both", n.Name)
+	}
+	got, err := nftLiveRules(ctx, n)
+	if err != nil {
+		return err
+	}
+	if d := diffRulesets(got, want); d != "" {
+		*last = d
+		return errString("differs")
+	}
+	t.Logf("%s: the ip and ip6 svcproxy tables match the dry run (%s) after %v", n.Name, got.summary(), time.Since(start).Round(time.Millisecond))
+	return nil
 }

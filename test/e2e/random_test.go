@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -68,7 +69,10 @@ var churnNamespaces = []string{"churn-a", "churn-b", "churn-c", "churn-d"}
 // `svcproxy --dry-run` with the node's own flags renders from the API
 // server's state at that moment, both spelled by iptables-save and
 // ip6tables-save (the render is loaded into scratch namespaces and saved
-// again).
+// again). In nftables mode the same holds of the ip and ip6 svcproxy
+// tables (every chain, set and map with its elements, affinity sets'
+// clients aside), as nft lists them on the node and in a scratch namespace
+// the render was loaded into.
 func TestRandomChurn(t *testing.T) {
 	seed := int64(churnDefaultSeed)
 	if s := os.Getenv("E2E_CHURN_SEED"); s != "" {
@@ -298,8 +302,85 @@ func compareNodeWithRender(ctx context.Context, t *testing.T, n *framework.Node,
 }
 
 // liveRules returns n's rules, and a note if a sync ended while they were
-// read.
+// read. In nftables mode n's svcproxy is paused (SIGSTOP, once no nft of
+// its own runs) while its tables are listed, and resumed (SIGCONT):
+// `nft list table` reads a table in several netlink dumps, not atomically,
+// and a transaction committed meanwhile tears the listing (a chain's rules
+// twice, chains missing). Here the periodic full sync (every 3 s, about
+// 2.5 s at 1,000 Services) commits nearly all the time: two listings in a
+// row of a settled node were never the same. The rules stay in place while
+// it is paused.
 func liveRules(ctx context.Context, n *framework.Node) (ruleset, string, error) {
+	if !cluster.NFTablesMode() {
+		return liveRulesOnce(ctx, n)
+	}
+	// Its metrics are read before and after the pause (a stopped process
+	// does not answer).
+	m0, err := scrapeMetrics(n)
+	if err != nil {
+		return ruleset{}, "", err
+	}
+	resume, err := pauseProxy(n)
+	if err != nil {
+		return ruleset{}, "", err
+	}
+	live, err := nftLiveRules(ctx, n)
+	resume()
+	if err != nil {
+		return ruleset{}, "", err
+	}
+	m1, err := scrapeMetrics(n)
+	if err != nil {
+		return ruleset{}, "", err
+	}
+	note := ""
+	if c0, c1 := m0[syncCount], m1[syncCount]; c1 != c0 {
+		note = fmt.Sprintf(" (%v more syncs, %v of them full, ended around the paused listing)", c1-c0, m1[fullSyncCount]-m0[fullSyncCount])
+	}
+	return live, note, nil
+}
+
+// pauseProxy stops node n's svcproxy (SIGSTOP) and waits until none of its
+// children (nft) runs any more; resume continues it (SIGCONT).
+func pauseProxy(n *framework.Node) (resume func(), err error) {
+	pid := n.Proxy.PID()
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		return nil, fmt.Errorf("SIGSTOP svcproxy on %s: %w", n.Name, err)
+	}
+	resume = func() { _ = syscall.Kill(pid, syscall.SIGCONT) }
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		// Running children; one that has exited stays a zombie until
+		// svcproxy, stopped, reaps it.
+		children := ""
+		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		for _, task := range tasks {
+			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, task.Name()))
+			for _, child := range strings.Fields(string(b)) {
+				stat, err := os.ReadFile("/proc/" + child + "/stat")
+				if err != nil {
+					continue // gone
+				}
+				// pid (comm) state ...: comm may hold spaces.
+				if i := strings.LastIndexByte(string(stat), ')'); i >= 0 && strings.HasPrefix(string(stat[i+1:]), " Z") {
+					continue
+				}
+				children += child + " "
+			}
+		}
+		if children == "" {
+			return resume, nil
+		}
+		if time.Now().After(deadline) {
+			resume()
+			return nil, fmt.Errorf("svcproxy on %s paused, but its children (%s) still run after 20s", n.Name, children)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// liveRulesOnce is liveRules in iptables and IPVS mode.
+func liveRulesOnce(ctx context.Context, n *framework.Node) (ruleset, string, error) {
 	m0, err := scrapeMetrics(n)
 	if err != nil {
 		return ruleset{}, "", err
@@ -312,6 +393,7 @@ func liveRules(ctx context.Context, n *framework.Node) (ruleset, string, error) 
 	if err != nil {
 		return ruleset{}, "", err
 	}
+	live := parseRuleset("IPv4", save).merge(parseRuleset("IPv6", save6))
 	m1, err := scrapeMetrics(n)
 	if err != nil {
 		return ruleset{}, "", err
@@ -320,12 +402,15 @@ func liveRules(ctx context.Context, n *framework.Node) (ruleset, string, error) 
 	if c0, c1 := m0[syncCount], m1[syncCount]; c1 != c0 {
 		note = fmt.Sprintf(" (%v more syncs, %v of them full, ended while iptables-save ran)", c1-c0, m1[fullSyncCount]-m0[fullSyncCount])
 	}
-	return parseRuleset("IPv4", save).merge(parseRuleset("IPv6", save6)), note, nil
+	return live, note, nil
 }
 
 // renderedRules returns what svcproxy --dry-run renders for n now, both
 // families, in iptables-save's and ip6tables-save's spelling.
 func renderedRules(ctx context.Context, n *framework.Node) (ruleset, error) {
+	if cluster.NFTablesMode() {
+		return nftRenderedRules(ctx, n)
+	}
 	text, err := cluster.DryRun(ctx, n)
 	if err != nil {
 		return ruleset{}, fmt.Errorf("dry run for %s: %w", n.Name, err)
@@ -436,13 +521,17 @@ func waitSettled(ctx context.Context, n *framework.Node, quiet, timeout time.Dur
 	return w, err
 }
 
-// scrapeMetrics reads n's svcproxy metrics, each summed over its labels.
+// scrapeMetrics reads n's svcproxy metrics, each summed over its labels
+// but ip_family, and the largest of its families.
 func scrapeMetrics(n *framework.Node) (map[string]float64, error) {
 	body, err := fetchMetrics(n)
 	if err != nil {
 		return nil, err
 	}
-	out := map[string]float64{}
+	// Summed over labels but ip_family: the daemon records each sync's
+	// figures under every family its backend programs (nftables mode
+	// reports both), the same ones, so of those the largest is taken.
+	perFamily := map[string]map[string]float64{}
 	for _, line := range strings.Split(body, "\n") {
 		if line == "" || line[0] == '#' {
 			continue
@@ -455,8 +544,25 @@ func scrapeMetrics(n *framework.Node) (map[string]float64, error) {
 		if err != nil {
 			continue
 		}
-		name, _, _ := strings.Cut(f[0], "{")
-		out[name] += v
+		name, labels, _ := strings.Cut(f[0], "{")
+		family := ""
+		if _, rest, ok := strings.Cut(labels, `ip_family="`); ok {
+			family, _, _ = strings.Cut(rest, `"`)
+		}
+		if perFamily[name] == nil {
+			perFamily[name] = map[string]float64{}
+		}
+		perFamily[name][family] += v
+	}
+	out := map[string]float64{}
+	for name, byFamily := range perFamily {
+		first := true
+		for _, v := range byFamily {
+			if first || v > out[name] {
+				out[name] = v
+			}
+			first = false
+		}
 	}
 	return out, nil
 }
@@ -508,6 +614,10 @@ func (r ruleset) summary() string {
 			if strings.HasPrefix(j, fam+" ") {
 				jumps++
 			}
+		}
+		if cluster.NFTablesMode() {
+			parts = append(parts, fmt.Sprintf("%s %d chains, sets and maps with %d rules and elements", fam, chains, rules))
+			continue
 		}
 		parts = append(parts, fmt.Sprintf("%s %d SVCP- chains with %d rules and %d jumps from built-in chains", fam, chains, rules, jumps))
 	}
