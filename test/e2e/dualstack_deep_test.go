@@ -62,7 +62,9 @@ func proxySyncFailures(t *testing.T, n *framework.Node) float64 {
 // of a selector-less Service (node1's hairpin tree) — would build trees
 // deeper than the 16 jumps nf_tables allows; the IPv6 sync must still
 // succeed on both nodes: no sync fails, the external IPs are programmed,
-// and a dual-stack Service created afterwards serves over IPv6.
+// and a dual-stack Service created afterwards serves over IPv6. (In
+// nftables mode, which dispatches by verdict map, the same Services: the
+// sync succeeds and every external IP is in the ip6 table.)
 func TestIPv6DeepTrees(t *testing.T) {
 	requireIPv6Proxy(t)
 	const ns = "ipv6-deep"
@@ -98,6 +100,27 @@ func TestIPv6DeepTrees(t *testing.T) {
 	cluster.MustWaitServing(t, after)
 	waitAnswer(t, &client.Host, corev1.ProtocolTCP, framework.ClusterAddrFamily(after, corev1.ProtocolTCP, corev1.IPv6Protocol), 10*time.Second)
 	for _, n := range []*framework.Node{node1, node2} {
+		if cluster.NFTablesMode() {
+			// nftables mode has no trees (one verdict map lookup): every
+			// external IP is an element of the ip6 table's service-ips.
+			list, err := n.NetNS.NFTList(ctx, "ip6", framework.NFTablesTable)
+			if err != nil {
+				t.Fatal(err)
+			}
+			missing := 0
+			for _, ip := range ext.Spec.ExternalIPs {
+				if !strings.Contains(list, ip+" . tcp . 80 : ") {
+					missing++
+				}
+			}
+			if missing > 0 {
+				t.Errorf("%s: %d of %d external IPs of %s/%s not in table ip6 %s", n.Name, missing, len(ext.Spec.ExternalIPs), ns, ext.Name, framework.NFTablesTable)
+			}
+			if got := proxySyncFailures(t, n); got != before[n.Name] {
+				t.Errorf("%s: svcproxy_sync_proxy_rules_failures_total went from %v to %v", n.Name, before[n.Name], got)
+			}
+			continue
+		}
 		save, err := n.NetNS.Exec(ctx, "ip6tables-save", "-t", "nat")
 		if err != nil {
 			t.Fatal(err)

@@ -275,6 +275,10 @@ func TestDualStackClusterIP(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		if cluster.NFTablesMode() {
+			nftSyncsPerFamily(t, node1, body)
+			return
+		}
 		var lines []string
 		for _, l := range strings.Split(body, "\n") {
 			if strings.HasPrefix(l, "kubeproxy_sync_proxy_rules_iptables_total{") {
@@ -404,6 +408,10 @@ func TestIPv6OnlyService(t *testing.T) {
 	})
 
 	t.Run("no-ipv4-rules", func(t *testing.T) {
+		if cluster.NFTablesMode() {
+			nftNoIPv4Rules(t, ns+"/"+svc.Name+"/", svc.Spec.ClusterIP)
+			return
+		}
 		for _, n := range cluster.Nodes {
 			v4, err := n.NetNS.Exec(ctx, "iptables-save")
 			if err != nil {

@@ -53,6 +53,13 @@ func backend(ip string, port int, node string) string {
 func explainJSON(t *testing.T, n *framework.Node, service string, proto corev1.Protocol, family corev1.IPFamily, args ...string) (verdict, reason string, masquerade bool, endpoints []string) {
 	t.Helper()
 	argv := append(demo.ExplainCommand(cluster, n), "-o", "json")
+	if cluster.NFTablesMode() {
+		// explain has iptables and IPVS mode only so far (--mode=nftables
+		// exits 2): in nftables mode its iptables-mode answer, from the
+		// same Snapshot, is held against connections through the nftables
+		// rules (explain reads the API server here, not the kernel).
+		argv = append(argv, "--mode=iptables")
+	}
 	argv = append(argv, args...)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
