@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # e2e.sh runs svcproxy's end-to-end tests (test/e2e) on this machine, from a
 # fresh one if need be: it installs the missing OS packages (iproute2,
-# iptables with ip6tables, procps), builds the pinned kube-apiserver, etcd
-# and CoreDNS (hack/tools/build.sh, cached in .cache/tools/bin), builds
-# svcproxy and runs the tests. Needs root and Go; everything it creates
+# iptables with ip6tables, procps, nftables), builds the pinned
+# kube-apiserver, etcd and CoreDNS (hack/tools/build.sh, cached in
+# .cache/tools/bin), builds svcproxy and runs the tests, once per mode of
+# E2E_MODES. Needs root and Go; everything it creates
 # lives in network namespaces of its own (see test/e2e/framework).
 #
 # Usage: hack/e2e.sh [go test flags...]    e.g. hack/e2e.sh -run FQDN
+#                                          runs the suite once per mode of
+#                                          E2E_MODES (default iptables;
+#                                          E2E_MODES="iptables nftables"
+#                                          adds a nftables pass), saying
+#                                          which pass is which
 #        hack/e2e.sh --up [--detach] [--no-demo]
 #                                          start the same test bed (control
 #                                          plane, two nodes with svcproxy,
@@ -26,7 +32,11 @@
 #                                          files), from any shell
 # Env:   E2E_TIMEOUT        go test -timeout (default 15m)
 #        SVCPROXY_BIN       the svcproxy to test (default: build bin/svcproxy)
-#        E2E_SVCPROXY_ARGS  extra svcproxy flags, e.g. --mode=ipvs
+#        E2E_MODES          the modes of the passes, in order (default
+#                           "iptables"; "iptables nftables" runs the suite
+#                           twice; ipvs needs a kernel with ip_vs)
+#        E2E_SVCPROXY_ARGS  extra svcproxy flags, e.g. --mode=ipvs: one pass
+#                           with them instead of one per mode
 #        E2E_KEEP_DIR=1     keep the test bed's directory (logs, kubeconfigs)
 #
 # A skipped test fails the run: an e2e case that did not run proves nothing.
@@ -50,6 +60,7 @@ declare -A package_of=(
 	[iptables]=iptables [iptables-restore]=iptables [iptables-save]=iptables
 	[ip6tables]=iptables [ip6tables-restore]=iptables [ip6tables-save]=iptables
 	[sysctl]=procps
+	[nft]=nftables
 )
 missing=()
 for cmd in "${!package_of[@]}"; do
@@ -171,21 +182,50 @@ if ${up}; then
 	exit 0
 fi
 
-log "running the e2e tests"
+# The passes: the whole suite once per mode of E2E_MODES, each with
+# E2E_SVCPROXY_ARGS=--mode=<mode>; or, when E2E_SVCPROXY_ARGS is set, one
+# pass with those flags.
+if [[ -n ${E2E_SVCPROXY_ARGS:-} ]]; then
+	passes=("${E2E_SVCPROXY_ARGS}")
+else
+	passes=()
+	# nftables joins the default once a full nftables pass has been green
+	# in one run (test/e2e/README.md); E2E_MODES="iptables nftables" runs
+	# it now.
+	for mode in ${E2E_MODES:-iptables}; do
+		passes+=("--mode=${mode}")
+	done
+fi
 out=$(mktemp -t svcproxy-e2e.XXXXXX)
 trap 'rm -f "${out}"' EXIT
-set +e
-go test -tags e2e -count=1 -v -timeout "${E2E_TIMEOUT:-15m}" ./test/e2e/... "$@" 2>&1 | tee "${out}"
-status=${PIPESTATUS[0]}
-set -e
-if grep -qE '^\s*--- SKIP' "${out}"; then
-	log "FAIL: tests were skipped:"
-	grep -E '^\s*--- SKIP' "${out}" >&2
-	status=1
-fi
-if ! grep -qE '^\s*--- (PASS|FAIL)' "${out}"; then
-	log "FAIL: no test ran"
-	status=1
-fi
+status=0 summary=()
+for ((i = 0; i < ${#passes[@]}; i++)); do
+	args=${passes[i]}
+	pass_start=${SECONDS}
+	log "running the e2e tests, pass $((i + 1))/${#passes[@]}: svcproxy ${args}"
+	set +e
+	E2E_SVCPROXY_ARGS=${args} go test -tags e2e -count=1 -v -timeout "${E2E_TIMEOUT:-15m}" ./test/e2e/... "$@" 2>&1 | tee "${out}"
+	pass_status=${PIPESTATUS[0]}
+	set -e
+	if grep -qE '^\s*--- SKIP' "${out}"; then
+		log "FAIL: tests were skipped (svcproxy ${args}):"
+		grep -E '^\s*--- SKIP' "${out}" >&2
+		pass_status=1
+	fi
+	if ! grep -qE '^\s*--- (PASS|FAIL)' "${out}"; then
+		log "FAIL: no test ran (svcproxy ${args})"
+		pass_status=1
+	fi
+	result="pass $((i + 1))/${#passes[@]} (svcproxy ${args}): $( ((pass_status == 0)) && echo PASS || echo FAIL ) in $((SECONDS - pass_start))s"
+	if ((pass_status != 0)); then
+		result+="; failed: $(grep -oE '^--- FAIL: \S+' "${out}" | cut -d' ' -f3 | tr '\n' ' ')"
+		status=1
+	fi
+	log "${result}"
+	summary+=("${result}")
+done
+for line in "${summary[@]}"; do
+	log "${line}"
+done
 log "$( ((status == 0)) && echo PASS || echo FAIL ) in $((SECONDS - start))s"
 exit "${status}"

@@ -136,7 +136,7 @@ before=$([ -z "$git_tree" ] || generated_state)
 run_tests -tags integration -count=1 ./test/integration/... ./iptables/testing/... ./ipvs/testing/...
 check_generated "$before"
 
-log "e2e tests: real kube-apiserver, etcd and CoreDNS, two nodes with an overlay, svcproxy on each"
+log "e2e tests: real kube-apiserver, etcd and CoreDNS, two nodes with an overlay, svcproxy on each (iptables mode; E2E_MODES=\"iptables nftables\" adds a nftables pass)"
 bash hack/e2e.sh
 
 log "IPVS mode on a real IPVS kernel: Debian's kernel under qemu (hack/vm)"
