@@ -21,7 +21,7 @@ import (
 
 // explainState is a dual-stack ClusterIP Service it/web (10.96.1.10 and
 // fd00:10:96::10, TCP 80 to 8080) with the endpoints srv1 and srv2 of both
-// families on node1.
+// families on node1 (also the dual-stack takeover test's state).
 const explainState = `apiVersion: v1
 kind: List
 items:

@@ -20,38 +20,6 @@ import (
 	"github.com/svcproxy/svcproxy/ipvs"
 )
 
-// dualStackState is switchState made dual-stack: it/web with the cluster
-// IPs 10.96.1.10 and fd00:10:96::a, srv1 and srv2 in both families.
-const dualStackState = `apiVersion: v1
-kind: List
-items:
-- apiVersion: v1
-  kind: Service
-  metadata: {name: web, namespace: it}
-  spec:
-    clusterIP: 10.96.1.10
-    clusterIPs: [10.96.1.10, "fd00:10:96::a"]
-    ipFamilies: [IPv4, IPv6]
-    ipFamilyPolicy: RequireDualStack
-    ports: [{name: http, port: 80, protocol: TCP}]
-- apiVersion: discovery.k8s.io/v1
-  kind: EndpointSlice
-  metadata: {name: web-4, namespace: it, labels: {kubernetes.io/service-name: web}}
-  addressType: IPv4
-  ports: [{name: http, port: 8080, protocol: TCP}]
-  endpoints:
-  - {addresses: [10.244.1.10], conditions: {ready: true}, nodeName: node1}
-  - {addresses: [10.244.1.11], conditions: {ready: true}, nodeName: node1}
-- apiVersion: discovery.k8s.io/v1
-  kind: EndpointSlice
-  metadata: {name: web-6, namespace: it, labels: {kubernetes.io/service-name: web}}
-  addressType: IPv6
-  ports: [{name: http, port: 8080, protocol: TCP}]
-  endpoints:
-  - {addresses: ["fd00:10:244:1::10"], conditions: {ready: true}, nodeName: node1}
-  - {addresses: ["fd00:10:244:1::11"], conditions: {ready: true}, nodeName: node1}
-`
-
 // kubeProxyIPVSRules6 is kubeProxyIPVSRules for ip6tables: kube-proxy's
 // IPv6 ipsets are named KUBE-6-….
 const kubeProxyIPVSRules6 = `*nat
@@ -96,7 +64,7 @@ func TestTakeOverFromKubeProxyIPVSDualStack(t *testing.T) {
 	}
 	cli := tp.addPod(t, "cli", "10.244.1.20", cliIP6)
 	p := newProxier6(t, tp) // only to act on the kernel
-	vips := []netip.Addr{netip.MustParseAddr("10.96.1.10"), netip.MustParseAddr("fd00:10:96::a")}
+	vips := []netip.Addr{netip.MustParseAddr("10.96.1.10"), netip.MustParseAddr("fd00:10:96::10")}
 	kps := []netip.Addr{netip.MustParseAddr("10.244.1.30"), netip.MustParseAddr("fd00:10:244:1::30")}
 	var ipt6 iptables.Interface
 	must(t, inNS(tp.node, func() error {
@@ -129,9 +97,9 @@ func TestTakeOverFromKubeProxyIPVSDualStack(t *testing.T) {
 		if err := k.RestoreSets([]byte("create KUBE-CLUSTER-IP hash:ip,port\nadd KUBE-CLUSTER-IP 10.96.1.10,tcp:80\n" +
 			"create KUBE-LOOP-BACK hash:ip,port,ip\nadd KUBE-LOOP-BACK 10.244.1.30,tcp:8080,10.244.1.30\n" +
 			"create KUBE-IPVS-IPS hash:ip\nadd KUBE-IPVS-IPS 10.96.1.10\n" +
-			"create KUBE-6-CLUSTER-IP hash:ip,port family inet6\nadd KUBE-6-CLUSTER-IP fd00:10:96::a,tcp:80\n" +
+			"create KUBE-6-CLUSTER-IP hash:ip,port family inet6\nadd KUBE-6-CLUSTER-IP fd00:10:96::10,tcp:80\n" +
 			"create KUBE-6-LOOP-BACK hash:ip,port,ip family inet6\nadd KUBE-6-LOOP-BACK fd00:10:244:1::30,tcp:8080,fd00:10:244:1::30\n" +
-			"create KUBE-6-IPVS-IPS hash:ip family inet6\nadd KUBE-6-IPVS-IPS fd00:10:96::a\n")); err != nil {
+			"create KUBE-6-IPVS-IPS hash:ip family inet6\nadd KUBE-6-IPVS-IPS fd00:10:96::10\n")); err != nil {
 			return err
 		}
 		if err := p.ipt.Restore([]byte(kubeProxyIPVSRules)); err != nil {
@@ -139,8 +107,8 @@ func TestTakeOverFromKubeProxyIPVSDualStack(t *testing.T) {
 		}
 		return ipt6.Restore([]byte(kubeProxyIPVSRules6))
 	}))
-	waitLocal(t, handle(t, tp.node), "fd00:10:96::a")
-	targets := []string{addr("10.96.1.10", 80), addr("fd00:10:96::a", 80)}
+	waitLocal(t, handle(t, tp.node), "fd00:10:96::10")
+	targets := []string{addr("10.96.1.10", 80), addr("fd00:10:96::10", 80)}
 	for _, target := range targets {
 		if a, err := dial(cli, "tcp", target); err != nil || a.Server != "kp" {
 			t.Fatalf("kube-proxy's leftovers do not serve %s: %+v, %v", target, a, err)
@@ -172,7 +140,7 @@ func TestTakeOverFromKubeProxyIPVSDualStack(t *testing.T) {
 
 	dir := t.TempDir()
 	state := filepath.Join(dir, "state.yaml")
-	must(t, os.WriteFile(state, []byte(dualStackState), 0o644))
+	must(t, os.WriteFile(state, []byte(explainState), 0o644))
 	logf, err := os.Create(filepath.Join(dir, "svcproxy.log"))
 	must(t, err)
 	cmd := exec.Command(svcproxyBin, "--mode=ipvs", "--state="+state, "--hostname-override=node1",
@@ -232,10 +200,12 @@ func TestTakeOverFromKubeProxyIPVSDualStack(t *testing.T) {
 		}))
 		return left
 	}
-	deadline := time.Now().Add(60 * time.Second)
+	// Under TCG the first sync of both families and the removal take
+	// 10-25 s each on a busy host: a generous bound, not a figure.
+	deadline := time.Now().Add(120 * time.Second)
 	for left := kubeLeft(); len(left) > 0; left = kubeLeft() {
 		if time.Now().After(deadline) {
-			t.Fatalf("kube-proxy's leftovers still there after 60s: %v", left)
+			t.Fatalf("kube-proxy's leftovers still there after 120s: %v", left)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
