@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -622,45 +621,9 @@ func TestExplainIPVSLive(t *testing.T) {
 			if !x.Live || x.Mode != "ipvs" || len(x.Results) != len(tc.kinds) {
 				t.Fatalf("live %v, mode %s, %d results, want %d:\n%s", x.Live, x.Mode, len(x.Results), len(tc.kinds), out)
 			}
-			var all string
-			for i, r := range x.Results {
-				ks, details := kinds(r.Drift)
-				if !slices.Equal(ks, tc.kinds[i]) {
-					t.Errorf("result %d: drift %q, want %q:\n%s", i, ks, tc.kinds[i], details)
-				}
-				if r.Drift == nil {
-					t.Errorf("result %d: drift is null, want a list", i)
-				}
-				all += details + "\n"
-				got := ""
-				if r.Kernel != nil {
-					got = fmt.Sprintf("%s %d", r.Kernel.Verdict, len(r.Kernel.Endpoints))
-				}
-				if got != tc.kernel[i] {
-					t.Errorf("result %d: kernel %q, want %q", i, got, tc.kernel[i])
-				}
-			}
-			for _, d := range tc.details {
-				if !strings.Contains(all, d) {
-					t.Errorf("drift lacks %q:\n%s", d, all)
-				}
-			}
+			checkDriftJSON(t, x, tc.kinds, tc.kernel, tc.details)
 			code, text, _ := runIPVSLive(t, n, tc.args...)
-			if code != wantCode {
-				t.Errorf("text: exit %d, want %d", code, wantCode)
-			}
-			for _, h := range tc.textHas {
-				if !strings.Contains(text, h) {
-					t.Errorf("text lacks %q:\n%s", h, text)
-				}
-			}
-			for _, ks := range tc.kinds {
-				for _, kd := range ks {
-					if !strings.Contains(text, kd+": ") {
-						t.Errorf("text lacks the drift %q:\n%s", kd, text)
-					}
-				}
-			}
+			checkDriftText(t, code, wantCode, text, tc.textHas, tc.kinds)
 		})
 	}
 }

@@ -155,6 +155,57 @@ func runLive(t *testing.T, k *fakeKernel, args ...string) (int, string, string) 
 }
 
 // kinds returns "kind" of each drift item, with the details joined after.
+// checkDriftJSON checks each result's drift kinds and kernel summary
+// ("verdict n-endpoints", "" for none) and that details appear in the
+// drift.
+func checkDriftJSON(t *testing.T, x explanation, wantKinds [][]string, kernel, details []string) {
+	t.Helper()
+	var all string
+	for i, r := range x.Results {
+		ks, d := kinds(r.Drift)
+		if !slices.Equal(ks, wantKinds[i]) {
+			t.Errorf("result %d: drift %q, want %q:\n%s", i, ks, wantKinds[i], d)
+		}
+		if r.Drift == nil {
+			t.Errorf("result %d: drift is null, want a list", i)
+		}
+		all += d + "\n"
+		got := ""
+		if r.Kernel != nil {
+			got = fmt.Sprintf("%s %d", r.Kernel.Verdict, len(r.Kernel.Endpoints))
+		}
+		if got != kernel[i] {
+			t.Errorf("result %d: kernel %q, want %q", i, got, kernel[i])
+		}
+	}
+	for _, d := range details {
+		if !strings.Contains(all, d) {
+			t.Errorf("drift lacks %q:\n%s", d, all)
+		}
+	}
+}
+
+// checkDriftText checks the text output's exit code, that it has textHas,
+// and that it names every drift kind.
+func checkDriftText(t *testing.T, code, wantCode int, text string, textHas []string, wantKinds [][]string) {
+	t.Helper()
+	if code != wantCode {
+		t.Errorf("text: exit %d, want %d", code, wantCode)
+	}
+	for _, h := range textHas {
+		if !strings.Contains(text, h) {
+			t.Errorf("text lacks %q:\n%s", h, text)
+		}
+	}
+	for _, ks := range wantKinds {
+		for _, kd := range ks {
+			if !strings.Contains(text, kd+": ") {
+				t.Errorf("text lacks the drift %q:\n%s", kd, text)
+			}
+		}
+	}
+}
+
 func kinds(ds []driftItem) ([]string, string) {
 	var ks, details []string
 	for _, d := range ds {
@@ -384,45 +435,9 @@ func TestExplainLive(t *testing.T) {
 			if !x.Live || len(x.Results) != len(tc.kinds) {
 				t.Fatalf("live %v, %d results, want %d:\n%s", x.Live, len(x.Results), len(tc.kinds), out)
 			}
-			var all string
-			for i, r := range x.Results {
-				ks, details := kinds(r.Drift)
-				if !slices.Equal(ks, tc.kinds[i]) {
-					t.Errorf("result %d: drift %q, want %q:\n%s", i, ks, tc.kinds[i], details)
-				}
-				if r.Drift == nil {
-					t.Errorf("result %d: drift is null, want a list", i)
-				}
-				all += details + "\n"
-				got := ""
-				if r.Kernel != nil {
-					got = fmt.Sprintf("%s %d", r.Kernel.Verdict, len(r.Kernel.Endpoints))
-				}
-				if got != tc.kernel[i] {
-					t.Errorf("result %d: kernel %q, want %q", i, got, tc.kernel[i])
-				}
-			}
-			for _, d := range tc.details {
-				if !strings.Contains(all, d) {
-					t.Errorf("drift lacks %q:\n%s", d, all)
-				}
-			}
+			checkDriftJSON(t, x, tc.kinds, tc.kernel, tc.details)
 			code, text, _ := runLive(t, k, tc.args...)
-			if code != wantCode {
-				t.Errorf("text: exit %d, want %d", code, wantCode)
-			}
-			for _, h := range tc.textHas {
-				if !strings.Contains(text, h) {
-					t.Errorf("text lacks %q:\n%s", h, text)
-				}
-			}
-			for _, ks := range tc.kinds {
-				for _, kd := range ks {
-					if !strings.Contains(text, kd+": ") {
-						t.Errorf("text lacks the drift %q:\n%s", kd, text)
-					}
-				}
-			}
+			checkDriftText(t, code, wantCode, text, tc.textHas, tc.kinds)
 		})
 	}
 }
